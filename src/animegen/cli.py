@@ -92,7 +92,7 @@ def data_synth(out, count, resolution, seed, test_fraction):
 
 @data.command("info")
 @click.argument("dataset", type=click.Path())
-@click.option("--grid", type=click.Path(), default=None, help="Where to write the sample grid [default: DATASET/samples.png].")
+@click.option("--grid", type=click.Path(), default=None, help="Where to write the grid of 64 samples [default: DATASET-samples.png beside the dataset folder].")
 @click.option("--json", "as_json", is_flag=True, help="Print the information as JSON.")
 def data_info(dataset, grid, as_json):
     """Show a prepared dataset's counts and resolution and write a grid of samples.
@@ -199,3 +199,90 @@ def demo(out):
 
     for line in run_demo(out):
         click.echo(line)
+
+
+# ---------------------------------------------------------------- train / sample / eval
+@main.command("train")
+@click.argument("model", required=False)
+@click.option("--data", type=click.Path(), default=None, help="Prepared dataset (train split used); optional with --resume.")
+@click.option("--out", "run", required=True, type=click.Path(), help="Run folder.")
+@click.option("--preset", type=click.Choice(["tiny", "paper64"]), default="tiny", show_default=True)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one setting (repeatable).")
+@click.option("--steps", type=int, default=None, help="Train until this many steps in total.")
+@click.option("--kimg", type=float, default=None, help="Train until this many thousand images in total.")
+@click.option("--minutes", type=float, default=None, help="Train until this many minutes of training in total.")
+@click.option("--resume", is_flag=True, help="Continue RUN from its newest checkpoint up to the new target.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--fid-every", default=None, help="FID snapshot interval: steps, 'Nkimg' or 'Nmin' [default: off].")
+@click.option("--fid-num", type=int, default=None, help="Generated images per FID snapshot [default: 1000].")
+def train_command(model, data, run, preset, sets, steps, kimg, minutes, resume, device, seed, fid_every, fid_num):
+    """Train MODEL (vae, dcgan, ddpm) on a prepared dataset, or continue a run.
+
+    Multi-GPU: torchrun --nproc_per_node=K -m animegen train ...
+
+    \b
+    Example:
+      animegen train ddpm --data data/faces32 --out runs/ddpm32 --preset tiny --minutes 10 --fid-every 2min
+      animegen train ddpm --out runs/ddpm32 --resume --minutes 20
+    """
+    from animegen.training.config import parse_sets
+    from animegen.training.loop import Target, train
+
+    train(run, model=model, data=data, preset=preset, sets=parse_sets(list(sets)),
+          target=Target(steps=steps, kimg=kimg, minutes=minutes), resume=resume, device=device, seed=seed,
+          fid_every=fid_every, fid_num=fid_num, echo=click.echo)
+
+
+def _sampling_options(f):
+    f = click.option("--sampler", type=click.Choice(["ddpm", "ddim", "dpm-solver++"]), default=None,
+                     help="Diffusion sampler [default: the run's].")(f)
+    f = click.option("--steps", type=int, default=None, help="Diffusion sampling steps (NFE) [default: the run's].")(f)
+    f = click.option("--eta", type=float, default=None, help="DDIM noise scale (0 deterministic, 1 ancestral).")(f)
+    f = click.option("--batch-size", type=int, default=64, show_default=True)(f)
+    f = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)(f)
+    return f
+
+
+@main.command("sample")
+@click.argument("run", type=click.Path())
+@click.option("--count", type=int, required=True, help="Number of images.")
+@click.option("--out", required=True, type=click.Path(), help="Output folder of PNGs (must not exist).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Image i comes from seed SEED+i.")
+@click.option("--grid", type=click.Path(), default=None, help="Also write all images as one grid PNG.")
+@_sampling_options
+def sample_command(run, count, out, seed, grid, sampler, steps, eta, batch_size, device):
+    """Generate images from RUN's newest checkpoint (EMA weights); the same seed gives the same images.
+
+    \b
+    Example:
+      animegen sample runs/ddpm32 --count 64 --out samples/ --grid grid.png --sampler ddim --steps 50
+    """
+    from animegen.generate import write_samples
+
+    info = write_samples(run, out, count, seed=seed, batch_size=batch_size,
+                         options={"sampler": sampler, "steps": steps, "eta": eta}, grid=grid, device=device)
+    click.echo(f"{out}: {count} images (seeds {info['seeds'][0]}..{info['seeds'][1]}) from {info['checkpoint']}"
+               + (f"; grid {grid}" if grid else ""))
+
+
+@main.command("eval")
+@click.argument("run", type=click.Path())
+@click.option("--metrics", default="fid", show_default=True, help="Comma-separated: fid, kid, pr.")
+@click.option("--num", type=int, default=1000, show_default=True, help="Generated images (seeds 0..NUM-1).")
+@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_sampling_options
+def eval_command(run, metrics, num, split, as_json, sampler, steps, eta, batch_size, device):
+    """Metrics of RUN's EMA generator against its dataset, with the exact protocol used.
+
+    \b
+    Example:
+      animegen eval runs/ddpm32 --metrics fid,kid,pr --num 1000 --json
+    """
+    from animegen.generate import evaluate_run
+
+    result = evaluate_run(run, [m.strip() for m in metrics.split(",") if m.strip()], num, split=split,
+                          options={"sampler": sampler, "steps": steps, "eta": eta}, device=device,
+                          batch_size=batch_size)
+    click.echo(json.dumps(result) if as_json else "\n".join(f"{k:>16}: {v}" for k, v in result.items()))

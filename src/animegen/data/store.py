@@ -65,3 +65,16 @@ def load_split(path: str | os.PathLike, split: str) -> np.ndarray:
         raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}.")
     read_manifest(path)
     return np.load(Path(path) / f"{split}.npy", mmap_mode="r")
+
+
+def split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded train/test split of n items: (train indices, test indices), each sorted.
+
+    round(n * test_fraction) items, chosen by a permutation from numpy's Generator seeded
+    with `seed`, go to test; the same (n, test_fraction, seed) always gives the same split.
+    """
+    if not 0 <= test_fraction < 1:
+        raise UserError(f"test fraction must be in [0, 1), got {test_fraction}.")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_test = int(round(n * test_fraction))
+    return np.sort(perm[n_test:]), np.sort(perm[:n_test])

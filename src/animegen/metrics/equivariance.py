@@ -1,0 +1,231 @@
+"""EQ-T, EQ-T_frac and EQ-R: how well a generator's output follows a translation or rotation
+of its input (Karras et al. 2021, "Alias-Free GANs", sec. 3 and appendix E).
+
+For each batch of latents the generator renders the image twice: once as is and once with
+its input transformed. The first image, transformed by an image-space operator, is the
+reference for the second. The score is a PSNR in dB over the pixels both images actually
+determine (a mask drops what was shifted or rotated in from outside the frame):
+
+    EQ = 10 log10(peak^2 / MSE),  peak = 2 (raw outputs in [-1, 1]),
+
+with the MSE pooled over all samples, channels and unmasked pixels, as in the paper (the
+mean sits inside the log). An exact match is capped at `PSNR_CAP` dB so results stay
+finite numbers in JSON.
+
+  eqt       integer translation: a shift uniform in [-1/8, 1/8] of the image per axis,
+            rounded to whole pixels; the reference is the same shift of the pixels.
+  eqt_frac  fractional translation: the same range unrounded; the reference is resampled
+            with a Lanczos (a=3) windowed sinc.
+  eqr       rotation by an angle uniform in [-180, 180] degrees. Rotating a pixel grid
+            cuts its square band to the intersection of the input's and the output's
+            squares, so the reference is the original resampled through that band
+            (upsampled 4x with the band-limiting filter, then read bilinearly at the
+            rotated positions), and the transformed image is filtered through the same
+            band in its own frame before comparing (the paper's pseudo-rotation).
+
+One transform is drawn per batch, as in the paper. The generator is any `Model` whose
+`sample(noise, translate=(x, y), rotate=degrees)` moves the image content by (x, y)
+fractions of the image (x right, y down) and rotates it counterclockwise as displayed by
+`degrees`, returning raw float images (N, C, R, R); others raise a UserError.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from animegen.errors import UserError
+from animegen.models.base import Noise
+from animegen.models.ops.upfirdn2d import filter2d, upfirdn2d
+
+EQ_METRICS = ("eqt", "eqt_frac", "eqr")
+PSNR_CAP = 100.0  # dB: an MSE below 4e-10 counts as exact
+TRANSLATE_MAX = 0.125  # of the image, per axis
+ROTATE_MAX = 180.0  # degrees
+LANCZOS_A = 3  # lobes of the windowed sincs
+ROTATION_UP = 4  # oversampling of the rotation reference
+ROTATION_EXTENT = 2 * LANCZOS_A  # half-size of the rotation filters, input pixels
+
+
+# ---------------------------------------------------------------- the metric
+def equivariance(model, metrics=EQ_METRICS, num: int = 1000, batch_size: int = 32, seed: int = 0) -> dict[str, float]:
+    """The requested EQ metrics (dB) of `model` over `num` latents (seeds 0..num-1); the
+    transforms are drawn from `seed`."""
+    unknown = [m for m in metrics if m not in EQ_METRICS]
+    if unknown:
+        raise UserError(f"unknown equivariance metric(s) {', '.join(unknown)}; choose from {', '.join(EQ_METRICS)}.")
+    if not {"translate", "rotate"} <= set(getattr(model, "sample_options", ())):
+        raise UserError(f"{type(model).__name__} has no input transform (translate/rotate), so EQ-T and EQ-R "
+                        "are undefined for it; they apply to StyleGAN3 models.")
+    if num < 1:
+        raise UserError(f"the equivariance metrics need at least one sample, not {num}.")
+    draws = torch.Generator().manual_seed(seed)
+    sums = {m: torch.zeros(2, dtype=torch.float64) for m in metrics}  # squared error, mask
+    with torch.no_grad():
+        for start in range(0, num, batch_size):
+            seeds = range(start, min(start + batch_size, num))
+            original = model.sample(Noise(seeds, model.device)).float()
+            for name in metrics:
+                error, mask = _TESTS[name](model, seeds, original, draws)
+                mask = mask.expand_as(error)
+                sums[name] += torch.stack([(error.square() * mask).sum().double().cpu(), mask.sum().double().cpu()])
+    return {m: psnr(s[0] / s[1]) if s[1] > 0 else float("nan") for m, s in sums.items()}
+
+
+def psnr(mse: float | torch.Tensor) -> float:
+    """PSNR in dB of images in [-1, 1] (peak-to-peak 2), capped at PSNR_CAP."""
+    return min(10 * math.log10(4 / max(float(mse), 4 * 10 ** (-PSNR_CAP / 10))), PSNR_CAP)
+
+
+def _translation(draws: torch.Generator) -> tuple[float, float]:
+    tx, ty = ((torch.rand(2, generator=draws) * 2 - 1) * TRANSLATE_MAX).tolist()
+    return tx, ty
+
+
+def _eqt(model, seeds, original, draws):
+    size = original.shape[-1]
+    shift = [round(t * size) for t in _translation(draws)]
+    moved = model.sample(Noise(seeds, model.device), translate=(shift[0] / size, shift[1] / size)).float()
+    reference, mask = integer_translate(original, *shift)
+    return moved - reference, mask
+
+
+def _eqt_frac(model, seeds, original, draws):
+    tx, ty = _translation(draws)
+    moved = model.sample(Noise(seeds, model.device), translate=(tx, ty)).float()
+    size = original.shape[-1]
+    reference, mask = fractional_translate(original, tx * size, ty * size)
+    return moved - reference, mask
+
+
+def _eqr(model, seeds, original, draws):
+    degrees = float((torch.rand((), generator=draws) * 2 - 1) * ROTATE_MAX)
+    turned = model.sample(Noise(seeds, model.device), rotate=degrees).float()
+    reference, reference_mask = rotate(original, degrees)
+    filtered, filtered_mask = pseudo_rotate(turned, degrees)
+    return filtered - reference, reference_mask * filtered_mask
+
+
+_TESTS = {"eqt": _eqt, "eqt_frac": _eqt_frac, "eqr": _eqr}
+
+
+# ---------------------------------------------------------------- image-space references
+def integer_translate(x: torch.Tensor, dx: int, dy: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move the content of (N, C, H, W) images by whole pixels (dx right, dy down); returns
+    the moved images (zeros shifted in) and the mask (1, 1, H, W) of pixels that came from
+    inside the frame."""
+    h, w = x.shape[-2:]
+    out = torch.zeros_like(x)
+    mask = torch.zeros(1, 1, h, w, dtype=x.dtype, device=x.device)
+    if abs(dx) < w and abs(dy) < h:
+        out[..., max(dy, 0): h + min(dy, 0), max(dx, 0): w + min(dx, 0)] = \
+            x[..., max(-dy, 0): h + min(-dy, 0), max(-dx, 0): w + min(-dx, 0)]
+        mask[..., max(dy, 0): h + min(dy, 0), max(dx, 0): w + min(dx, 0)] = 1
+    return out, mask
+
+
+def fractional_translate(x: torch.Tensor, dx: float, dy: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move the content by (dx, dy) pixels with separable Lanczos-3 interpolation; the mask
+    keeps the pixels whose whole interpolation footprint lies inside the frame."""
+    h, w = x.shape[-2:]
+    rows, row_mask = _lanczos_shift_matrix(h, dy, x.device)
+    cols, col_mask = _lanczos_shift_matrix(w, dx, x.device)
+    out = torch.einsum("yk,nckl,xl->ncyx", rows.to(x.dtype), x, cols.to(x.dtype))
+    return out, (row_mask[:, None] * col_mask[None, :]).to(x.dtype)[None, None]
+
+
+def _lanczos_shift_matrix(n: int, shift: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, n) matrix M with (M @ signal)[p] = sum_k signal[k] L(p - shift - k) for the
+    Lanczos-3 kernel L normalized over its 2a taps, and the mask of complete rows."""
+    a = LANCZOS_A
+    source = torch.arange(n, dtype=torch.float64) - shift  # where each output pixel reads
+    first = torch.floor(source).long() - a + 1  # its first tap
+    taps = first[:, None] + torch.arange(2 * a)  # (n, 2a)
+    weights = lanczos(source[:, None] - taps)
+    weights = weights / weights.sum(1, keepdim=True)
+    inside = (taps >= 0) & (taps < n)
+    matrix = torch.zeros(n, n, dtype=torch.float64)
+    rows = torch.arange(n)[:, None].expand_as(taps)
+    matrix[rows[inside], taps[inside]] = weights[inside]
+    return matrix.to(device), inside.all(1).to(device)
+
+
+def sinc(x: torch.Tensor) -> torch.Tensor:
+    return torch.sinc(x)  # sin(pi x) / (pi x)
+
+
+def lanczos(x: torch.Tensor, a: int = LANCZOS_A) -> torch.Tensor:
+    """The Lanczos window times sinc: sinc(x) sinc(x/a) inside |x| < a, else 0."""
+    return torch.where(x.abs() < a, sinc(x) * sinc(x / a), torch.zeros_like(x))
+
+
+def rotation_bandlimit_filter(degrees: float, up: int, extent: int = ROTATION_EXTENT, box: int = 64) -> torch.Tensor:
+    """2-D taps of the low-pass onto the intersection of two square bands: the input pixel
+    grid's and that of a grid rotated counterclockwise by `degrees` (as displayed, y down).
+
+    The ideal filter is the convolution of the two grids' sinc filters; it is windowed by
+    the convolution of their Lanczos windows, which keeps the support within both grids'
+    windows. Convolutions are computed with FFTs over a periodic box of +-`box` pixels,
+    sampled every 1/`up` pixel. Returns taps at offsets j/up, |j| <= extent*up (rows = y),
+    each of the up x up polyphase components normalized to sum 1 (so a constant image
+    stays constant at every sub-pixel phase).
+    """
+    n = 2 * box * up
+    offsets = (torch.arange(n, dtype=torch.float64) - box * up) / up
+    y, x = torch.meshgrid(offsets, offsets, indexing="ij")
+    angle = math.radians(degrees)
+    c, s = math.cos(angle), math.sin(angle)
+    # The same offsets in the rotated grid's frame (a counterclockwise turn on screen maps
+    # (x, y) to (c x + s y, -s x + c y) with y down).
+    xr, yr = c * x + s * y, -s * x + c * y
+
+    def convolve(f, g):
+        f, g = torch.fft.ifftshift(f), torch.fft.ifftshift(g)
+        return torch.fft.fftshift(torch.fft.ifft2(torch.fft.fft2(f) * torch.fft.fft2(g)).real) / up**2
+
+    ideal = convolve(sinc(x) * sinc(y), sinc(xr) * sinc(yr))
+    window = convolve(lanczos(x) * lanczos(y), lanczos(xr) * lanczos(yr))
+    taps = (ideal * window)[box * up - extent * up: box * up + extent * up + 1,
+                            box * up - extent * up: box * up + extent * up + 1]
+    # Normalize each polyphase component (taps j = phase mod up along each axis).
+    k = taps.shape[0]
+    phase = (torch.arange(k) - extent * up) % up
+    sums = torch.zeros(up, up, dtype=torch.float64).index_put_(
+        (phase[:, None].expand(k, k), phase[None, :].expand(k, k)), taps, accumulate=True)
+    return (taps / sums[phase[:, None], phase[None, :]]).float()
+
+
+def rotate(x: torch.Tensor, degrees: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate the content of (N, C, H, W) images counterclockwise (as displayed) about the
+    image centre, band-limited to the intersection of both pixel grids' bands; the mask
+    keeps output pixels whose filter footprint lies inside the source frame."""
+    h, w = x.shape[-2:]
+    up, e = ROTATION_UP, ROTATION_EXTENT
+    f = rotation_bandlimit_filter(degrees, up).to(x.device, x.dtype)
+    # Fine image: sample m along each axis sits at source pixel m / up (m = 0..(size-1)*up).
+    fine = upfirdn2d(x, f, up=up, padding=(e * up, e * up - up + 1, e * up, e * up - up + 1))
+    # Source position of every output pixel: the inverse rotation about the centre.
+    angle = math.radians(degrees)
+    c, s = math.cos(angle), math.sin(angle)
+    py, px = torch.meshgrid(torch.arange(h, dtype=torch.float64) - (h - 1) / 2,
+                            torch.arange(w, dtype=torch.float64) - (w - 1) / 2, indexing="ij")
+    sx, sy = c * px - s * py + (w - 1) / 2, s * px + c * py + (h - 1) / 2
+    grid = torch.stack([sx / (w - 1) * 2 - 1, sy / (h - 1) * 2 - 1], dim=-1)  # align_corners=True units
+    grid = grid[None].expand(x.shape[0], h, w, 2).to(x.device, x.dtype)
+    out = F.grid_sample(fine, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    inside = (sx >= e) & (sx <= w - 1 - e) & (sy >= e) & (sy <= h - 1 - e)
+    return out, inside.to(x.device, x.dtype)[None, None]
+
+
+def pseudo_rotate(x: torch.Tensor, degrees: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Filter already-rotated images through the same band as `rotate`, expressed in their
+    own frame (where the source grid is turned by -degrees), without moving anything; the
+    mask drops the filter's border."""
+    h, w = x.shape[-2:]
+    e = ROTATION_EXTENT
+    f = rotation_bandlimit_filter(-degrees, up=1).to(x.device, x.dtype)
+    mask = torch.zeros(1, 1, h, w, dtype=x.dtype, device=x.device)
+    mask[..., e: h - e, e: w - e] = 1
+    return filter2d(x, f), mask

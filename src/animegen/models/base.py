@@ -1,0 +1,89 @@
+"""The Model contract: what every generator family (vae, dcgan, ddpm, stylegan...) provides.
+
+A Model is an `nn.Module` holding exactly what is needed to *generate* images: the
+generator, the VAE (encoder and decoder), or the denoiser together with its noise
+schedule. Auxiliary training networks (a discriminator, a perceptual net) and every
+optimizer belong to the family's `Objective` (animegen.training.objective), never here.
+The training loop keeps an EMA copy of the whole Model (parameters averaged, buffers
+copied) and samples, evaluates and exports through that copy.
+
+Implementers subclass `Model` and provide:
+
+    config_class        the family's architecture dataclass; it must have an int
+                        `resolution` field (set from the dataset, never from a preset).
+    __init__(config)    build every submodule from `config` alone (plain constructor,
+                        no I/O), and call `super().__init__(config)` first.
+    sample(noise, **options) -> Tensor
+                        len(noise) images, N x 3 x R x R, float32 in [-1, 1], on the
+                        model's device. All randomness comes from `noise.randn(...)`,
+                        so image i depends only on its seed (not on batch size or on
+                        its position in the batch). Called under torch.no_grad() on the
+                        EMA copy in eval mode.
+    sample_options      the option names `sample` accepts (e.g. ("sampler", "steps")),
+                        and `resolve_sample_options` to fill in their defaults, so that
+                        `animegen eval` can record exactly how images were made.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+from animegen.errors import UserError
+
+
+class Noise:
+    """Standard Gaussian noise for a batch in which image i draws only from its own seed.
+
+    Each image owns a CPU `torch.Generator` seeded with its seed; every `randn` call
+    advances all of them by one draw of the requested per-image shape. Drawing on the CPU
+    makes samples identical across devices and batch sizes.
+    """
+
+    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu"):
+        self.seeds = [int(s) for s in seeds]
+        self.device = torch.device(device)
+        self.generators = [torch.Generator().manual_seed(s) for s in self.seeds]
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        """Noise of shape (len(self), *shape) on `self.device`."""
+        draws = [torch.randn(shape, generator=g) for g in self.generators]
+        return torch.stack(draws).to(self.device)
+
+
+class Model(nn.Module):
+    """Base class of every generator family; see the module docstring for the contract."""
+
+    config_class: ClassVar[type]
+    sample_options: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+
+    @property
+    def resolution(self) -> int:
+        return self.config.resolution
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def resolve_sample_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The full set of options `sample` will use: `options` (None values dropped)
+        with the family's defaults filled in. Unknown names are a UserError."""
+        given = {k: v for k, v in options.items() if v is not None}
+        unknown = sorted(set(given) - set(self.sample_options))
+        if unknown:
+            accepted = ", ".join(self.sample_options) or "none"
+            raise UserError(f"{type(self).__name__} does not take sampling option(s) {', '.join(unknown)} "
+                            f"(accepted: {accepted}).")
+        return given
+
+    def sample(self, noise: Noise, **options) -> torch.Tensor:
+        raise NotImplementedError

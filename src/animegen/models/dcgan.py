@@ -1,0 +1,133 @@
+"""DCGAN (Radford et al. 2016): the classic 64x64 generator and discriminator, with depth
+following the resolution, trained with the non-saturating GAN loss.
+
+Generator: z -> 4x4 by a transposed conv, then (transposed conv 4x4 stride 2, BatchNorm,
+ReLU) per doubling, tanh at the end; widths halve as the resolution doubles, ending at
+`g_channels` before the RGB layer. Discriminator: the mirror with LeakyReLU(0.2), no
+BatchNorm on the first layer, and a 4x4 conv to one logit. Optional spectral norm on
+every discriminator layer replaces its BatchNorm.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from animegen.models.base import Model, Noise
+from animegen.models.registry import ModelSpec
+from animegen.training.objective import Objective
+
+
+@dataclass
+class DCGANConfig:
+    resolution: int = 64
+    latent_dim: int = 100
+    g_channels: int = 64  # generator width at full resolution (ngf)
+
+
+@dataclass
+class DCGANObjectiveConfig:
+    d_channels: int = 64  # discriminator width at full resolution (ndf)
+    spectral_norm: bool = False
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+
+
+def doublings(resolution: int) -> int:
+    n = int(math.log2(resolution // 4))
+    if resolution < 8 or 4 * 2**n != resolution:
+        raise ValueError(f"resolution must be a power of two >= 8, not {resolution}")
+    return n
+
+
+def _init_weights(module: nn.Module) -> None:
+    """The DCGAN paper's initialization: N(0, 0.02) convolutions, N(1, 0.02) BatchNorm scales."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+class DCGAN(Model):
+    config_class = DCGANConfig
+
+    def __init__(self, config: DCGANConfig):
+        super().__init__(config)
+        n = doublings(config.resolution)
+        w = [config.g_channels * 2 ** (n - 1 - i) for i in range(n)]  # widths at 4x4 ... R/2
+        layers = [nn.ConvTranspose2d(config.latent_dim, w[0], 4, 1, 0, bias=False), nn.BatchNorm2d(w[0]), nn.ReLU(True)]
+        for a, b in zip(w, w[1:]):
+            layers += [nn.ConvTranspose2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b), nn.ReLU(True)]
+        layers += [nn.ConvTranspose2d(w[-1], 3, 4, 2, 1, bias=False), nn.Tanh()]
+        self.generator = nn.Sequential(*layers)
+        self.apply(_init_weights)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.generator(z[:, :, None, None])
+
+    def sample(self, noise: Noise, **options) -> torch.Tensor:
+        return self(noise.randn(self.config.latent_dim)).float()
+
+
+class Discriminator(nn.Module):
+    def __init__(self, resolution: int, channels: int, use_spectral_norm: bool):
+        super().__init__()
+        n = doublings(resolution)
+        w = [channels * 2**i for i in range(n)]  # widths at R/2 ... 4x4
+        norm = spectral_norm if use_spectral_norm else (lambda layer: layer)
+        layers = [norm(nn.Conv2d(3, w[0], 4, 2, 1, bias=False)), nn.LeakyReLU(0.2, True)]
+        for a, b in zip(w, w[1:]):
+            layers.append(norm(nn.Conv2d(a, b, 4, 2, 1, bias=False)))
+            layers += [nn.LeakyReLU(0.2, True)] if use_spectral_norm else [nn.BatchNorm2d(b), nn.LeakyReLU(0.2, True)]
+        layers += [norm(nn.Conv2d(w[-1], 1, 4, 1, 0, bias=False)), nn.Flatten()]
+        self.net = nn.Sequential(*layers)
+        if not use_spectral_norm:
+            self.apply(_init_weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(1)
+
+
+class DCGANObjective(Objective):
+    """Non-saturating loss: D minimizes softplus(-D(x)) + softplus(D(G(z))), G minimizes
+    softplus(-D(G(z))); one D step then one G step on the same fakes."""
+
+    config_class = DCGANObjectiveConfig
+
+    def __init__(self, model: DCGAN, config: DCGANObjectiveConfig, ctx):
+        super().__init__(model, config, ctx)
+        mc = model.config
+        self.d = self.add_net("d", Discriminator(mc.resolution, config.d_channels, config.spectral_norm))
+        for name, net in (("g", model), ("d", self.d)):
+            self.add_optimizer(name, torch.optim.Adam(net.parameters(), lr=config.lr, betas=config.betas))
+
+    def train_step(self, real: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        z = self.randn(real.shape[0], self.model.config.latent_dim)
+        with self.autocast():
+            fake = self.model(z)
+            d_loss = F.softplus(-self.d(real)).mean() + F.softplus(self.d(fake.detach())).mean()
+        self.optimize("d", d_loss)
+        self.d.requires_grad_(False)
+        with self.autocast():
+            g_loss = F.softplus(-self.d(fake)).mean()
+        self.optimize("g", g_loss)
+        self.d.requires_grad_(True)
+        return {"loss_d": d_loss.detach().float(), "loss_g": g_loss.detach().float()}
+
+
+SPEC = ModelSpec(
+    name="dcgan",
+    description="DCGAN, non-saturating loss, optional spectral norm",
+    model=DCGAN,
+    objective=DCGANObjective,
+    presets={
+        "tiny": {"g_channels": 32, "d_channels": 32, "latent_dim": 64, "batch": 32, "ema_kimg": 0.5},
+        "paper64": {"g_channels": 64, "d_channels": 64, "latent_dim": 100, "batch": 128, "ema_kimg": 1.0},
+    },
+)

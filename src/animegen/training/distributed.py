@@ -1,0 +1,85 @@
+"""Multi-process training under torchrun: detect the environment, join the process group
+(gloo on CPU, nccl on GPU), and the few collectives the loop needs.
+
+    torchrun --nproc_per_node=K -m animegen train ...            # one node
+    torchrun --nnodes=N --node_rank=i --rdzv-endpoint=HOST:PORT \\
+             --nproc_per_node=K -m animegen train ...            # several nodes
+
+Rank 0 alone logs, writes samples, computes FID snapshots and writes checkpoints; every
+rank loads the same checkpoint on --resume.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+from animegen.errors import UserError
+from animegen.training.objective import TrainContext
+
+
+def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
+    if choice not in ("auto", "cpu", "cuda"):
+        raise UserError(f"unknown device {choice!r}; choose auto, cpu or cuda.")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is available.")
+    if choice == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank)
+
+
+def setup(device_choice: str) -> TrainContext:
+    """This process's context; joins the process group when launched by torchrun."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_choice, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world_size == 1:
+        return TrainContext(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return TrainContext(device, rank=dist.get_rank(), world_size=world_size)
+
+
+def teardown(ctx: TrainContext) -> None:
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(ctx: TrainContext) -> None:
+    if ctx.distributed:
+        dist.barrier()
+
+
+def mean_over_ranks(ctx: TrainContext, values: torch.Tensor) -> torch.Tensor:
+    """The element-wise mean of a 1-D float tensor over ranks."""
+    if not ctx.distributed:
+        return values
+    values = values.clone()
+    dist.all_reduce(values)
+    return values / ctx.world_size
+
+
+def broadcast_buffers(ctx: TrainContext, modules) -> None:
+    """Rank 0's buffers (e.g. BatchNorm running statistics) on every rank."""
+    if ctx.distributed:
+        for module in modules:
+            for buffer in module.buffers():
+                dist.broadcast(buffer, 0)
+
+
+def check_in_sync(ctx: TrainContext, modules) -> None:
+    """Raise if any rank's parameters differ from rank 0's (per-tensor sums of values and of
+    squares, exact for identical tensors, compared across ranks)."""
+    if not ctx.distributed:
+        return
+    params = [p.detach().double() for m in modules for p in m.parameters()]
+    signature = torch.stack([torch.stack([p.sum(), p.square().sum()]) for p in params]).flatten()
+    gathered = [torch.empty_like(signature) for _ in range(ctx.world_size)]
+    dist.all_gather(gathered, signature)
+    for rank, other in enumerate(gathered):
+        if not torch.equal(other, gathered[0]):
+            raise RuntimeError(f"rank {rank}'s parameters differ from rank 0's; the processes are out of sync.")

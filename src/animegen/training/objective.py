@@ -1,0 +1,154 @@
+"""The Objective contract: how one family's Model is trained.
+
+The training loop (animegen.training.loop) is the same for every family. It owns the
+data order, EMA, logging, snapshots and checkpoints, and calls one method of the
+family's Objective per step:
+
+    losses = objective.train_step(real, step)
+
+Implementers subclass `Objective` and provide:
+
+    config_class        the family's hyperparameter dataclass (learning rates, betas,
+                        loss weights...). Its field names share one flat namespace with
+                        the model config and animegen.training.config.TrainConfig, so
+                        `--set lr=...` is unambiguous; the registry test checks this.
+    __init__(model, config, ctx)
+                        call `super().__init__(model, config, ctx)` first, then build
+                        auxiliary networks with `self.add_net(name, module)` (they are
+                        moved to ctx.device and checkpointed) and optimizers with
+                        `self.add_optimizer(name, optimizer)` (checkpointed). Building must
+                        not draw random numbers except through torch's global generator,
+                        which the loop seeds identically on every rank.
+    train_step(real, step) -> dict[str, Tensor]
+                        one optimisation step on this rank's share of the global batch.
+                        `real` is float32 N x 3 x R x R in [-1, 1] on ctx.device. Rules:
+                          * draw all randomness with self.randn / self.rand / self.randint
+                            (global batch drawn, this rank's slice kept: a K-rank run with
+                            global batch B sees the same numbers as a 1-rank run with B);
+                          * run forward passes inside `with self.autocast():` (bf16 on GPU,
+                            a no-op on CPU);
+                          * update with `self.optimize(name, loss)` (zero grad, backward,
+                            average gradients across ranks, optional clipping, step), never
+                            opt.step() directly;
+                          * return detached scalar tensors; the loop averages them across
+                            ranks, logs them, and stops the run if any is NaN or Inf.
+    extra_state() / load_extra_state(state)
+                        optional: JSON-able non-tensor state (tensors belong in buffers of
+                        a net added with add_net, which are checkpointed already).
+
+Distributed training does not wrap modules in DistributedDataParallel: `optimize`
+all-reduces the gradients of the parameters it steps (one flat buffer), and the loop
+broadcasts buffers (e.g. BatchNorm statistics) from rank 0 after every step. This keeps
+alternating updates (GAN generator/discriminator steps, lazy regularizers) free of
+DDP's unused-parameter and double-forward restrictions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from animegen.models.base import Model
+
+
+@dataclass(frozen=True)
+class TrainContext:
+    """Where and how this process trains: its device and its place among the ranks."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """bf16 on GPU; None (full fp32) on CPU."""
+        return torch.bfloat16 if self.device.type == "cuda" else None
+
+
+class Objective:
+    """Base class of every family's training objective; see the module docstring."""
+
+    config_class: ClassVar[type]
+
+    def __init__(self, model: Model, config, ctx: TrainContext):
+        self.model = model
+        self.config = config
+        self.ctx = ctx
+        self.nets: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+
+    # ------------------------------------------------------------ for implementers
+    def add_net(self, name: str, net: nn.Module) -> nn.Module:
+        self.nets[name] = net.to(self.ctx.device)
+        return self.nets[name]
+
+    def add_optimizer(self, name: str, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        self.optimizers[name] = optimizer
+        return optimizer
+
+    def autocast(self):
+        dtype = self.ctx.autocast_dtype
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.ctx.device.type, dtype=dtype)
+
+    def optimize(self, name: str, loss: torch.Tensor, clip_grad_norm: float | None = None) -> None:
+        """Zero the optimizer's gradients, backpropagate `loss`, average the gradients
+        across ranks, optionally clip their global norm, and step."""
+        optimizer = self.optimizers[name]
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.ctx.distributed:
+            _average_gradients(params, self.ctx.world_size)
+        if clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+        optimizer.step()
+
+    def randn(self, *local_shape: int) -> torch.Tensor:
+        return self._draw(lambda shape: torch.randn(shape), local_shape)
+
+    def rand(self, *local_shape: int) -> torch.Tensor:
+        return self._draw(lambda shape: torch.rand(shape), local_shape)
+
+    def randint(self, high: int, *local_shape: int) -> torch.Tensor:
+        return self._draw(lambda shape: torch.randint(high, shape), local_shape)
+
+    # ------------------------------------------------------------ to implement
+    def train_step(self, real: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    # ------------------------------------------------------------ internals
+    def _draw(self, draw, local_shape: tuple[int, ...]) -> torch.Tensor:
+        """Draw for the global batch on the CPU from torch's global generator (identical
+        on every rank) and keep this rank's slice along the first dimension."""
+        n = local_shape[0]
+        full = draw((n * self.ctx.world_size, *local_shape[1:]))
+        return full[self.ctx.rank * n : (self.ctx.rank + 1) * n].to(self.ctx.device)
+
+
+def _average_gradients(params: list[torch.Tensor], world_size: int) -> None:
+    """Average .grad over ranks with one all-reduce of a flat buffer. Parameters without a
+    gradient on this step contribute zeros, so every rank reduces the same layout."""
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        return
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
+    torch.distributed.all_reduce(flat)
+    flat /= world_size
+    for p, g in zip(params, flat.split([p.numel() for p in params])):
+        p.grad = g.view_as(p).clone()
