@@ -99,3 +99,8 @@ def test_cli_synth_writes_a_dataset(tmp_path):
     assert read_manifest(out)["resolution"] == 16
     again = CliRunner().invoke(main, ["data", "synth", "--out", str(out), "--count", "20"])
     assert again.exit_code == 2 and "already exists" in again.output
+
+
+def test_split_refuses_to_leave_no_training_image():
+    with pytest.raises(UserError, match="no training image"):
+        split_indices(1, 0.6, seed=0)

@@ -84,7 +84,7 @@ def prepare_dataset(sources: list[str], out, resolution: int, test_fraction: flo
         "resize_filter": f"lanczos (Pillow {PIL.__version__} Image.Resampling.LANCZOS)",
         "min_size": min_size,
         "max_pixels": MAX_PIXELS,
-        "order": "sorted by sha256 of decoded pixels, then split by a permutation seeded with `seed`",
+        "order": "by sha256 of decoded pixels; a permutation seeded with `seed` picks the test images",
         "counts": {"found": len(files), "kept": len(kept), "train": len(splits["train"]),
                    "test": len(splits["test"]), "duplicates": len(duplicates), "skipped": len(skipped)},
         "images": images,

@@ -77,4 +77,6 @@ def split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, 
         raise UserError(f"test fraction must be in [0, 1), got {test_fraction}.")
     perm = np.random.default_rng(seed).permutation(n)
     n_test = int(round(n * test_fraction))
+    if n_test >= n:
+        raise UserError(f"a test fraction of {test_fraction} leaves no training image out of {n}.")
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])

@@ -103,24 +103,25 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
                      up: bool = False, resample_filter: torch.Tensor | None = None) -> torch.Tensor:
     """Convolve each image with its own weights: `weight` (O, I, k, k) scaled per input channel
     by `styles` (N, I) and, with `demodulate`, renormalized to unit L2 norm per output channel
-    (the expected-statistics replacement of AdaIN). One grouped convolution for the batch.
-    `up=True` is a stride-2 transposed convolution followed by the `resample_filter` blur."""
-    n, c_in, h, w = x.shape
-    c_out, _, k, _ = weight.shape
-    wgt = weight[None] * styles[:, None, :, None, None]  # (N, O, I, k, k)
+    (the expected-statistics replacement of AdaIN). Computed as scale inputs -> shared
+    convolution -> scale outputs, which equals the per-image convolution and is one dense
+    convolution for the batch. `up=True` is a stride-2 transposed convolution followed by
+    the `resample_filter` blur."""
+    c_out, c_in, k, _ = weight.shape
+    x = x * styles[:, :, None, None].to(x.dtype)
+    if up:
+        # conv_transpose2d scatters (a true convolution); flipping the taps makes this equal to
+        # "zero-insert, then correlate like conv2d", so `weight` means the same in both branches.
+        x = F.conv_transpose2d(x, weight.flip([2, 3]).transpose(0, 1), stride=2)  # 2h + k - 2 per side
+        # Pad so that the blur brings it to exactly 2h; gain 4 makes up for the inserted zeros.
+        x = upfirdn2d(x, resample_filter, padding=_split(len(resample_filter) + 1 - k), gain=4)
+    else:
+        x = F.conv2d(x, weight, padding=k // 2)
     if demodulate:
-        wgt = wgt * torch.rsqrt(wgt.square().sum(dim=[2, 3, 4], keepdim=True) + 1e-8)
-    x = x.reshape(1, n * c_in, h, w)
-    if not up:
-        x = F.conv2d(x, wgt.reshape(n * c_out, c_in, k, k), padding=k // 2, groups=n)
-        return x.reshape(n, c_out, h, w)
-    # conv_transpose2d scatters (a true convolution); flipping the taps makes this equal to
-    # "zero-insert, then correlate like conv2d", so `weight` means the same in both branches.
-    wgt_t = wgt.flip([3, 4]).transpose(1, 2).reshape(n * c_in, c_out, k, k)
-    x = F.conv_transpose2d(x, wgt_t, stride=2, groups=n)  # (2h + k - 2) per side
-    # Pad so that the blur brings it to exactly 2h; gain 4 makes up for the inserted zeros.
-    x = upfirdn2d(x, resample_filter, padding=_split(len(resample_filter) + 1 - k), gain=4)
-    return x.reshape(n, c_out, 2 * h, 2 * w)
+        # |weight * style| per output channel, from the squared weights summed over taps.
+        norms = styles.square() @ weight.square().sum(dim=[2, 3]).t()  # (N, O)
+        x = x * torch.rsqrt(norms + 1e-8)[:, :, None, None].to(x.dtype)
+    return x
 
 
 # ---------------------------------------------------------------- generator
