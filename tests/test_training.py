@@ -50,9 +50,9 @@ def test_resume_is_exact(tmp_path, faces16, family):
     """3 steps, then resume to 6 == 6 straight, weight for weight: model, EMA, auxiliary
     nets, optimizer states, RNG and data position; the mid-run checkpoint equals the one a
     run ending there writes (so a kill after it loses nothing)."""
-    _train(tmp_path / "split", family, faces16, 3)
+    _train(tmp_path / "split", family, faces16, 3, ckpt_every="3")
     _train(tmp_path / "split", family, faces16, 6, resume=True)
-    _train(tmp_path / "straight", family, faces16, 6)
+    _train(tmp_path / "straight", family, faces16, 6, ckpt_every="3")
     for step in (3, 6):
         a, state_a = checkpoint.load(tmp_path / "split" / "checkpoints" / f"step-{step:08d}")
         b, state_b = checkpoint.load(tmp_path / "straight" / "checkpoints" / f"step-{step:08d}")
