@@ -206,17 +206,20 @@ def demo(out):
 @click.argument("model", required=False)
 @click.option("--data", type=click.Path(), default=None, help="Prepared dataset (train split used); optional with --resume.")
 @click.option("--out", "run", required=True, type=click.Path(), help="Run folder.")
-@click.option("--preset", type=click.Choice(["tiny", "paper64"]), default="tiny", show_default=True)
+@click.option("--preset", type=click.Choice(["tiny", "paper64"]), default=None, help="Sizes and hyperparameters [default: tiny].")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one setting (repeatable).")
 @click.option("--steps", type=int, default=None, help="Train until this many steps in total.")
 @click.option("--kimg", type=float, default=None, help="Train until this many thousand images in total.")
 @click.option("--minutes", type=float, default=None, help="Train until this many minutes of training in total.")
 @click.option("--resume", is_flag=True, help="Continue RUN from its newest checkpoint up to the new target.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=None, help="Seed of initialization, data order and noise [default: 0].")
 @click.option("--fid-every", default=None, help="FID snapshot interval: steps, 'Nkimg' or 'Nmin' [default: off].")
 @click.option("--fid-num", type=int, default=None, help="Generated images per FID snapshot [default: 1000].")
-def train_command(model, data, run, preset, sets, steps, kimg, minutes, resume, device, seed, fid_every, fid_num):
+@click.option("--init-from", type=click.Path(), default=None, metavar="RUN_OR_CHECKPOINT",
+              help="Start a new run from another run's weights (matching names and shapes; the rest stay fresh).")
+def train_command(model, data, run, preset, sets, steps, kimg, minutes, resume, device, seed, fid_every, fid_num,
+                  init_from):
     """Train MODEL (vae, dcgan, ddpm) on a prepared dataset, or continue a run.
 
     Multi-GPU: torchrun --nproc_per_node=K -m animegen train ...
@@ -225,13 +228,14 @@ def train_command(model, data, run, preset, sets, steps, kimg, minutes, resume, 
     Example:
       animegen train ddpm --data data/faces32 --out runs/ddpm32 --preset tiny --minutes 10 --fid-every 2min
       animegen train ddpm --out runs/ddpm32 --resume --minutes 20
+      animegen train stylegan3-t --data data/faces32 --out runs/sg3 --init-from runs/sg3-other-data --minutes 10
     """
     from animegen.training.config import parse_sets
     from animegen.training.loop import Target, train
 
     train(run, model=model, data=data, preset=preset, sets=parse_sets(list(sets)),
           target=Target(steps=steps, kimg=kimg, minutes=minutes), resume=resume, device=device, seed=seed,
-          fid_every=fid_every, fid_num=fid_num, echo=click.echo)
+          fid_every=fid_every, fid_num=fid_num, init_from=init_from, echo=click.echo)
 
 
 def _sampling_options(f):
@@ -239,6 +243,16 @@ def _sampling_options(f):
                      help="Diffusion sampler [default: the run's].")(f)
     f = click.option("--steps", type=int, default=None, help="Diffusion sampling steps (NFE) [default: the run's].")(f)
     f = click.option("--eta", type=float, default=None, help="DDIM noise scale (0 deterministic, 1 ancestral).")(f)
+    f = click.option("--truncation", type=float, default=None, help="StyleGAN truncation psi (1 = off) [default: 1].")(f)
+    f = click.option("--noise-mode", type=click.Choice(["random", "const", "none"]), default=None,
+                     help="StyleGAN2 noise inputs: per seed, the fixed stored noise, or none [default: random].")(f)
+    f = click.option("--mix-seed", type=int, default=None,
+                     help="StyleGAN2 style mixing: take the styles of layers MIX_LAYER.. from this seed.")(f)
+    f = click.option("--mix-layer", type=int, default=None,
+                     help="First style layer taken from --mix-seed [default: half of the layers].")(f)
+    f = click.option("--translate", default=None, metavar="X,Y",
+                     help="StyleGAN3 input translation in image widths, e.g. 0.1,0.")(f)
+    f = click.option("--rotate", type=float, default=None, help="StyleGAN3 input rotation in degrees.")(f)
     f = click.option("--batch-size", type=int, default=64, show_default=True)(f)
     f = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)(f)
     return f
@@ -251,7 +265,7 @@ def _sampling_options(f):
 @click.option("--seed", type=int, default=0, show_default=True, help="Image i comes from seed SEED+i.")
 @click.option("--grid", type=click.Path(), default=None, help="Also write all images as one grid PNG.")
 @_sampling_options
-def sample_command(run, count, out, seed, grid, sampler, steps, eta, batch_size, device):
+def sample_command(run, count, out, seed, grid, batch_size, device, **options):
     """Generate images from RUN's newest checkpoint (EMA weights); the same seed gives the same images.
 
     \b
@@ -260,8 +274,7 @@ def sample_command(run, count, out, seed, grid, sampler, steps, eta, batch_size,
     """
     from animegen.generate import write_samples
 
-    info = write_samples(run, out, count, seed=seed, batch_size=batch_size,
-                         options={"sampler": sampler, "steps": steps, "eta": eta}, grid=grid, device=device)
+    info = write_samples(run, out, count, seed=seed, batch_size=batch_size, options=options, grid=grid, device=device)
     click.echo(f"{out}: {count} images (seeds {info['seeds'][0]}..{info['seeds'][1]}) from {info['checkpoint']}"
                + (f"; grid {grid}" if grid else ""))
 
@@ -273,7 +286,7 @@ def sample_command(run, count, out, seed, grid, sampler, steps, eta, batch_size,
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @_sampling_options
-def eval_command(run, metrics, num, split, as_json, sampler, steps, eta, batch_size, device):
+def eval_command(run, metrics, num, split, as_json, batch_size, device, **options):
     """Metrics of RUN's EMA generator against its dataset, with the exact protocol used.
 
     \b
@@ -283,6 +296,6 @@ def eval_command(run, metrics, num, split, as_json, sampler, steps, eta, batch_s
     from animegen.generate import evaluate_run
 
     result = evaluate_run(run, [m.strip() for m in metrics.split(",") if m.strip()], num, split=split,
-                          options={"sampler": sampler, "steps": steps, "eta": eta}, device=device,
+                          options=options, device=device,
                           batch_size=batch_size)
     click.echo(json.dumps(result) if as_json else "\n".join(f"{k:>16}: {v}" for k, v in result.items()))

@@ -88,11 +88,12 @@ def _randn(shape, generator: torch.Generator | None, device, dtype: torch.dtype)
 
 def _predict(denoiser: Denoiser, schedule: NoiseSchedule, prediction: str, clip_x0: bool, x: torch.Tensor, t: int):
     """(x0, eps) predicted at x = x_t; a clipped x0 comes with the eps that keeps the pair consistent with x_t."""
-    t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-    x0, eps = schedule.predict_x0_eps(denoiser(x, t_batch).to(x.dtype), x, t_batch, prediction)
+    model_output = denoiser(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)).to(x.dtype)
+    t = torch.tensor(t)  # one timestep for the whole batch: scalar coefficients
+    x0, eps = schedule.predict_x0_eps(model_output, x, t, prediction)
     if clip_x0:
         x0 = x0.clamp(-1, 1)
-        eps = schedule.eps_from_x0(x0, x, t_batch)
+        eps = schedule.eps_from_x0(x0, x, t)
     return x0, eps
 
 

@@ -38,7 +38,6 @@ import torch.nn.functional as F
 
 from animegen.errors import UserError
 from animegen.models.base import Noise
-from animegen.models.ops.upfirdn2d import filter2d, upfirdn2d
 
 EQ_METRICS = ("eqt", "eqt_frac", "eqr")
 PSNR_CAP = 100.0  # dB: an MSE below 4e-10 counts as exact
@@ -156,21 +155,29 @@ def sinc(x: torch.Tensor) -> torch.Tensor:
     return torch.sinc(x)  # sin(pi x) / (pi x)
 
 
-def lanczos(x: torch.Tensor, a: int = LANCZOS_A) -> torch.Tensor:
-    """The Lanczos window times sinc: sinc(x) sinc(x/a) inside |x| < a, else 0."""
-    return torch.where(x.abs() < a, sinc(x) * sinc(x / a), torch.zeros_like(x))
+def lanczos_window(x: torch.Tensor, a: int = LANCZOS_A) -> torch.Tensor:
+    """sinc(x/a) inside |x| < a, else 0."""
+    return torch.where(x.abs() < a, sinc(x / a), torch.zeros_like(x))
 
 
-def rotation_bandlimit_filter(degrees: float, up: int, extent: int = ROTATION_EXTENT, box: int = 64) -> torch.Tensor:
-    """2-D taps of the low-pass onto the intersection of two square bands: the input pixel
-    grid's and that of a grid rotated counterclockwise by `degrees` (as displayed, y down).
+def lanczos(x: torch.Tensor) -> torch.Tensor:
+    """The Lanczos interpolation kernel: sinc windowed by `lanczos_window`."""
+    return sinc(x) * lanczos_window(x)
+
+
+def rotation_bandlimit_filter(degrees: float, up: int, extent: int = ROTATION_EXTENT, box: int = 32) -> torch.Tensor:
+    """Polyphase taps of the low-pass onto the intersection of two square bands: the input
+    pixel grid's and that of a grid rotated counterclockwise by `degrees` (as displayed, y down).
 
     The ideal filter is the convolution of the two grids' sinc filters; it is windowed by
     the convolution of their Lanczos windows, which keeps the support within both grids'
     windows. Convolutions are computed with FFTs over a periodic box of +-`box` pixels,
-    sampled every 1/`up` pixel. Returns taps at offsets j/up, |j| <= extent*up (rows = y),
-    each of the up x up polyphase components normalized to sum 1 (so a constant image
-    stays constant at every sub-pixel phase).
+    sampled every 1/`up` pixel, and the taps are kept out to +-`extent` pixels.
+
+    Returns (up, up, K, K), K = 2 * extent + 1: entry [py, px, dy, dx] is the weight of the
+    source pixel (dy, dx) pixels *before* the fine sample at sub-pixel phase (py/up, px/up),
+    i.e. the filter at offset (dy + py/up, dx + px/up). Each phase sums to 1, so a constant
+    image stays constant at every phase.
     """
     n = 2 * box * up
     offsets = (torch.arange(n, dtype=torch.float64) - box * up) / up
@@ -183,18 +190,29 @@ def rotation_bandlimit_filter(degrees: float, up: int, extent: int = ROTATION_EX
 
     def convolve(f, g):
         f, g = torch.fft.ifftshift(f), torch.fft.ifftshift(g)
-        return torch.fft.fftshift(torch.fft.ifft2(torch.fft.fft2(f) * torch.fft.fft2(g)).real) / up**2
+        return torch.fft.fftshift(torch.fft.irfft2(torch.fft.rfft2(f) * torch.fft.rfft2(g), s=f.shape))
 
     ideal = convolve(sinc(x) * sinc(y), sinc(xr) * sinc(yr))
-    window = convolve(lanczos(x) * lanczos(y), lanczos(xr) * lanczos(yr))
-    taps = (ideal * window)[box * up - extent * up: box * up + extent * up + 1,
-                            box * up - extent * up: box * up + extent * up + 1]
-    # Normalize each polyphase component (taps j = phase mod up along each axis).
-    k = taps.shape[0]
-    phase = (torch.arange(k) - extent * up) % up
-    sums = torch.zeros(up, up, dtype=torch.float64).index_put_(
-        (phase[:, None].expand(k, k), phase[None, :].expand(k, k)), taps, accumulate=True)
-    return (taps / sums[phase[:, None], phase[None, :]]).float()
+    window = convolve(lanczos_window(x) * lanczos_window(y), lanczos_window(xr) * lanczos_window(yr))
+    # Offsets -extent .. extent + 1 - 1/up: (2 extent + 1) whole pixels of `up` phases each.
+    lo, hi = (box - extent) * up, (box + extent + 1) * up
+    taps = (ideal * window)[lo:hi, lo:hi]
+    taps[extent * 2 * up + 1:, :] = 0  # beyond +extent
+    taps[:, extent * 2 * up + 1:] = 0
+    k = 2 * extent + 1
+    phases = taps.reshape(k, up, k, up).permute(1, 3, 0, 2)  # [py, px, dy + extent, dx + extent]
+    return (phases / phases.sum(dim=(2, 3), keepdim=True)).float()
+
+
+def _polyphase_upsample(x: torch.Tensor, phases: torch.Tensor) -> torch.Tensor:
+    """Resample (N, C, H, W) images to (N, C, H*up, W*up) with polyphase filters from
+    `rotation_bandlimit_filter`: fine sample (i*up + p) sits at source position i + p/up."""
+    n, c, h, w = x.shape
+    up, k = phases.shape[0], phases.shape[-1]
+    # fine[i*up + p] = sum_d x[i - d] * phases[p, d]: a correlation with the taps flipped.
+    weight = phases.flip([2, 3]).reshape(up * up, 1, k, k).to(x.device, x.dtype)
+    fine = F.conv2d(x.reshape(n * c, 1, h, w), weight, padding=k // 2)
+    return F.pixel_shuffle(fine, up).reshape(n, c, h * up, w * up)
 
 
 def rotate(x: torch.Tensor, degrees: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -203,16 +221,15 @@ def rotate(x: torch.Tensor, degrees: float) -> tuple[torch.Tensor, torch.Tensor]
     keeps output pixels whose filter footprint lies inside the source frame."""
     h, w = x.shape[-2:]
     up, e = ROTATION_UP, ROTATION_EXTENT
-    f = rotation_bandlimit_filter(degrees, up).to(x.device, x.dtype)
-    # Fine image: sample m along each axis sits at source pixel m / up (m = 0..(size-1)*up).
-    fine = upfirdn2d(x, f, up=up, padding=(e * up, e * up - up + 1, e * up, e * up - up + 1))
+    fine = _polyphase_upsample(x, rotation_bandlimit_filter(degrees, up))
     # Source position of every output pixel: the inverse rotation about the centre.
     angle = math.radians(degrees)
     c, s = math.cos(angle), math.sin(angle)
     py, px = torch.meshgrid(torch.arange(h, dtype=torch.float64) - (h - 1) / 2,
                             torch.arange(w, dtype=torch.float64) - (w - 1) / 2, indexing="ij")
     sx, sy = c * px - s * py + (w - 1) / 2, s * px + c * py + (h - 1) / 2
-    grid = torch.stack([sx / (w - 1) * 2 - 1, sy / (h - 1) * 2 - 1], dim=-1)  # align_corners=True units
+    # grid_sample's align_corners=True units: -1 and 1 are the first and last fine samples.
+    grid = torch.stack([sx * up / (w * up - 1) * 2 - 1, sy * up / (h * up - 1) * 2 - 1], dim=-1)
     grid = grid[None].expand(x.shape[0], h, w, 2).to(x.device, x.dtype)
     out = F.grid_sample(fine, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     inside = (sx >= e) & (sx <= w - 1 - e) & (sy >= e) & (sy <= h - 1 - e)
@@ -225,7 +242,8 @@ def pseudo_rotate(x: torch.Tensor, degrees: float) -> tuple[torch.Tensor, torch.
     mask drops the filter's border."""
     h, w = x.shape[-2:]
     e = ROTATION_EXTENT
-    f = rotation_bandlimit_filter(-degrees, up=1).to(x.device, x.dtype)
     mask = torch.zeros(1, 1, h, w, dtype=x.dtype, device=x.device)
     mask[..., e: h - e, e: w - e] = 1
-    return filter2d(x, f), mask
+    # The same continuous filter as `rotate` uses, read at whole-pixel offsets (phase 0).
+    taps = rotation_bandlimit_filter(-degrees, ROTATION_UP)[:1, :1]
+    return _polyphase_upsample(x, taps / taps.sum()), mask

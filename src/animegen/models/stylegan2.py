@@ -233,11 +233,13 @@ class StyleGAN2Config:
 
 
 class StyleGAN2(Model):
-    """The generator. Sampling options: `truncation` (psi, 1 = off) and `noise_mode`
-    ("random": per-seed noise, "const": the fixed noise stored in the weights, "none")."""
+    """The generator. Sampling options: `truncation` (psi; 1 = off), `noise_mode` ("random":
+    per-seed noise, "const": the fixed noise stored in the weights, "none"), and style mixing:
+    with `mix_seed`, the styles of layers `mix_layer`.. (default: the second half) come from
+    that seed's latent instead of the image's own."""
 
     config_class = StyleGAN2Config
-    sample_options = ("truncation", "noise_mode")
+    sample_options = ("truncation", "noise_mode", "mix_seed", "mix_layer")
 
     def __init__(self, config: StyleGAN2Config):
         super().__init__(config)
@@ -252,14 +254,20 @@ class StyleGAN2(Model):
         if options["noise_mode"] not in NOISE_MODES:
             raise UserError(f"unknown noise mode {options['noise_mode']!r}; choose one of {', '.join(NOISE_MODES)}.")
         options["truncation"] = float(options["truncation"])
+        if "mix_layer" in options and "mix_seed" not in options:
+            raise UserError("mix_layer needs a mix_seed to take the styles from.")
+        if "mix_seed" in options:
+            layer = int(options.setdefault("mix_layer", self.num_ws // 2))
+            if not 0 <= layer < self.num_ws:
+                raise UserError(f"mix_layer must be in 0..{self.num_ws - 1} (this generator has {self.num_ws} style inputs).")
         return options
 
-    def sample(self, noise: Noise, truncation: float = 1.0, noise_mode: str = "random") -> torch.Tensor:
+    def sample(self, noise: Noise, truncation: float = 1.0, noise_mode: str = "random", mix_seed: int | None = None,
+               mix_layer: int | None = None) -> torch.Tensor:
         ws = self.mapping(noise.randn(self.z_dim), truncation=truncation)
-        return self.synthesize(ws, noise, noise_mode)
-
-    def synthesize(self, ws: torch.Tensor, noise: Noise, noise_mode: str = "random") -> torch.Tensor:
-        """Images in [-1, 1] from given ws, drawing per-layer noise from `noise`."""
+        if mix_seed is not None:
+            other = self.mapping(Noise([mix_seed] * len(noise), noise.device).randn(self.z_dim), truncation=truncation)
+            ws = torch.cat([ws[:, :mix_layer], other[:, mix_layer:]], dim=1)
         return self.synthesis(ws, noise_mode, randn=noise.randn).float().clamp(-1, 1)
 
 
@@ -497,8 +505,8 @@ SPEC = ModelSpec(
     objective=StyleGANObjective,
     presets={
         # CPU: 16-32 px, narrow layers; ADA speed scaled to the ~100k images of a 10-minute run.
-        "tiny": {"z_dim": 64, "w_dim": 64, "channel_base": 1024, "channel_max": 64,
-                 "d_channel_base": 1024, "d_channel_max": 64, "batch": 16, "ada_kimg": 20.0,
+        "tiny": {"z_dim": 64, "w_dim": 64, "channel_base": 512, "channel_max": 64,
+                 "d_channel_base": 512, "d_channel_max": 64, "batch": 16, "ada_kimg": 20.0,
                  "ema_kimg": 5.0},
         # 64 px on one GPU: StyleGAN2-ADA's "auto" sizing at 64 px (channels 512 down to 256).
         "paper64": {"channel_base": 16384, "channel_max": 512, "d_channel_base": 16384, "d_channel_max": 512,

@@ -78,7 +78,7 @@ class AugmentPipe(nn.Module):
         self.mode, self.p = parse_mode(mode)
         self.ops, self.target, self.speed_kimg = tuple(ops), target, speed_kimg
         # Half-band low-pass for the 2x supersampling around the geometric resampling.
-        self.register_buffer("resample_filter", kaiser_lowpass(12, cutoff=0.5, width=0.4, fs=2), persistent=False)
+        self.register_buffer("resample_filter", kaiser_lowpass(16, cutoff=0.5, width=0.5, fs=2), persistent=False)
 
     def adjust(self, rt: float, nimg: int) -> None:
         """One ADA step: move p toward r_t = target by nimg / (speed_kimg * 1000)."""
@@ -136,9 +136,12 @@ class AugmentPipe(nn.Module):
         apply("aniso", _scale_matrix(torch.stack([1 / aniso, aniso])))
         apply("rotate", _rotation_matrix(-(rng.rand(n) * 2 - 1).to(device) * math.pi), p_rotate)
         apply("xfrac", _translation_matrix(-rng.randn(n, 2).to(device) * XFRAC_STD * 2))
-        if not active.any():
+        # Resample only the images that were transformed: the others stay exactly as they are,
+        # and the cost follows p.
+        index = active.nonzero().squeeze(1)
+        if len(index) == 0:
             return x
-        return torch.where(_per_image(active, x), resample(x, g_inv, self.resample_filter), x)
+        return x.index_copy(0, index, resample(x[index], g_inv[index], self.resample_filter))
 
     def _color(self, x: torch.Tensor, rng: RandomSource) -> torch.Tensor:
         """Compose affine color transforms of [-1, 1] RGB (gray = 0), as 4x4 matrices, and
@@ -230,14 +233,22 @@ def resample(x: torch.Tensor, g_inv: torch.Tensor, f: torch.Tensor) -> torch.Ten
     2x with mirrored borders, and low-passed back, so the resampling adds little aliasing."""
     n, c, h, w = x.shape
     pad = len(f) // 2
-    up = upsample2d(F.pad(x, [pad] * 4, mode="reflect"), f)[..., 2 * pad : -2 * pad, 2 * pad : -2 * pad]
+    up = upsample2d(mirror_pad(x, pad), f)[..., 2 * pad : -2 * pad, 2 * pad : -2 * pad]
     ys = (torch.arange(2 * h, device=x.device) + 0.5) / h - 1
     xs = (torch.arange(2 * w, device=x.device) + 0.5) / w - 1
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     coords = torch.stack([gx, gy, torch.ones_like(gx)], dim=-1).reshape(1, -1, 3)  # (1, 4hw, 3)
     grid = (coords @ g_inv.transpose(1, 2))[..., :2].reshape(n, 2 * h, 2 * w, 2)
     y = F.grid_sample(up, grid.to(x.dtype), mode="bilinear", padding_mode="reflection", align_corners=False)
-    return downsample2d(F.pad(y, [2 * pad] * 4, mode="reflect"), f)[..., pad:-pad, pad:-pad]
+    return downsample2d(mirror_pad(y, 2 * pad), f)[..., pad:-pad, pad:-pad]
+
+
+def mirror_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Pad by mirroring about the edge pixels, like F.pad's "reflect" but for any width."""
+    h, w = x.shape[2:]
+    rows = _reflect(torch.arange(-pad, h + pad, device=x.device), h)
+    cols = _reflect(torch.arange(-pad, w + pad, device=x.device), w)
+    return x[:, :, rows][:, :, :, cols]
 
 
 # ---------------------------------------------------------------- color

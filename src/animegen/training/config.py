@@ -33,6 +33,7 @@ class TrainConfig:
     fid_num: int = 1000
     keep: int = 3  # newest checkpoints kept (plus the best-FID one)
     grid_seeds: int = 64  # grids show seeds 0..grid_seeds-1
+    tensorboard: bool = True  # also write scalars and grids to RUN/tb
 
 
 @dataclass

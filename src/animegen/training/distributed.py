@@ -39,13 +39,18 @@ def setup(device_choice: str) -> TrainContext:
         torch.cuda.set_device(device)
     if world_size == 1:
         return TrainContext(device)
-    if not dist.is_initialized():
+    if not dist.is_initialized():  # a caller that set up the group itself keeps it
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        _owned_groups.append(True)
     return TrainContext(device, rank=dist.get_rank(), world_size=world_size)
 
 
+_owned_groups: list[bool] = []
+
+
 def teardown(ctx: TrainContext) -> None:
-    if ctx.distributed and dist.is_initialized():
+    if _owned_groups and dist.is_initialized():
+        _owned_groups.pop()
         dist.destroy_process_group()
 
 

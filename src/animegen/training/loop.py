@@ -32,7 +32,7 @@ from animegen.errors import UserError
 from animegen.generate import sample_batches, sample_grid
 from animegen.io import atomic_write_bytes, atomic_write_json, image_grid, read_json, save_grid
 from animegen.models import registry
-from animegen.training import checkpoint, distributed
+from animegen.training import checkpoint, distributed, transfer
 from animegen.training.config import Every, RunConfig, make_config
 from animegen.training.data import TrainStream
 from animegen.training.ema import ema_beta, make_ema, update_ema
@@ -56,13 +56,21 @@ class Target:
         return f"{self.value:g} {self.unit}"
 
 
-def train(run: str, *, model: str | None = None, data: str | None = None, preset: str = "tiny",
+def train(run: str, *, model: str | None = None, data: str | None = None, preset: str | None = None,
           sets: dict | None = None, target: Target, resume: bool = False, device: str = "auto",
-          seed: int = 0, fid_every: str | None = None, fid_num: int | None = None, echo=print) -> dict:
-    """Start (or with resume=True continue) the run in folder `run`; returns the end summary."""
+          seed: int | None = None, fid_every: str | None = None, fid_num: int | None = None,
+          init_from: str | None = None, echo=print) -> dict:
+    """Start (or with resume=True continue) the run in folder `run`; returns the end summary.
+    A new run uses `preset` (default tiny), `sets` and `seed` (default 0), and starts from the
+    weights of run or checkpoint `init_from` where names and shapes match (training.transfer);
+    a resumed run keeps its config.json, except for the FID snapshot settings."""
+    if resume and (preset is not None or sets or seed is not None or init_from is not None):
+        raise UserError("a resumed run keeps its config.json; --preset, --set, --seed and --init-from apply to "
+                        "new runs only.")
     ctx = distributed.setup(device)
     try:
-        config = _resume_config(run, model, data) if resume else _new_config(run, model, data, preset, sets or {}, seed)
+        config = (_resume_config(run, model, data) if resume
+                  else _new_config(run, model, data, preset or "tiny", sets or {}, seed or 0))
         if fid_every is not None:
             config.train.fid_every = fid_every
         if fid_num is not None:
@@ -70,8 +78,13 @@ def train(run: str, *, model: str | None = None, data: str | None = None, preset
         trainer = Trainer(Path(run), config, ctx, echo)
         if resume:
             trainer.load(*checkpoint.load(run))
-        elif ctx.rank == 0:
+        elif init_from is not None:
+            report = transfer.init_from(init_from, trainer._modules())
+            trainer._log_line(transfer.describe(report))
+        if not resume and ctx.rank == 0:
             atomic_write_json(Path(run) / "config.json", config.to_json())
+            if init_from is not None:
+                atomic_write_json(Path(run) / "init_from.json", report)
         distributed.barrier(ctx)
         return trainer.run(target)
     finally:
@@ -207,9 +220,11 @@ class Trainer:
         losses = dict(zip(names, values))
         bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
         if bad:
-            last = f"{self.run_dir / 'checkpoints' / 'last'} (step {self.saved_step})" if self.saved_step else "none"
-            raise UserError(f"{', '.join(f'{k}={v}' for k, v in bad.items())} at step {self.step}; training stopped "
-                            f"without saving; last good checkpoint: {last}. Lower the learning rate (--set lr=...).")
+            last = (f"{self.run_dir / 'checkpoints' / f'step-{self.saved_step:08d}'} (step {self.saved_step})"
+                    if self.saved_step else "none")
+            raise UserError(f"non-finite loss at step {self.step} ({', '.join(f'{k}={v}' for k, v in bad.items())}); "
+                            f"training stopped without saving; last good checkpoint: {last}. "
+                            "Lower the learning rate (--set lr=...).")
         return losses
 
     # ------------------------------------------------------------ outputs (rank 0)
@@ -230,7 +245,8 @@ class Trainer:
         with self._sampling_rng():
             grid = sample_grid(self.ema, range(self.tc.grid_seeds), batch_size=self.tc.batch)
         save_grid(grid, self.run_dir / "samples" / f"step-{self.step:08d}.png")
-        self._tensorboard().add_image("samples", image_grid(grid), self.step, dataformats="HWC")
+        if self.tc.tensorboard:
+            self._tensorboard().add_image("samples", image_grid(grid), self.step, dataformats="HWC")
 
     def _snapshot(self) -> None:
         """FID of the EMA weights vs the test split; written with the checkpoint of this step."""
@@ -273,9 +289,8 @@ class Trainer:
                  "time": time.time(), **entry}
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(entry) + "\n")
-        writer = self._tensorboard() if scalars else None
-        for key, value in scalars.items():
-            writer.add_scalar(key, value, self.step)
+        for key, value in scalars.items() if self.tc.tensorboard else ():
+            self._tensorboard().add_scalar(key, value, self.step)
 
     def _tensorboard(self):
         if self._writer is None:
