@@ -2,6 +2,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_FACES = Path(os.environ.get("ANIMEGEN_SHARED_DATA", REPO.parent / "shared" / "data" / "anime-faces"))
@@ -14,3 +15,12 @@ def anime_faces_zips():
     if not zips:
         pytest.skip(f"real anime-faces data not found at {SHARED_FACES} (set ANIMEGEN_SHARED_DATA)")
     return zips
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a small shared CPU, more threads only contend."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -14,12 +14,7 @@ from animegen.training.config import make_config
 from animegen.training.objective import TrainContext
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Rng:
@@ -170,9 +165,9 @@ def test_p_rises_when_d_overfits_a_tiny_set():
     _, objective = tiny_objective()
     real = smooth_images(8, 16)
     ps = []
-    for step in range(24):
+    for step in range(20):
         ps.append(objective.train_step(real, step)["ada_p"].item())
-    assert ps[0] == 0 and ps[-1] > 0.1
+    assert ps[0] == 0 and ps[-1] > 0.05
     assert all(b >= a for a, b in zip(ps, ps[1:]))
 
 
@@ -181,7 +176,7 @@ def test_p_stays_zero_when_d_cannot_tell_real_from_fake():
     distribution, so D's signs on reals stay near a coin flip (r_t ~ 0 < 0.6) and p stays 0."""
     model, objective = tiny_objective(g_lr=0.0, pl_weight=0.0)
     signs = []
-    for step in range(24):
+    for step in range(16):
         with torch.no_grad():
             real = objective.synthesize(objective.generate_ws(8))
         out = objective.train_step(real, step)

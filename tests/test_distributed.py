@@ -26,18 +26,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, port: int, data: str, run: str, queue) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+def _worker(rank: int, ports: list[int], data: str, run: str, queue) -> None:
+    """Each process group gets its own port: a gloo group re-created on the same port can hang."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(ports[0]), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE="2", OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
     lines = []
     train(run, model="vae", data=data, sets=SETS, target=Target(steps=2), device="cpu", seed=1, echo=lines.append)
     # The resume runs in the same processes (a fresh launch costs half a minute on a busy CI box);
     # train() rebuilds everything from the checkpoint all the same.
+    os.environ["MASTER_PORT"] = str(ports[1])
     train(run, target=Target(steps=4), resume=True, device="cpu", echo=lines.append)
     queue.put((rank, "log", len(lines)))
 
     # The sync check passes above (it runs at every checkpoint); here it must catch a difference.
+    os.environ["MASTER_PORT"] = str(ports[2])
     dist.init_process_group("gloo", rank=rank, world_size=2)
     ctx = TrainContext(torch.device("cpu"), rank=rank, world_size=2)
     net = torch.nn.Linear(4, 4)
@@ -51,22 +54,19 @@ def _worker(rank: int, port: int, data: str, run: str, queue) -> None:
     dist.destroy_process_group()
 
 
-def test_two_processes_stay_in_sync_resume_and_match_one(tmp_path):
+def test_two_processes_stay_in_sync_resume_and_match_one(tmp_path, one_thread):
     data = tmp_path / "faces"
     synthesize_dataset(data, count=40, resolution=16, seed=0)
     run = tmp_path / "ddp"
     queue = mp.get_context("spawn").SimpleQueue()
-    mp.spawn(_worker, args=(_free_port(), str(data), str(run), queue), nprocs=2)
+    mp.spawn(_worker, args=([_free_port() for _ in range(3)], str(data), str(run), queue), nprocs=2)
     results = {(rank, kind): value for rank, kind, value in (queue.get() for _ in range(4))}
     assert results[0, "log"] > 0 and results[1, "log"] == 0  # rank 0 alone logs
     assert all("out of sync" in results[r, "sync"] for r in (0, 1)), results
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     single = tmp_path / "single"
     train(str(single), model="vae", data=str(data), sets=SETS, target=Target(steps=4), device="cpu", seed=1,
           echo=lambda line: None)
-    torch.set_num_threads(threads)
     a, state_a = checkpoint.load(run)
     b, state_b = checkpoint.load(single)
     assert state_a["step"] == state_b["step"] == 4 and state_a["world_size"] == 2

@@ -59,8 +59,9 @@ def test_is_differentiable():
     x = torch.randn(1, 1, 4, 4, dtype=torch.float64, requires_grad=True)
     b = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     f = kaiser_lowpass(12, 4, 9.2, 32).double()
-    fn = lambda x, b: filtered_lrelu(x, f, f, b, up=2, down=2, padding=(11, 10, 11, 10))  # noqa: E731
-    assert torch.autograd.gradcheck(fn, (x, b))
+    for clamp in (None, 0.3):  # 0.3 clamps part of the signal
+        fn = lambda x, b: filtered_lrelu(x, f, f, b, up=2, down=2, padding=(11, 10, 11, 10), clamp=clamp)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, (x, b))
 
 
 def frequency_response(taps2d: np.ndarray, fx: float, fy: float, fs: float) -> float:

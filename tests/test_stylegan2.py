@@ -18,12 +18,7 @@ from animegen.training.config import make_config
 from animegen.training.objective import TrainContext
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(resolution=16, **sets):

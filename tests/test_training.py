@@ -18,7 +18,7 @@ from animegen.training import checkpoint
 from animegen.training.config import TrainConfig, field_names, make_config, parse_sets
 from animegen.training.loop import Target, train
 
-FAMILIES = ["vae", "dcgan", "ddpm", "stylegan2"]
+FAMILIES = ["vae", "dcgan", "ddpm", "stylegan2", "stylegan3-t", "stylegan3-r"]
 # Small and fast; sample/ckpt intervals fire mid-run so resume is tested across them.
 FAST = {"batch": 8, "log_every": "2", "sample_every": "2", "ckpt_every": "2", "grid_seeds": 4, "keep": 10}
 SMALLER = {"ddpm": {"base_channels": 16, "channel_mults": [1, 2], "attention_resolutions": [8], "num_groups": 4,
@@ -27,12 +27,7 @@ SMALLER = {"ddpm": {"base_channels": 16, "channel_mults": [1, 2], "attention_res
             "stylegan2": {"ada_target": -1.0, "ada_kimg": 0.05, "ada_interval": 2}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +38,10 @@ def faces16(tmp_path_factory):
 
 
 def _train(run, family, data, steps, resume=False, **sets):
+    if resume:  # a resumed run keeps its config.json
+        return train(str(run), target=Target(steps=steps), resume=True, device="cpu", echo=lambda line: None)
     return train(str(run), model=family, data=str(data), sets={**FAST, **SMALLER.get(family, {}), **sets},
-                 target=Target(steps=steps), resume=resume, device="cpu", seed=3, echo=lambda line: None)
+                 target=Target(steps=steps), device="cpu", seed=3, echo=lambda line: None)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -185,3 +182,32 @@ def test_family_settings_share_one_namespace(family):
     for preset, values in spec.presets.items():
         assert set(values) <= set(names), f"{family} {preset}: {set(values) - set(names)}"
         make_config(spec, "d", 32 if preset == "tiny" else 64, preset, {}, 0)
+
+
+def test_fid_snapshots_are_kept_with_their_checkpoints(tmp_path, faces16, monkeypatch):
+    """Snapshots (the metric faked here: FID needs minutes of Inception on a CPU) see EMA
+    samples of fixed seeds, land in metrics.jsonl and the checkpoint of their step, the best
+    is kept, and sampling leaves the training randomness alone (still exact resume)."""
+    import animegen.metrics
+
+    fids = iter([30.0, 10.0, 20.0, 40.0, 50.0, 60.0])
+    seen = []
+
+    def fake_evaluate(batches, real, split, metrics, num, device, batch_size):
+        images = torch.cat(list(batches))
+        seen.append((images.shape, split, metrics, str(real)))
+        return {"fid": next(fids)}
+
+    monkeypatch.setattr(animegen.metrics, "evaluate_generator", fake_evaluate)
+    _train(tmp_path / "run", "vae", faces16, 7, fid_every="2", fid_num=5, keep=1, ckpt_every="100")
+    run = tmp_path / "run"
+    assert seen[0] == (torch.Size([5, 3, 16, 16]), "test", ("fid",), str(faces16.resolve()))
+    snapshots = [json.loads(line) for line in open(run / "metrics.jsonl") if '"fid"' in line]
+    assert [(s["step"], s["fid"]) for s in snapshots] == [(2, 30.0), (4, 10.0), (6, 20.0), (7, 40.0)]
+    kept = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
+    assert kept == ["step-00000004", "step-00000007"]  # the best FID and the newest
+    assert checkpoint.load(run / "checkpoints" / "best")[1]["snapshot"]["fid"] == 10.0
+
+    _train(tmp_path / "plain", "vae", faces16, 7, keep=1)
+    a, b = checkpoint.load(run)[0], checkpoint.load(tmp_path / "plain")[0]
+    assert all(torch.equal(a[k], b[k]) for k in a)

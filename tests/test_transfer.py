@@ -3,9 +3,11 @@ across datasets and resolutions; what does not match stays fresh and is reported
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from PIL import Image
 
 from animegen.cli import main
 from animegen.data.synth import synthesize_dataset
@@ -13,7 +15,6 @@ from animegen.errors import UserError
 from animegen.training import checkpoint
 from animegen.training.config import make_config
 from animegen.training.ema import make_ema
-from animegen.training.loop import Target, train
 from animegen.training.objective import TrainContext
 from animegen.training.transfer import init_from
 from animegen.models.stylegan2 import SPEC
@@ -21,21 +22,7 @@ from animegen.models.stylegan2 import SPEC
 QUIET = {"batch": 8, "sample_every": "0", "log_every": "0", "grid_seeds": 4}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def source_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("transfer")
-    synthesize_dataset(root / "faces16", count=20, resolution=16, seed=0, test_fraction=0.2)
-    train(str(root / "source"), model="stylegan2", data=str(root / "faces16"), sets=QUIET, target=Target(steps=1),
-          device="cpu", echo=lambda line: None)
-    return root / "source"
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fresh_modules(resolution, seed=5):
@@ -44,6 +31,15 @@ def fresh_modules(resolution, seed=5):
     model = SPEC.model(config.model_config)
     objective = SPEC.objective(model, config.objective_config, TrainContext(torch.device("cpu")))
     return {"model": model, "ema": make_ema(model), "net.D": objective.D}
+
+
+@pytest.fixture(scope="module")
+def source_run(tmp_path_factory):
+    """A 16 px run's checkpoint at step 1 (weights from another seed than `fresh_modules`)."""
+    run = tmp_path_factory.mktemp("transfer") / "source"
+    tensors = {k: v for p, m in fresh_modules(16, seed=1).items() for k, v in checkpoint.module_tensors(p, m).items()}
+    checkpoint.save(run, 1, tensors, {"model": "stylegan2", "step": 1}, keep=1)
+    return run
 
 
 def test_same_architecture_loads_everything(source_run):
@@ -72,7 +68,7 @@ def test_other_resolution_loads_what_matches_and_reports_the_rest(source_run):
     assert report["loaded"] > 0
 
 
-def test_cli_init_from_and_its_errors(source_run, tmp_path):
+def test_cli_init_from_errors_and_sampling_flags(source_run, tmp_path):
     synthesize_dataset(tmp_path / "faces32", count=20, resolution=32, seed=1, test_fraction=0.2)
     runner = CliRunner()
     args = ["train", "stylegan2", "--data", str(tmp_path / "faces32"), "--out", str(tmp_path / "run"), "--steps", "1",
@@ -87,3 +83,12 @@ def test_cli_init_from_and_its_errors(source_run, tmp_path):
     assert result.exit_code == 2 and "new runs only" in result.output
     with pytest.raises(UserError, match="neither a run folder"):
         init_from(tmp_path, fresh_modules(16))
+    # The StyleGAN sampling flags reach the model: psi = 0 without noise makes every seed the same image.
+    sample = ["sample", str(tmp_path / "run"), "--count", "2", "--device", "cpu", "--truncation", "0",
+              "--noise-mode", "none", "--out"]
+    result = runner.invoke(main, sample + [str(tmp_path / "flat")])
+    assert result.exit_code == 0, result.output
+    a, b = (np.asarray(Image.open(p)) for p in sorted((tmp_path / "flat").iterdir()))
+    np.testing.assert_array_equal(a, b)
+    result = runner.invoke(main, sample + [str(tmp_path / "bad"), "--mix-layer", "2"])
+    assert result.exit_code == 2 and "mix_seed" in result.output

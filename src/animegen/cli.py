@@ -188,8 +188,9 @@ def kid_command(a, b, split, num, device, batch_size, inception, as_json):
 # ---------------------------------------------------------------- demo
 @main.command("demo")
 @click.option("--out", type=click.Path(), default="runs/demo", show_default=True, help="Folder for everything the demo makes.")
-def demo(out):
-    """The main job on the embedded default: synthesize faces and show them.
+@click.option("--minutes", type=float, default=2.0, show_default=True, help="Training time on the CPU.")
+def demo(out, minutes):
+    """The main job on the embedded default: synthesize faces, train a model on the CPU, sample it.
 
     \b
     Example:
@@ -197,7 +198,7 @@ def demo(out):
     """
     from animegen.demo import run_demo
 
-    for line in run_demo(out):
+    for line in run_demo(out, minutes=minutes):
         click.echo(line)
 
 
@@ -296,6 +297,5 @@ def eval_command(run, metrics, num, split, as_json, batch_size, device, **option
     from animegen.generate import evaluate_run
 
     result = evaluate_run(run, [m.strip() for m in metrics.split(",") if m.strip()], num, split=split,
-                          options=options, device=device,
-                          batch_size=batch_size)
+                          options=options, device=device, batch_size=batch_size, progress=not as_json)
     click.echo(json.dumps(result) if as_json else "\n".join(f"{k:>16}: {v}" for k, v in result.items()))

@@ -1,6 +1,8 @@
 """`animegen demo`: the main job on the embedded default dataset.
 
-Idempotent: a second run reuses what the first one made.
+Synthesize the default faces, train the family that learns fastest on a CPU (DCGAN, see
+docs/results/cpu-tiny.md) for about two minutes, write a grid of samples, and say where
+everything is. Idempotent: a second run reuses the dataset and the trained model.
 """
 
 from __future__ import annotations
@@ -11,13 +13,16 @@ from typing import Iterator
 
 from animegen.data.store import is_dataset, load_split, read_manifest
 from animegen.data.synth import synthesize_dataset
+from animegen.generate import load_generator, sample_grid
 from animegen.io import save_grid
+from animegen.training.loop import Target, train
 
 DEMO_FACES, DEMO_RESOLUTION, DEMO_SEED = 2000, 32, 0
+DEMO_MODEL, DEMO_MINUTES = "dcgan", 2.0
 
 
-def run_demo(out: str | os.PathLike) -> Iterator[str]:
-    """Synthesize the default faces into OUT/data (once) and grid them; yields lines to print."""
+def run_demo(out: str | os.PathLike, minutes: float = DEMO_MINUTES) -> Iterator[str]:
+    """Make OUT/data, OUT/data-grid.png, OUT/run and OUT/samples.png (each once); yields lines to print."""
     out = Path(out)
     data = out / "data"
     if is_dataset(data):
@@ -29,3 +34,19 @@ def run_demo(out: str | os.PathLike) -> Iterator[str]:
     yield f"dataset: {data} ({counts['train']} train, {counts['test']} test)"
     grid = save_grid(load_split(data, "train")[:64], out / "data-grid.png")
     yield f"grid of 64 training faces: {grid}"
+
+    run = out / "run"
+    if (run / "checkpoints" / "last").exists():
+        yield f"reusing the trained model in {run}"
+    else:
+        yield f"training {DEMO_MODEL} (preset tiny) on the CPU for {minutes:g} minutes into {run} ..."
+        log: list[str] = []
+        train(str(run), model=DEMO_MODEL, data=str(data), preset="tiny", target=Target(minutes=minutes),
+              device="cpu", echo=log.append)
+        yield log[-1]
+    model, state = load_generator(run)
+    samples = save_grid(sample_grid(model, range(64), batch_size=64), out / "samples.png")
+    yield f"64 samples (seeds 0-63) after {state['nimg'] / 1000:.1f} kimg: {samples}"
+    yield f"training curves: tensorboard --logdir {run / 'tb'}   (or {run / 'metrics.jsonl'})"
+    yield f"more samples: animegen sample {run} --count 256 --out {out / 'more'} --grid {out / 'more.png'}"
+    yield f"train longer: animegen train --out {run} --resume --minutes {2 * minutes:g}"

@@ -75,7 +75,7 @@ def write_samples(run: str, out: str, count: int, seed: int = 0, batch_size: int
 
 
 def evaluate_run(run: str, metrics: list[str], num: int, split: str = "test", options: dict | None = None,
-                 device: str = "auto", batch_size: int = 64, seed: int = 0) -> dict:
+                 device: str = "auto", batch_size: int = 64, seed: int = 0, progress: bool = False) -> dict:
     """Metrics of a run's EMA generator against a split of its training dataset, with the
     exact protocol that produced them."""
     from animegen.metrics import evaluate_generator
@@ -91,7 +91,7 @@ def evaluate_run(run: str, metrics: list[str], num: int, split: str = "test", op
         raise UserError(f"the run's dataset {data} is missing; prepare it again at the same path.")
     batches = sample_batches(model, range(seed, seed + num), batch_size, options)
     result = evaluate_generator(batches, real=data, split=split, metrics=tuple(metrics), num=num, device=dev,
-                                batch_size=batch_size)
+                                batch_size=batch_size, generator=model, progress=progress)
     protocol = {"model": state["model"], "checkpoint": state["checkpoint"], "step": state["step"],
                 "kimg": state["nimg"] / 1000, "weights": "ema", "images": num, "seeds": [seed, seed + num - 1],
                 "real": data, "split": split, "sample_options": options}

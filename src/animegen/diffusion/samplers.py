@@ -8,7 +8,7 @@ its output is read as eps- or v-prediction through the NoiseSchedule.
 - "dpm-solver++": DPM-Solver++(2M), multistep second order on the data prediction (Lu et al. 2022).
 
 Reproducibility: the initial noise and then every stochastic step's noise are drawn from `generator`
-in one fixed order, on the generator's device, and moved to `device`; a seeded CPU generator therefore
+in this fixed order, on the generator's device, and moved to `device`; a seeded CPU generator therefore
 gives the same noise on any device, and the same images wherever the denoiser itself is deterministic.
 """
 
@@ -45,16 +45,20 @@ def sample(
     sampler: str = "ddpm",
     steps: int | None = None,
     eta: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     prediction: str = "eps",
     clip_x0: bool = True,
 ) -> torch.Tensor:
     """Draw samples of `shape` (batch first). `steps`: number of denoiser calls, default all T
-    (ancestral DDPM always takes all T). `clip_x0` clamps every x0 prediction to [-1, 1], for images."""
+    (ancestral DDPM always takes all T). `generator`: one for the batch, or one per sample, so that
+    sample i depends on its own seed only, whatever batch it is drawn in. `clip_x0` clamps every x0
+    prediction to [-1, 1], for images."""
     steps = schedule.num_steps if steps is None else steps
     _check_request(schedule, sampler, steps, eta, prediction)
+    if isinstance(generator, (list, tuple)) and len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}.")
     x = _randn(shape, generator, device, dtype)
     predict = partial(_predict, denoiser, schedule, prediction, clip_x0)
     if sampler == "ddpm":
@@ -81,7 +85,9 @@ def _check_request(schedule: NoiseSchedule, sampler: str, steps: int, eta: float
         raise UserError(f"DDIM eta must be between 0 and 1, not {eta}.")
 
 
-def _randn(shape, generator: torch.Generator | None, device, dtype: torch.dtype) -> torch.Tensor:
+def _randn(shape, generator, device, dtype: torch.dtype) -> torch.Tensor:
+    if isinstance(generator, (list, tuple)):
+        return torch.stack([_randn(shape[1:], g, device, dtype) for g in generator])
     draw_on = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, device=draw_on, dtype=dtype).to(device)
 
@@ -89,11 +95,11 @@ def _randn(shape, generator: torch.Generator | None, device, dtype: torch.dtype)
 def _predict(denoiser: Denoiser, schedule: NoiseSchedule, prediction: str, clip_x0: bool, x: torch.Tensor, t: int):
     """(x0, eps) predicted at x = x_t; a clipped x0 comes with the eps that keeps the pair consistent with x_t."""
     model_output = denoiser(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)).to(x.dtype)
-    t = torch.tensor(t)  # one timestep for the whole batch: scalar coefficients
-    x0, eps = schedule.predict_x0_eps(model_output, x, t, prediction)
+    t_scalar = torch.tensor(t)  # one timestep for the whole batch: scalar coefficients
+    x0, eps = schedule.predict_x0_eps(model_output, x, t_scalar, prediction)
     if clip_x0:
         x0 = x0.clamp(-1, 1)
-        eps = schedule.eps_from_x0(x0, x, t)
+        eps = schedule.eps_from_x0(x0, x, t_scalar)
     return x0, eps
 
 

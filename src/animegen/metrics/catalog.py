@@ -11,9 +11,11 @@ Every fn returns a dict of plain floats, merged into the result.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Iterable, Literal
 
 from animegen.errors import UserError
+from animegen.metrics.equivariance import EQ_METRICS, equivariance_metric
 from animegen.metrics.fid import fid
 from animegen.metrics.kid import kid
 from animegen.metrics.precision_recall import precision_recall
@@ -30,6 +32,7 @@ registry: dict[str, Metric] = {m.name: m for m in (
     Metric("fid", "features", fid),
     Metric("kid", "features", kid),
     Metric("pr", "features", precision_recall),
+    *(Metric(name, "generator", partial(equivariance_metric, name)) for name in EQ_METRICS),
 )}
 
 

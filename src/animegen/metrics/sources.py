@@ -55,7 +55,8 @@ def _dataset_source(path: Path, split: str, num: int | None) -> ImageSource:
 
 
 def _files_source(path: Path, num: int | None) -> ImageSource:
-    files = [f for f in list_files([str(path)]) if f.name.lower().endswith(IMAGE_SUFFIXES)][:num]
+    files = sorted((f for f in list_files([str(path)]) if f.name.lower().endswith(IMAGE_SUFFIXES)),
+                   key=lambda f: f.name)[:num]
     if not files:
         raise UserError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
 

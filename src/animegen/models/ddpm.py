@@ -111,7 +111,7 @@ SPEC = ModelSpec(
     model=DDPM,
     objective=DDPMObjective,
     presets={
-        "tiny": {**_unet_preset(tiny_config()), "schedule": "cosine", "batch": 32, "lr": 1e-3, "ema_kimg": 2.0},
+        "tiny": {**_unet_preset(tiny_config()), "schedule": "cosine", "batch": 16, "lr": 1e-3, "ema_kimg": 2.0},
         "paper64": {**_unet_preset(UNetConfig()), "schedule": "linear", "batch": 128, "lr": 2e-4,
                     "ema_kimg": 500.0},
     },

@@ -35,6 +35,8 @@ FAMILIES: dict[str, str] = {
     "dcgan": "animegen.models.dcgan:SPEC",
     "ddpm": "animegen.models.ddpm:SPEC",
     "stylegan2": "animegen.models.stylegan2:SPEC",
+    "stylegan3-t": "animegen.models.stylegan3:SPEC_T",
+    "stylegan3-r": "animegen.models.stylegan3:SPEC_R",
 }
 
 

@@ -21,8 +21,8 @@ invariant), doubled channels and radially symmetric (jinc) downsampling filters 
 critically sampled layers; its discriminator sees blurred images early in training.
 
 The mapping network (2 layers), discriminator and training objective are StyleGAN2's
-(models/stylegan2.py); the objective skips path length regularization and style mixing
-for StyleGAN3 through the presets below.
+(models/stylegan2.py); StyleGAN3's objective drops path length regularization and style
+mixing, steps the magnitude EMAs and adds config R's blur (`StyleGAN3Objective`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,10 @@ from animegen.errors import UserError
 from animegen.models.base import Model, Noise
 from animegen.models.ops.filtered_lrelu import filtered_lrelu
 from animegen.models.ops.filters import design_lowpass
-from animegen.models.stylegan2 import FullyConnected, MappingNetwork, modulated_conv2d
+from animegen.models.ops.upfirdn2d import filter2d
+from animegen.models.registry import ModelSpec
+from animegen.models.stylegan2 import (FullyConnected, MappingNetwork, StyleGANObjective, StyleGANObjectiveConfig,
+                                       modulated_conv2d)
 
 
 @dataclass
@@ -152,6 +155,14 @@ class FourierInput(nn.Module):
         self.band = band
 
     def forward(self, w: torch.Tensor, transform: torch.Tensor | None) -> torch.Tensor:
+        # In float32 even under autocast: the sines' arguments reach ~20 rad, which bf16 would
+        # round by ~0.1 rad, and the phases are what moves the content.
+        with torch.autocast(w.device.type, enabled=False):
+            x = self._features(w.float(), transform)
+        return (x @ (self.weight / math.sqrt(self.band.channels)).T).permute(0, 3, 1, 2)
+
+    def _features(self, w: torch.Tensor, transform: torch.Tensor | None) -> torch.Tensor:
+        """(N, H, W, C) sinusoids at the transformed grid."""
         t = self.affine(w)
         t = t / t[:, :2].norm(dim=1, keepdim=True)
         c, s, tx, ty = t.unbind(1)
@@ -165,9 +176,7 @@ class FourierInput(nn.Module):
         size, rate = self.band.size, self.band.sampling_rate
         p = (torch.arange(size, device=w.device, dtype=torch.float32) + 0.5 - size / 2) / rate
         grid = torch.stack(torch.meshgrid(p, p, indexing="xy"), dim=-1)  # (H, W, 2): (x, y)
-        x = torch.sin(2 * math.pi * (torch.einsum("hwk,nck->nhwc", grid, freqs) + phases[:, None, None]))
-        x = x @ (self.weight / math.sqrt(self.band.channels)).T
-        return x.permute(0, 3, 1, 2)
+        return torch.sin(2 * math.pi * (torch.einsum("hwk,nck->nhwc", grid, freqs) + phases[:, None, None]))
 
 
 class SynthesisLayer(nn.Module):
@@ -235,10 +244,10 @@ class SynthesisNetwork(nn.Module):
         self.num_ws = n + 2
         self.output_scale = config.output_scale
 
-    def forward(self, ws: torch.Tensor, noise_mode: str = "none", randn=None, transform: torch.Tensor | None = None,
-                update_emas: bool = False) -> torch.Tensor:
-        """`transform`: a `content_transform` matrix (None: identity). `noise_mode` and
-        `randn` are the StyleGAN objective's interface; StyleGAN3 has no noise inputs."""
+    def forward(self, ws: torch.Tensor, transform: torch.Tensor | None = None, update_emas: bool = False
+                ) -> torch.Tensor:
+        """`transform`: a `content_transform` matrix (None: identity); `update_emas`: advance
+        the layers' magnitude EMAs (training's discriminator pass)."""
         x = self.input(ws[:, 0], transform)
         for layer, w in zip(self.layers, ws[:, 1:].unbind(1)):
             x = layer(x, w, update_emas)
@@ -276,5 +285,92 @@ class StyleGAN3(Model):
 
     def sample(self, noise: Noise, truncation: float = 1.0, translate=(0.0, 0.0), rotate: float = 0.0) -> torch.Tensor:
         ws = self.mapping(noise.randn(self.z_dim), truncation=truncation)
-        transform = content_transform(translate, rotate) if (tuple(translate) != (0, 0) or rotate) else None
-        return self.synthesis(ws, transform=transform).float().clamp(-1, 1)
+        return self.synthesis(ws, transform=content_transform(translate, rotate)).float().clamp(-1, 1)
+
+
+# ---------------------------------------------------------------- objective
+@dataclass
+class StyleGAN3ObjectiveConfig(StyleGANObjectiveConfig):
+    """StyleGAN2's objective as StyleGAN3 trains it: no path length regularization, no style
+    mixing, D learning rate 0.002."""
+
+    d_lr: float = 0.002
+    pl_weight: float = 0.0
+    style_mixing: float = 0.0
+    blur_sigma: float = 0.0  # D-input Gaussian blur at the start, std in image widths (R: 10/256)
+    blur_fade_kimg: float = 200.0  # thousands of images over which the blur fades linearly to 0
+
+
+class StyleGAN3Objective(StyleGANObjective):
+    """`StyleGANObjective` plus what StyleGAN3 adds: the generator's magnitude EMAs advance
+    once per step, in the discriminator step's generator pass (the one that also advances
+    w_avg, and the only one run without gradients); and, for config R, the discriminator sees
+    reals and fakes blurred by a Gaussian whose width fades to zero early in training, which
+    keeps it from exploiting the high frequencies a young generator gets wrong."""
+
+    config_class = StyleGAN3ObjectiveConfig
+
+    def __init__(self, model: Model, config: StyleGAN3ObjectiveConfig, ctx):
+        super().__init__(model, config, ctx)
+        self.images_seen = 0  # before this step; from the step count, so it resumes exactly
+
+    def train_step(self, real: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        self.images_seen = step * real.shape[0] * self.ctx.world_size
+        return super().train_step(real, step)
+
+    def synthesize(self, ws: torch.Tensor) -> torch.Tensor:
+        return self.model.synthesis(ws, update_emas=not torch.is_grad_enabled())
+
+    def discriminate(self, images: torch.Tensor) -> torch.Tensor:
+        return super().discriminate(gaussian_blur(images, self.blur_pixels()))
+
+    def blur_pixels(self) -> float:
+        """The blur's current standard deviation in pixels."""
+        c = self.config
+        fade = max(1 - self.images_seen / (c.blur_fade_kimg * 1000), 0.0) if c.blur_fade_kimg > 0 else 0.0
+        return c.blur_sigma * self.model.resolution * fade
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur with standard deviation `sigma` pixels (taps out to 3 sigma);
+    below a tenth of a pixel, the images unchanged."""
+    if sigma < 0.1:
+        return images
+    radius = math.ceil(3 * sigma)
+    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / sigma) ** 2)
+    return filter2d(images, (taps / taps.sum()).to(images.device))
+
+
+# ---------------------------------------------------------------- registry
+def _presets(r_config: bool) -> dict[str, dict]:
+    """`tiny`: CPU, 4 layers with 6-pixel margins (at 32 px, random init: EQ-T ~75-84 dB, ~100
+    with the paper's 14 layers and 10-pixel margins, at a third of the step time). `paper64`:
+    the paper's architecture. R1 gamma follows StyleGAN3's rule (NVlabs configs: batch 32,
+    gamma 0.5 at 128 px, x4 per doubling, i.e. R^2 / 32768), times 32 / batch, at the
+    protocol's resolutions (tiny 32 px, paper64 64 px). Config R doubles the channels; its D
+    blur starts at the paper's 10 px of 256 (as a fraction of the image width) and fades over
+    about the first 2% of the images a 10-minute run sees (the paper: 200 of 5,000-25,000 kimg)."""
+    double = 2 if r_config else 1
+    tiny = {"z_dim": 64, "w_dim": 64, "num_layers": 4, "margin": 6, "channel_base": 1024 * double,
+            "channel_max": 32 * double, "d_channel_base": 512, "d_channel_max": 64, "batch": 16,
+            "r1_gamma": 32**2 / 32768 * 32 / 16, "magnitude_ema_beta": 0.5 ** (16 / 20000), "ada_kimg": 20.0,
+            "ema_kimg": 5.0}
+    paper64 = {"d_channel_base": 16384, "d_channel_max": 512, "batch": 32, "r1_gamma": 64**2 / 32768,
+               "magnitude_ema_beta": 0.5 ** (32 / 20000), "ada_kimg": 100.0, "ema_kimg": 10.0}
+    if r_config:
+        sigma = 10 / 256 / math.sqrt(2 * math.log(2))  # the paper's kernel exp2(-(x / 10px)^2) at 256 px
+        tiny.update(blur_sigma=sigma, blur_fade_kimg=2.0)
+        paper64.update(blur_sigma=sigma, blur_fade_kimg=20.0)
+    return {"tiny": tiny, "paper64": paper64}
+
+
+class StyleGAN3R(StyleGAN3):
+    """Config R: the same generator with `StyleGAN3RConfig`'s defaults."""
+
+    config_class = StyleGAN3RConfig
+
+
+SPEC_T = ModelSpec("stylegan3-t", "StyleGAN3-T: alias-free generator, translation equivariant (Fourier input, "
+                   "filtered lrelu)", StyleGAN3, StyleGAN3Objective, _presets(r_config=False))
+SPEC_R = ModelSpec("stylegan3-r", "StyleGAN3-R: alias-free and rotation equivariant (1x1 convs, radial filters, "
+                   "D blur)", StyleGAN3R, StyleGAN3Objective, _presets(r_config=True))

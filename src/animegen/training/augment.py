@@ -141,7 +141,7 @@ class AugmentPipe(nn.Module):
         index = active.nonzero().squeeze(1)
         if len(index) == 0:
             return x
-        return x.index_copy(0, index, resample(x[index], g_inv[index], self.resample_filter))
+        return x.index_copy(0, index, resample(x[index], g_inv[index], self.resample_filter).to(x.dtype))
 
     def _color(self, x: torch.Tensor, rng: RandomSource) -> torch.Tensor:
         """Compose affine color transforms of [-1, 1] RGB (gray = 0), as 4x4 matrices, and
@@ -166,7 +166,7 @@ class AugmentPipe(nn.Module):
             return t.to(device)[:, None, None]
 
         brightness = eye4.repeat(n, 1, 1)
-        brightness[:, :3, 3] = scalars(rng.randn(n) * BRIGHTNESS_STD)[:, :, 0]
+        brightness[:, :3, 3] = (rng.randn(n) * BRIGHTNESS_STD).to(device)[:, None]
         apply("brightness", brightness)
         apply("contrast", _linear(scalars(torch.exp2(rng.randn(n) * CONTRAST_STD)) * eye3))
         apply("lumaflip", _linear(eye3 - 2 * scalars((rng.rand(n) < 0.5).float()) * luma))

@@ -79,7 +79,7 @@ def train(run: str, *, model: str | None = None, data: str | None = None, preset
         if resume:
             trainer.load(*checkpoint.load(run))
         elif init_from is not None:
-            report = transfer.init_from(init_from, trainer._modules())
+            report = transfer.init_from(init_from, trainer.modules())
             trainer._log_line(transfer.describe(report))
         if not resume and ctx.rank == 0:
             atomic_write_json(Path(run) / "config.json", config.to_json())
@@ -119,7 +119,8 @@ class Trainer:
         self.run_dir, self.config, self.ctx, self.echo = run, config, ctx, echo
         self.spec = registry.get(config.model)
         self.tc = config.train
-        if self.tc.fid_every is not None:
+        self.every = {name: Every(getattr(self.tc, f"{name}_every")) for name in ("log", "sample", "ckpt", "fid")}
+        if not self.every["fid"].off:
             from animegen.metrics import evaluate_generator  # fail before training, not at the first snapshot
 
             self._evaluate = evaluate_generator
@@ -131,7 +132,6 @@ class Trainer:
         self.objective = self.spec.objective(self.model, config.objective_config, ctx)
         self.stream = TrainStream(config.data, self.tc.batch, config.seed, self.tc.xflip, ctx.rank, ctx.world_size)
         self.step, self.nimg, self.seconds = 0, 0, 0.0
-        self.every = {name: Every(getattr(self.tc, f"{name}_every")) for name in ("log", "sample", "ckpt", "fid")}
         self.saved_step = self.snapshot_step = self.grid_step = None
         self._writer = None
         self._stop = False
@@ -141,11 +141,11 @@ class Trainer:
     def clock(self) -> dict:
         return {"steps": self.step, "kimg": self.nimg / 1000, "minutes": self.seconds / 60}
 
-    def _modules(self) -> dict[str, torch.nn.Module]:
+    def modules(self) -> dict[str, torch.nn.Module]:
         return {"model": self.model, "ema": self.ema, **{f"net.{k}": v for k, v in self.objective.nets.items()}}
 
     def load(self, tensors: dict, state: dict) -> None:
-        for prefix, module in self._modules().items():
+        for prefix, module in self.modules().items():
             checkpoint.load_module(prefix, module, tensors)
         for name, opt in self.objective.optimizers.items():
             checkpoint.load_optimizer(f"optim.{name}", opt, tensors, state["optimizers"][name])
@@ -159,9 +159,9 @@ class Trainer:
             _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
 
     def save(self, snapshot: dict | None = None) -> None:
-        distributed.check_in_sync(self.ctx, self._modules().values())
+        distributed.check_in_sync(self.ctx, self.modules().values())
         if self.ctx.rank == 0:
-            tensors = {k: v for p, m in self._modules().items() for k, v in checkpoint.module_tensors(p, m).items()}
+            tensors = {k: v for p, m in self.modules().items() for k, v in checkpoint.module_tensors(p, m).items()}
             layouts = {}
             for name, opt in self.objective.optimizers.items():
                 opt_tensors, layouts[name] = checkpoint.optimizer_tensors(f"optim.{name}", opt)
@@ -195,7 +195,7 @@ class Trainer:
                     self._snapshot()
                 elif self.every["ckpt"].due(before, after):
                     self.save()
-        if self.tc.fid_every is not None and self.snapshot_step != self.step:
+        if not self.every["fid"].off and self.snapshot_step != self.step:
             self._snapshot()
         if self.saved_step != self.step:
             self.save()
@@ -243,7 +243,7 @@ class Trainer:
         if self.ctx.rank != 0:
             return
         with self._sampling_rng():
-            grid = sample_grid(self.ema, range(self.tc.grid_seeds), batch_size=self.tc.batch)
+            grid = sample_grid(self.ema, range(self.tc.grid_seeds), batch_size=self._sample_batch)
         save_grid(grid, self.run_dir / "samples" / f"step-{self.step:08d}.png")
         if self.tc.tensorboard:
             self._tensorboard().add_image("samples", image_grid(grid), self.step, dataformats="HWC")
@@ -255,9 +255,9 @@ class Trainer:
             t0 = time.perf_counter()
             options = self.ema.resolve_sample_options({})
             with self._sampling_rng():
-                batches = sample_batches(self.ema, range(self.tc.fid_num), self.tc.batch, options)
+                batches = sample_batches(self.ema, range(self.tc.fid_num), self._sample_batch, options)
                 result = self._evaluate(batches, real=self.config.data, split="test", metrics=("fid",),
-                                        num=self.tc.fid_num, device=self.ctx.device, batch_size=self.tc.batch)
+                                        num=self.tc.fid_num, device=self.ctx.device, batch_size=self._sample_batch)
             snapshot = {"fid": result["fid"], "num": self.tc.fid_num, "split": "test", "sample_options": options}
             self._log_line(f"step {self.step:>7}  FID-{_count(self.tc.fid_num)} {result['fid']:.2f}"
                            f"  ({time.perf_counter() - t0:.0f} s)")
@@ -277,6 +277,11 @@ class Trainer:
         if self._writer is not None:
             self._writer.close()
         return {"step": self.step, "kimg": self.nimg / 1000, "train_seconds": self.seconds, **summary}
+
+    @property
+    def _sample_batch(self) -> int:
+        """Sampling needs no gradients, so it can take bigger batches than training."""
+        return max(self.tc.batch, 64)
 
     def _log_line(self, line: str) -> None:
         if self.ctx.rank == 0:

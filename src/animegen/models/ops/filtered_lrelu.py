@@ -37,10 +37,11 @@ def filtered_lrelu(x: torch.Tensor, fu: torch.Tensor, fd: torch.Tensor, bias: to
     if bias is not None:
         x = x + bias.to(x.dtype).reshape(1, -1, 1, 1)
     x = resample(x, fu, up=up, padding=padding, gain=up * up)  # up**2 restores the zero-inserted energy
-    x = F.leaky_relu(x, slope) * gain if slope != 1 else x * gain
-    if clamp is not None:
-        x = x.clamp(-clamp, clamp)
-    return resample(x, fd, down=down)
+    if slope != 1:
+        x = F.leaky_relu(x, slope)
+    if clamp is not None:  # gain * clamp(y, c / gain) == clamp(gain * y, c): the gain rides on fd, free
+        x = x.clamp_(-clamp / gain, clamp / gain)  # in place: x is this function's own fresh tensor
+    return resample(x, fd, down=down, gain=gain)
 
 
 def resample(x: torch.Tensor, f: torch.Tensor, up: int = 1, down: int = 1, padding=0, gain: float = 1.0) -> torch.Tensor:
