@@ -56,7 +56,8 @@ def equivariance_metric(name: str, generator, num: int | None = None, batch_size
     return equivariance(generator, (name,), num=num or DEFAULT_NUM, batch_size=batch_size)
 
 
-def equivariance(model, metrics=EQ_METRICS, num: int = 1000, batch_size: int = 32, seed: int = 0) -> dict[str, float]:
+def equivariance(model, metrics=EQ_METRICS, num: int = DEFAULT_NUM, batch_size: int = 32, seed: int = 0
+                 ) -> dict[str, float]:
     """The requested EQ metrics (dB) of `model` over `num` latents (seeds 0..num-1); the
     transforms are drawn from `seed`."""
     unknown = [m for m in metrics if m not in EQ_METRICS]
@@ -74,10 +75,14 @@ def equivariance(model, metrics=EQ_METRICS, num: int = 1000, batch_size: int = 3
             seeds = range(start, min(start + batch_size, num))
             original = model.sample(Noise(seeds, model.device)).float()
             for name in metrics:
-                error, mask = _TESTS[name](model, seeds, original, draws)
+                error, mask = _MEASURES[name](model, seeds, original, draws)
                 mask = mask.expand_as(error)
                 sums[name] += torch.stack([(error.square() * mask).sum().double().cpu(), mask.sum().double().cpu()])
-    return {m: psnr(s[0] / s[1]) if s[1] > 0 else float("nan") for m, s in sums.items()}
+    empty = [m for m, s in sums.items() if s[1] == 0]
+    if empty:
+        raise UserError(f"{', '.join(empty)}: no pixel survived the masks at {original.shape[-1]} px; "
+                        "use larger images or more samples.")
+    return {m: psnr(s[0] / s[1]) for m, s in sums.items()}
 
 
 @contextlib.contextmanager
@@ -126,7 +131,7 @@ def _eqr(model, seeds, original, draws):
     return filtered - reference, reference_mask * filtered_mask
 
 
-_TESTS = {"eqt": _eqt, "eqt_frac": _eqt_frac, "eqr": _eqr}
+_MEASURES = {"eqt": _eqt, "eqt_frac": _eqt_frac, "eqr": _eqr}
 
 
 # ---------------------------------------------------------------- image-space references
