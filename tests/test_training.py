@@ -196,14 +196,15 @@ def test_fid_snapshots_are_kept_with_their_checkpoints(tmp_path, faces16, monkey
     def fake_evaluate(batches, real, split, metrics, num, device, batch_size):
         images = torch.cat(list(batches))
         seen.append((images.shape, split, metrics, str(real)))
-        return {"fid": next(fids)}
+        return {"fid": next(fids), "kid": 1.0, "precision": 0.5, "recall": 0.25, "real": "label"}
 
     monkeypatch.setattr(animegen.metrics, "evaluate_generator", fake_evaluate)
     _train(tmp_path / "run", "vae", faces16, 7, fid_every="2", fid_num=5, keep=1, ckpt_every="100")
     run = tmp_path / "run"
-    assert seen[0] == (torch.Size([5, 3, 16, 16]), "test", ("fid",), str(faces16.resolve()))
+    assert seen[0] == (torch.Size([5, 3, 16, 16]), "test", ("fid", "kid", "pr"), str(faces16.resolve()))
     snapshots = [json.loads(line) for line in open(run / "metrics.jsonl") if '"fid"' in line]
     assert [(s["step"], s["fid"]) for s in snapshots] == [(2, 30.0), (4, 10.0), (6, 20.0), (7, 40.0)]
+    assert snapshots[0]["recall"] == 0.25 and snapshots[0]["num"] == 5 and "real" not in snapshots[0]
     kept = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
     assert kept == ["step-00000004", "step-00000007"]  # the best FID and the newest
     assert checkpoint.load(run / "checkpoints" / "best")[1]["snapshot"]["fid"] == 10.0

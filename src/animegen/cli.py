@@ -282,7 +282,7 @@ def sample_command(run, count, out, seed, grid, batch_size, device, **options):
 
 @main.command("eval")
 @click.argument("run", type=click.Path())
-@click.option("--metrics", default="fid", show_default=True, help="Comma-separated: fid, kid, pr.")
+@click.option("--metrics", default="fid", show_default=True, help="Comma-separated: fid, kid, pr; StyleGAN3: eqt, eqt_frac, eqr.")
 @click.option("--num", type=int, default=1000, show_default=True, help="Generated images (seeds 0..NUM-1).")
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

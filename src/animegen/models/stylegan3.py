@@ -343,9 +343,9 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
 
 # ---------------------------------------------------------------- registry
 def _presets(r_config: bool) -> dict[str, dict]:
-    """`tiny`: CPU, 4 layers with 6-pixel margins (at 32 px, random init: EQ-T ~75-84 dB, ~100
-    with the paper's 14 layers and 10-pixel margins, at a third of the step time). `paper64`:
-    the paper's architecture. R1 gamma follows StyleGAN3's rule (NVlabs configs: batch 32,
+    """`tiny`: CPU, 4 layers with 6-pixel margins, the fastest setting we found that keeps EQ-T
+    high (docs/stylegan.md: margin 10 costs 30% more per step). `paper64`: the paper's
+    architecture. R1 gamma follows StyleGAN3's rule (NVlabs configs: batch 32,
     gamma 0.5 at 128 px, x4 per doubling, i.e. R^2 / 32768), times 32 / batch, at the
     protocol's resolutions (tiny 32 px, paper64 64 px). Config R doubles the channels; its D
     blur starts at the paper's 10 px of 256 (as a fraction of the image width) and fades over

@@ -38,6 +38,9 @@ from animegen.training.data import TrainStream
 from animegen.training.ema import ema_beta, make_ema, update_ema
 
 
+SNAPSHOT_METRICS = ("fid", "kid", "pr")
+
+
 class Target:
     """When to stop: a total number of steps, thousands of images, or minutes of training."""
 
@@ -249,19 +252,25 @@ class Trainer:
             self._tensorboard().add_image("samples", image_grid(grid), self.step, dataformats="HWC")
 
     def _snapshot(self) -> None:
-        """FID of the EMA weights vs the test split; written with the checkpoint of this step."""
+        """FID (with KID and precision/recall, which come nearly free from the same Inception
+        features) of the EMA weights, seeds 0..fid_num-1, vs the whole test split; written
+        with the checkpoint of this step."""
         snapshot = None
         if self.ctx.rank == 0:
             t0 = time.perf_counter()
             options = self.ema.resolve_sample_options({})
             with self._sampling_rng():
                 batches = sample_batches(self.ema, range(self.tc.fid_num), self._sample_batch, options)
-                result = self._evaluate(batches, real=self.config.data, split="test", metrics=("fid",),
+                result = self._evaluate(batches, real=self.config.data, split="test", metrics=SNAPSHOT_METRICS,
                                         num=self.tc.fid_num, device=self.ctx.device, batch_size=self._sample_batch)
-            snapshot = {"fid": result["fid"], "num": self.tc.fid_num, "split": "test", "sample_options": options}
-            self._log_line(f"step {self.step:>7}  FID-{_count(self.tc.fid_num)} {result['fid']:.2f}"
-                           f"  ({time.perf_counter() - t0:.0f} s)")
-            self._record({"event": "fid", **snapshot}, {f"fid/{_count(self.tc.fid_num)}": result["fid"]})
+            numbers = {k: v for k, v in result.items() if isinstance(v, (int, float))}
+            snapshot = {**numbers, "num": self.tc.fid_num, "split": "test", "sample_options": options}
+            name = f"FID-{_count(self.tc.fid_num)}"
+            self._log_line(f"step {self.step:>7}  {name} {result['fid']:.2f}  "
+                           + "  ".join(f"{k} {numbers[k]:.4g}" for k in ("kid", "precision", "recall") if k in numbers)
+                           + f"  ({time.perf_counter() - t0:.0f} s)")
+            self._record({"event": "fid", **snapshot}, {f"metrics/{k}": numbers[k] for k in numbers
+                                                        if not k.startswith("num")})
         self.snapshot_step = self.step
         self.save(snapshot)
 
