@@ -212,3 +212,27 @@ def test_fid_snapshots_are_kept_with_their_checkpoints(tmp_path, faces16, monkey
     _train(tmp_path / "plain", "vae", faces16, 7, keep=1)
     a, b = checkpoint.load(run)[0], checkpoint.load(tmp_path / "plain")[0]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_ends_the_run_with_a_checkpoint(tmp_path, faces16, monkeypatch):
+    """A SIGTERM (or Ctrl-C) lets the current step finish, then the run ends as usual:
+    checkpoint, grid, summary; resuming continues from there."""
+    import signal
+
+    from animegen.models.vae import VAEObjective
+
+    real_step = VAEObjective.train_step
+
+    def step_then_signal(self, real, step):
+        losses = real_step(self, real, step)
+        if step == 2:
+            signal.raise_signal(signal.SIGTERM)
+        return losses
+
+    monkeypatch.setattr(VAEObjective, "train_step", step_then_signal)
+    summary = _train(tmp_path / "run", "vae", faces16, 50)
+    assert summary["stopped_early"] and summary["step"] == 3
+    assert checkpoint.find(tmp_path / "run").name == "step-00000003"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+    monkeypatch.setattr(VAEObjective, "train_step", real_step)
+    assert _train(tmp_path / "run", "vae", faces16, 5, resume=True)["step"] == 5

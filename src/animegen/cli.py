@@ -221,7 +221,7 @@ def demo(out, minutes):
               help="Start a new run from another run's weights (matching names and shapes; the rest stay fresh).")
 def train_command(model, data, run, preset, sets, steps, kimg, minutes, resume, device, seed, fid_every, fid_num,
                   init_from):
-    """Train MODEL (vae, dcgan, ddpm) on a prepared dataset, or continue a run.
+    """Train MODEL (vae, dcgan, ddpm, stylegan2, stylegan3-t, stylegan3-r) on a prepared dataset, or continue a run.
 
     Multi-GPU: torchrun --nproc_per_node=K -m animegen train ...
 

@@ -40,7 +40,8 @@ def cached_features(source: ImageSource, net: InceptionV3, batch_size: int = 64,
     stem = cache_dir() / hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
     features = _load(stem, identity)
     if features is None:
-        features = net.extract(source.batches(batch_size), batch_size=batch_size, progress=progress, label=source.label)
+        features = net.extract(source.batches(batch_size), num=source.count, batch_size=batch_size,
+                               progress=progress, label=source.label)
         _store(stem, features, {**identity, "source": source.label, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return features
 

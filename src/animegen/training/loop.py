@@ -3,7 +3,8 @@
 Per step: next batch -> objective.train_step -> EMA -> losses averaged over ranks and
 checked (NaN/Inf stops the run without saving) -> then, when due: progress line and
 scalars, sample grid, FID snapshot (kept with the checkpoint written at that step),
-checkpoint. A run always ends with a checkpoint (also on Ctrl-C / SIGTERM, between steps).
+checkpoint. A run always ends with a checkpoint (also on Ctrl-C / SIGTERM, after the current step;
+then without the final FID snapshot, so that stopping is quick).
 
 The run folder describes itself:
 
@@ -198,7 +199,7 @@ class Trainer:
                     self._snapshot()
                 elif self.every["ckpt"].due(before, after):
                     self.save()
-        if not self.every["fid"].off and self.snapshot_step != self.step:
+        if not self.every["fid"].off and self.snapshot_step != self.step and not self._stop:
             self._snapshot()
         if self.saved_step != self.step:
             self.save()

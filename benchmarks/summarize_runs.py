@@ -1,0 +1,56 @@
+"""Summarize finished runs as the results table of ../shared/docs/PROTOCOL.md.
+
+    python benchmarks/summarize_runs.py RUN [RUN ...] [--device "2-core CPU"] [--commit abc1234]
+
+Reads each RUN/config.json and RUN/metrics.jsonl; prints one markdown row per run: model,
+preset, device, training minutes, kimg, img/s, peak memory, the main loss over the first
+and last 10% of progress lines, and FID at every snapshot (first -> last).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+MAIN_LOSS = {"vae": "loss", "dcgan": "loss_g", "ddpm": "loss"}  # GAN losses do not "fall"; shown for the record
+
+
+def read_events(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def summarize(run: Path, device: str, commit: str) -> str:
+    config = json.loads((run / "config.json").read_text())
+    events = read_events(run)
+    train = [e for e in events if e["event"] == "train"]
+    fids = [e for e in events if e["event"] == "fid"]
+    end = [e for e in events if e["event"] == "end"][-1]
+    model = config["model"]
+    key = MAIN_LOSS.get(model, "loss_d" if "loss_d" in train[0] else "loss")
+    tenth = max(1, len(train) // 10)
+    loss = f"{key} {mean([e[key] for e in train[:tenth]]):.4g} → {mean([e[key] for e in train[-tenth:]]):.4g}"
+    fid = " → ".join(f"{e['fid']:.1f} ({e['train_seconds'] / 60:.0f} min)" for e in fids) or "—"
+    preset = config.get("preset", "tiny")
+    return (f"| {model} | {preset} | {device} | {end['train_seconds'] / 60:.1f} min | {end['kimg']:.1f} | "
+            f"{end['img_per_s']:.1f} | {end['peak_mem_mb']:.0f} MB | {fid} | {loss} | {commit} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--device", default="CPU")
+    parser.add_argument("--commit", default="?")
+    args = parser.parse_args()
+    print("| model | preset | device | training | kimg | img/s | peak mem | FID-1k per snapshot | loss first → last 10% | commit |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for run in args.runs:
+        print(summarize(run, args.device, args.commit))
+
+
+if __name__ == "__main__":
+    main()
