@@ -4,7 +4,7 @@
 
 Reads each RUN/config.json and RUN/metrics.jsonl; prints one markdown row per run: model,
 preset, device, training minutes, kimg, img/s, peak memory, the main loss over the first
-and last 10% of progress lines, and FID at every snapshot (first -> last).
+and last 10% of progress lines, FID at every snapshot (first -> last), and the last snapshot's KID and precision/recall.
 """
 
 from __future__ import annotations
@@ -35,9 +35,12 @@ def summarize(run: Path, device: str, commit: str) -> str:
     tenth = max(1, len(train) // 10)
     loss = f"{key} {mean([e[key] for e in train[:tenth]]):.4g} → {mean([e[key] for e in train[-tenth:]]):.4g}"
     fid = " → ".join(f"{e['fid']:.1f} ({e['train_seconds'] / 60:.0f} min)" for e in fids) or "—"
-    preset = config.get("preset", "tiny")
+    preset = config.get("preset", "see command")
+    last = fids[-1] if fids else {}
+    kid = f"{last['kid']:.1f} ± {last['kid_std']:.1f}" if "kid" in last else "—"
+    pr = f"{last['precision']:.3f} / {last['recall']:.3f}" if "precision" in last else "—"
     return (f"| {model} | {preset} | {device} | {end['train_seconds'] / 60:.1f} min | {end['kimg']:.1f} | "
-            f"{end['img_per_s']:.1f} | {end['peak_mem_mb']:.0f} MB | {fid} | {loss} | {commit} |")
+            f"{end['img_per_s']:.1f} | {end['peak_mem_mb']:.0f} MB | {fid} | {kid} | {pr} | {loss} | {commit} |")
 
 
 def main() -> None:
@@ -46,8 +49,9 @@ def main() -> None:
     parser.add_argument("--device", default="CPU")
     parser.add_argument("--commit", default="?")
     args = parser.parse_args()
-    print("| model | preset | device | training | kimg | img/s | peak mem | FID-1k per snapshot | loss first → last 10% | commit |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | preset | device | training | kimg | img/s | peak mem | FID-1k per snapshot | KID×10³ (last) "
+          "| P / R (last) | loss first → last 10% | commit |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for run in args.runs:
         print(summarize(run, args.device, args.commit))
 
