@@ -35,7 +35,7 @@ def summarize(run: Path, device: str, commit: str) -> str:
     tenth = max(1, len(train) // 10)
     loss = f"{key} {mean([e[key] for e in train[:tenth]]):.4g} → {mean([e[key] for e in train[-tenth:]]):.4g}"
     fid = " → ".join(f"{e['fid']:.1f} ({e['train_seconds'] / 60:.0f} min)" for e in fids) or "—"
-    preset = config.get("preset", "see command")
+    preset = config["preset"]
     last = fids[-1] if fids else {}
     kid = f"{last['kid']:.1f} ± {last['kid_std']:.1f}" if "kid" in last else "—"
     pr = f"{last['precision']:.3f} / {last['recall']:.3f}" if "precision" in last else "—"

@@ -75,6 +75,7 @@ def test_run_folder_and_checkpoint_pruning(tmp_path, faces16):
     config = json.loads((run / "config.json").read_text())
     assert config["model"] == "vae" and config["model_config"]["resolution"] == 16
     assert config["train"]["batch"] == 8 and config["seed"] == 3
+    assert config["preset"] == "tiny" and config["overrides"]["keep"] == 2  # how it was asked for, as given
     # Checkpoints at 2, 4, 6 and the final 7; the newest two are kept; last points at 7.
     assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == ["step-00000006", "step-00000007"]
     assert checkpoint.find(run).name == "step-00000007"

@@ -44,9 +44,12 @@ class RunConfig:
     model_config: Any
     objective_config: Any
     train: TrainConfig
+    preset: str = "tiny"  # recorded so that a run folder says how it was configured
+    overrides: dict = dataclasses.field(default_factory=dict)  # the --set values, as given
 
     def to_json(self) -> dict:
-        return {"model": self.model, "data": self.data, "seed": self.seed,
+        return {"model": self.model, "data": self.data, "seed": self.seed, "preset": self.preset,
+                "overrides": self.overrides,
                 "model_config": dataclasses.asdict(self.model_config),
                 "objective_config": dataclasses.asdict(self.objective_config),
                 "train": dataclasses.asdict(self.train)}
@@ -56,7 +59,7 @@ class RunConfig:
         return cls(model=obj["model"], data=obj["data"], seed=obj["seed"],
                    model_config=_build(spec.model.config_class, obj["model_config"]),
                    objective_config=_build(spec.objective.config_class, obj["objective_config"]),
-                   train=_build(TrainConfig, obj["train"]))
+                   train=_build(TrainConfig, obj["train"]), preset=obj["preset"], overrides=obj["overrides"])
 
 
 def make_config(spec: ModelSpec, data: str, resolution: int, preset: str, sets: dict[str, Any],
@@ -73,7 +76,7 @@ def make_config(spec: ModelSpec, data: str, resolution: int, preset: str, sets: 
         values[i][key] = value
     values[0]["resolution"] = resolution
     built = [_build(c, v) for c, v in zip(classes, values)]
-    return RunConfig(spec.name, data, seed, *built)
+    return RunConfig(spec.name, data, seed, *built, preset=preset, overrides=dict(sets))
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
