@@ -4,7 +4,8 @@
 
 Reads each RUN/config.json and RUN/metrics.jsonl; prints one markdown row per run: model,
 preset, device, training minutes, kimg, img/s, peak memory, the main loss over the first
-and last 10% of progress lines, FID at every snapshot (first -> last), and the last snapshot's KID and precision/recall.
+and last 10% of progress lines, FID at every snapshot (first -> last), the last snapshot's
+KID and precision/recall, and the equivariance of the last `animegen eval` that measured it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
+EQ_METRICS = ("eqt", "eqt_frac", "eqr")
 MAIN_LOSS = {"vae": "loss", "dcgan": "loss_g", "ddpm": "loss"}  # GAN losses do not "fall"; shown for the record
 
 
@@ -40,7 +42,18 @@ def summarize(run: Path, device: str, commit: str) -> str:
     kid = f"{last['kid']:.1f} ± {last['kid_std']:.1f}" if "kid" in last else "—"
     pr = f"{last['precision']:.3f} / {last['recall']:.3f}" if "precision" in last else "—"
     return (f"| {model} | {preset} | {device} | {end['train_seconds'] / 60:.1f} min | {end['kimg']:.1f} | "
-            f"{end['img_per_s']:.1f} | {end['peak_mem_mb']:.0f} MB | {fid} | {kid} | {pr} | {loss} | {commit} |")
+            f"{end['img_per_s']:.1f} | {end['peak_mem_mb']:.0f} MB | {fid} | {kid} | {pr} | "
+            f"{equivariance(events)} | {loss} | {commit} |")
+
+
+def equivariance(events: list[dict]) -> str:
+    """EQ-T / EQ-T_frac / EQ-R in dB, and the sample count, from the newest eval event that has them."""
+    evals = [e for e in events if e["event"] == "eval" and any(k in e for k in EQ_METRICS)]
+    if not evals:
+        return "—"
+    last = evals[-1]
+    values = " / ".join(f"{last[k]:.1f}" if k in last else "—" for k in EQ_METRICS)
+    return f"{values} ({last['protocol']['images']})"
 
 
 def main() -> None:
@@ -50,8 +63,8 @@ def main() -> None:
     parser.add_argument("--commit", default="?")
     args = parser.parse_args()
     print("| model | preset | device | training | kimg | img/s | peak mem | FID-1k per snapshot | KID×10³ (last) "
-          "| P / R (last) | loss first → last 10% | commit |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| P / R (last) | EQ-T / EQ-T_frac / EQ-R, dB (samples) | loss first → last 10% | commit |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for run in args.runs:
         print(summarize(run, args.device, args.commit))
 

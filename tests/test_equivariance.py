@@ -180,6 +180,9 @@ def test_eval_command(tmp_path):
     assert ok.exit_code == 0, ok.output + ok.stderr
     result = json.loads(ok.stdout)
     assert 0 < result["eqt"] <= PSNR_CAP and 0 < result["eqr"] <= PSNR_CAP
+    events = [json.loads(line) for line in (tmp_path / "stylegan3-t" / "metrics.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "eval" and events[-1]["eqt"] == result["eqt"] and events[-1]["step"] == 1
+    assert events[-1]["protocol"] == result["protocol"]
     bad = runner.invoke(main, ["eval", str(tmp_path / "stylegan2"), "--metrics", "eqt", "--num", "4",
                                "--device", "cpu"])
     assert bad.exit_code == 2

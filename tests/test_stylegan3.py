@@ -154,6 +154,20 @@ def test_config_r_blur_fades_out():
     assert t_objective.blur_pixels() == 0
 
 
+def test_r1_gamma_follows_stylegan3s_rule_unless_set():
+    _, objective = build(SPEC_T, 32, batch=4)
+    assert objective.default_r1_gamma(32) == pytest.approx(32**2 / 32768)
+    assert objective.default_r1_gamma(16) == pytest.approx(0.0625)  # tiny: 32 px, batch 16
+    objective.model.config.resolution = 128  # NVlabs' recommendation at batch 32: 0.5 at 128 px
+    assert objective.default_r1_gamma(32) == pytest.approx(0.5)
+    for sets, gamma in (({}, 32**2 / 32768 * 32 / 4), ({"r1_gamma": 3.0}, 3.0)):
+        _, objective = build(SPEC_T, 32, batch=4, **sets)
+        stepped = []
+        objective.optimize = lambda name, loss: stepped.append(loss.item())
+        penalty = objective._r1_step(torch.rand(4, 3, 32, 32) * 2 - 1)
+        assert stepped[0] == pytest.approx(penalty.item() * gamma / 2 * objective.config.r1_interval, rel=1e-5)
+
+
 def test_gaussian_blur_has_the_requested_width_and_keeps_constants():
     x = torch.zeros(1, 1, 41, 41)
     x[0, 0, 20, 20] = 1
@@ -174,7 +188,7 @@ def test_registered_with_presets():
         config = make_config(spec, "data", 64, "paper64", {}, seed=0)
         assert config.model_config.num_layers == 14 and config.model_config.margin == 10
         assert config.objective_config.pl_weight == 0 and config.objective_config.style_mixing == 0
-        assert config.train.batch == 32 and config.objective_config.r1_gamma == pytest.approx(0.125)
+        assert config.train.batch == 32 and config.objective_config.r1_gamma is None
         assert config.model_config.magnitude_ema_beta == pytest.approx(0.5 ** (32 / 20000))
     assert make_config(SPEC_R, "data", 64, "paper64", {}, 0).model_config.channel_max == 1024
     with pytest.raises(UserError, match="power-of-two"):

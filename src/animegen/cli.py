@@ -286,8 +286,10 @@ def sample_command(run, count, out, seed, grid, batch_size, device, **options):
 @click.option("--num", type=int, default=1000, show_default=True, help="Generated images (seeds 0..NUM-1).")
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--record/--no-record", default=True, show_default=True,
+              help="Append the result to RUN/metrics.jsonl as an \"eval\" event.")
 @_sampling_options
-def eval_command(run, metrics, num, split, as_json, batch_size, device, **options):
+def eval_command(run, metrics, num, split, as_json, record, batch_size, device, **options):
     """Metrics of RUN's EMA generator against its dataset, with the exact protocol used.
 
     \b
@@ -297,5 +299,6 @@ def eval_command(run, metrics, num, split, as_json, batch_size, device, **option
     from animegen.generate import evaluate_run
 
     result = evaluate_run(run, [m.strip() for m in metrics.split(",") if m.strip()], num, split=split,
-                          options=options, device=device, batch_size=batch_size, progress=not as_json)
+                          options=options, device=device, batch_size=batch_size, progress=not as_json,
+                          record=record)
     click.echo(json.dumps(result) if as_json else "\n".join(f"{k:>16}: {v}" for k, v in result.items()))

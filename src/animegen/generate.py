@@ -5,7 +5,9 @@ eval`, and the training loop's grids and FID snapshots.
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -75,9 +77,11 @@ def write_samples(run: str, out: str, count: int, seed: int = 0, batch_size: int
 
 
 def evaluate_run(run: str, metrics: list[str], num: int, split: str = "test", options: dict | None = None,
-                 device: str = "auto", batch_size: int = 64, seed: int = 0, progress: bool = False) -> dict:
+                 device: str = "auto", batch_size: int = 64, seed: int = 0, progress: bool = False,
+                 record: bool = True) -> dict:
     """Metrics of a run's EMA generator against a split of its training dataset, with the
-    exact protocol that produced them."""
+    exact protocol that produced them. With `record`, also appended to RUN/metrics.jsonl as
+    an "eval" event when `run` is a run folder, so the folder keeps every number it produced."""
     from animegen.metrics import evaluate_generator
     from animegen.training.distributed import resolve_device
 
@@ -95,4 +99,10 @@ def evaluate_run(run: str, metrics: list[str], num: int, split: str = "test", op
     protocol = {"model": state["model"], "checkpoint": state["checkpoint"], "step": state["step"],
                 "kimg": state["nimg"] / 1000, "weights": "ema", "images": num, "seeds": [seed, seed + num - 1],
                 "real": data, "split": split, "sample_options": options}
-    return {**result, "protocol": protocol}
+    result = {**result, "protocol": protocol}
+    log = Path(run) / "metrics.jsonl"
+    if record and log.is_file():
+        entry = {"event": "eval", "step": state["step"], "kimg": protocol["kimg"], "time": time.time(), **result}
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+    return result

@@ -328,7 +328,7 @@ class StyleGANObjectiveConfig:
     d_channel_base: int = 16384
     d_channel_max: int = 512
     mbstd_group: int = 4
-    r1_gamma: float | None = None  # None: the papers' heuristic 0.0002 * resolution**2 / batch
+    r1_gamma: float | None = None  # None: the family's rule (the objective's `default_r1_gamma`)
     r1_interval: int = 16  # lazy regularization: every this many steps, weighted by it
     pl_weight: float = 2.0  # path length regularization; 0: off (StyleGAN3)
     pl_interval: int = 4
@@ -373,6 +373,10 @@ class StyleGANObjective(Objective):
                                         config.ada_kimg).to(ctx.device)
         self.pl_mean = torch.zeros([], device=ctx.device)
         self.ada_signs = [0.0, 0]  # sum of sign(D(real)) and count since the last p adjustment
+
+    def default_r1_gamma(self, batch: int) -> float:
+        """R1 weight when `r1_gamma` is unset, for the global `batch`: StyleGAN2-ADA's heuristic."""
+        return r1_gamma_heuristic(self.model.resolution, batch)
 
     # ------------------------------------------------------------ pieces
     def generate_ws(self, n: int, update_w_avg: bool = False) -> torch.Tensor:
@@ -452,8 +456,7 @@ class StyleGANObjective(Objective):
     def _r1_step(self, real: torch.Tensor) -> torch.Tensor:
         """R1: gamma/2 * E|grad_x D(x)|^2 on (non-augmented) reals, every r1_interval steps."""
         c = self.config
-        gamma = c.r1_gamma if c.r1_gamma is not None else r1_gamma_heuristic(
-            self.model.resolution, real.shape[0] * self.ctx.world_size)
+        gamma = c.r1_gamma if c.r1_gamma is not None else self.default_r1_gamma(real.shape[0] * self.ctx.world_size)
         real = real.detach().requires_grad_(True)
         with self.autocast():
             logits = self.discriminate(real)

@@ -11,7 +11,8 @@ The run folder describes itself:
     RUN/config.json        family, data, seed and every setting (written once)
     RUN/checkpoints/       see animegen.training.checkpoint
     RUN/samples/           step-XXXXXXXX.png grids from fixed seeds (EMA weights)
-    RUN/metrics.jsonl      one JSON object per line: progress, fid snapshots, run ends
+    RUN/metrics.jsonl      one JSON object per line: progress, fid snapshots, run ends (and
+                           `animegen eval` results, "eval" events)
     RUN/tb/                TensorBoard scalars and sample grids
 """
 
