@@ -1,8 +1,12 @@
 import json
 
+import os
+
+import pytest
 from click.testing import CliRunner
 
 from animegen.cli import main
+from animegen.demo import cpu_threads
 from animegen.data.store import load_split, read_manifest
 
 
@@ -20,3 +24,14 @@ def test_demo_makes_data_trains_samples_then_reuses_them(tmp_path, one_thread):
     assert second.exit_code == 0 and "reusing the dataset" in second.output
     assert "reusing the trained model" in second.output
     assert read_manifest(out / "data")["content_hash"] == content
+
+
+@pytest.mark.parametrize("load, threads", [(0.2, 4), (1.4, 3), (2.6, 1), (9.0, 1)])
+def test_demo_threads_use_the_idle_cores(monkeypatch, load, threads):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    assert cpu_threads(default=4) == threads
+    assert cpu_threads(default=2) == min(threads, 2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpu_threads(default=3) == 3
