@@ -14,7 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
-EQ_METRICS = ("eqt", "eqt_frac", "eqr")
+from animegen.metrics.equivariance import EQ_METRICS
+
 MAIN_LOSS = {"vae": "loss", "dcgan": "loss_g", "ddpm": "loss"}  # GAN losses do not "fall"; shown for the record
 
 

@@ -5,7 +5,6 @@ eval`, and the training loop's grids and FID snapshots.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ import torch
 from PIL import Image
 
 from animegen.errors import UserError
-from animegen.io import atomic_dir, save_grid, to_uint8
+from animegen.io import append_json_line, atomic_dir, save_grid, to_uint8
 from animegen.models import registry
 from animegen.models.base import Model, Noise
 
@@ -102,7 +101,6 @@ def evaluate_run(run: str, metrics: list[str], num: int, split: str = "test", op
     result = {**result, "protocol": protocol}
     log = Path(run) / "metrics.jsonl"
     if record and log.is_file():
-        entry = {"event": "eval", "step": state["step"], "kimg": protocol["kimg"], "time": time.time(), **result}
-        with open(log, "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry) + "\n")
+        append_json_line(log, {"event": "eval", "step": state["step"], "kimg": protocol["kimg"], "time": time.time(),
+                               **result})
     return result

@@ -68,6 +68,12 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
+def append_json_line(path: str | os.PathLike, obj) -> None:
+    """Append `obj` as one line of a JSON-lines log (a run's metrics.jsonl)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(obj) + "\n")
+
+
 def read_json(path: str | os.PathLike):
     with open(path, encoding="utf-8") as f:
         return json.load(f)

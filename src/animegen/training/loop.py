@@ -32,7 +32,7 @@ import torch
 from animegen.data.store import read_manifest
 from animegen.errors import UserError
 from animegen.generate import sample_batches, sample_grid
-from animegen.io import atomic_write_bytes, atomic_write_json, image_grid, read_json, save_grid
+from animegen.io import append_json_line, atomic_write_bytes, atomic_write_json, image_grid, read_json, save_grid
 from animegen.models import registry
 from animegen.training import checkpoint, distributed, transfer
 from animegen.training.config import Every, RunConfig, make_config
@@ -303,8 +303,7 @@ class Trainer:
             return
         entry = {"step": self.step, "kimg": self.nimg / 1000, "train_seconds": round(self.seconds, 3),
                  "time": time.time(), **entry}
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry) + "\n")
+        append_json_line(self.run_dir / "metrics.jsonl", entry)
         for key, value in scalars.items() if self.tc.tensorboard else ():
             self._tensorboard().add_scalar(key, value, self.step)
 
