@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from animegen import runs
 from animegen.data.synth import synthesize_dataset
 from animegen.training import checkpoint, distributed
 from animegen.training.loop import Target, train
@@ -67,8 +68,8 @@ def test_two_processes_stay_in_sync_resume_and_match_one(tmp_path, one_thread):
     single = tmp_path / "single"
     train(str(single), model="vae", data=str(data), sets=SETS, target=Target(steps=4), device="cpu", seed=1,
           echo=lambda line: None)
-    a, state_a = checkpoint.load(run)
-    b, state_b = checkpoint.load(single)
+    a, state_a = runs.load_checkpoint(run)
+    b, state_b = runs.load_checkpoint(single)
     assert state_a["step"] == state_b["step"] == 4 and state_a["world_size"] == 2
     assert state_a["data"] == state_b["data"]
     assert torch.equal(a["rng.torch"], b["rng.torch"])  # every rank drew the same global numbers

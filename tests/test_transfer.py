@@ -9,6 +9,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from animegen import runs
 from animegen.cli import main
 from animegen.data.synth import synthesize_dataset
 from animegen.errors import UserError
@@ -38,14 +39,14 @@ def source_run(tmp_path_factory):
     """A 16 px run's checkpoint at step 1 (weights from another seed than `fresh_modules`)."""
     run = tmp_path_factory.mktemp("transfer") / "source"
     tensors = {k: v for p, m in fresh_modules(16, seed=1).items() for k, v in checkpoint.module_tensors(p, m).items()}
-    checkpoint.save(run, 1, tensors, {"model": "stylegan2", "step": 1}, keep=1)
+    runs.Run(run).save_checkpoint(1, tensors, {"model": "stylegan2", "step": 1}, keep=1)
     return run
 
 
 def test_same_architecture_loads_everything(source_run):
     modules = fresh_modules(16)
     report = init_from(source_run, modules)
-    tensors, _ = checkpoint.load(source_run)
+    tensors, _ = runs.load_checkpoint(source_run)
     assert report["skipped"] == [] and report["model"] == "stylegan2" and report["step"] == 1
     for prefix, module in modules.items():
         for name, value in module.state_dict().items():
@@ -57,7 +58,7 @@ def test_other_resolution_loads_what_matches_and_reports_the_rest(source_run):
     before = {k: v.clone() for k, v in fresh_modules(32)["model"].state_dict().items()}
     modules = fresh_modules(32)
     report = init_from(source_run, modules)
-    tensors, _ = checkpoint.load(source_run)
+    tensors, _ = runs.load_checkpoint(source_run)
     model = modules["model"].state_dict()
     # The mapping network and the coarse layers are shared; the new 32 px layers are fresh.
     assert torch.equal(model["mapping.layers.0.weight"], tensors["model.mapping.layers.0.weight"])
@@ -78,9 +79,12 @@ def test_cli_init_from_errors_and_sampling_flags(source_run, tmp_path):
     assert "initialized from" in result.output and "kept fresh" in result.output
     report = json.loads((tmp_path / "run" / "init_from.json").read_text())
     assert report["loaded"] > 0 and report["skipped"]
-    result = runner.invoke(main, ["train", "--out", str(tmp_path / "run"), "--resume", "--steps", "2",
-                                  "--init-from", str(source_run)])
-    assert result.exit_code == 2 and "new runs only" in result.output
+    # Resuming with the same --init-from is the same command line; another source is refused.
+    resume = ["train", "--out", str(tmp_path / "run"), "--resume", "--steps", "2", "--init-from"]
+    result = runner.invoke(main, resume + [str(source_run)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, resume + [str(tmp_path / "run")])
+    assert result.exit_code == 2 and "--init-from" in result.output and "differs from the run's" in result.output
     with pytest.raises(UserError, match="neither a run folder"):
         init_from(tmp_path, fresh_modules(16))
     # The StyleGAN sampling flags reach the model: psi = 0 without noise makes every seed the same image.

@@ -1,12 +1,15 @@
 """The one `animegen` command. Thin: parse options, call the library, print.
 
 Every error meant for the user is an `animegen.errors.UserError`; it is printed as
-one line on stderr and the command exits with code 2.
+one line on stderr and the command exits with code 2. Ctrl-C outside training exits with
+130 and one line; anything else unexpected is a bug, reported in one line (exit code 1)
+with its traceback only when ANIMEGEN_DEBUG=1.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -16,7 +19,7 @@ from animegen.errors import UserError
 
 
 class _Group(click.Group):
-    """Turns UserError into one line on stderr and exit code 2."""
+    """Turns UserError into one line on stderr and exit code 2; never shows a traceback."""
 
     def invoke(self, ctx):
         try:
@@ -24,6 +27,17 @@ class _Group(click.Group):
         except UserError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted.", err=True)
+            sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as e:
+            if os.environ.get("ANIMEGEN_DEBUG") == "1":
+                raise
+            click.echo(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                       "(a bug in animegen: please report it; ANIMEGEN_DEBUG=1 shows the traceback)", err=True)
+            sys.exit(1)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -219,8 +233,9 @@ def demo(out, minutes):
 @click.option("--fid-num", type=int, default=None, help="Generated images per FID snapshot [default: 1000].")
 @click.option("--init-from", type=click.Path(), default=None, metavar="RUN_OR_CHECKPOINT",
               help="Start a new run from another run's weights (matching names and shapes; the rest stay fresh).")
+@click.option("--dry-run", is_flag=True, help="Print the resolved config and parameter counts; train nothing.")
 def train_command(model, data, run, preset, sets, steps, kimg, minutes, resume, device, seed, fid_every, fid_num,
-                  init_from):
+                  init_from, dry_run):
     """Train MODEL (vae, dcgan, ddpm, stylegan2, stylegan3-t, stylegan3-r) on a prepared dataset, or continue a run.
 
     Multi-GPU: torchrun --nproc_per_node=K -m animegen train ...
@@ -234,9 +249,14 @@ def train_command(model, data, run, preset, sets, steps, kimg, minutes, resume, 
     from animegen.training.config import parse_sets
     from animegen.training.loop import Target, train
 
-    train(run, model=model, data=data, preset=preset, sets=parse_sets(list(sets)),
-          target=Target(steps=steps, kimg=kimg, minutes=minutes), resume=resume, device=device, seed=seed,
-          fid_every=fid_every, fid_num=fid_num, init_from=init_from, echo=click.echo)
+    target = None if dry_run else Target(steps=steps, kimg=kimg, minutes=minutes)
+    result = train(run, model=model, data=data, preset=preset, sets=parse_sets(list(sets)), target=target,
+                   resume=resume, device=device, seed=seed, fid_every=fid_every, fid_num=fid_num,
+                   init_from=init_from, dry_run=dry_run, echo=click.echo)
+    if dry_run:
+        click.echo(json.dumps(result, indent=2))
+    elif result["signal"]:
+        sys.exit(128 + result["signal"])  # as if killed by it, after the checkpoint: 130 for Ctrl-C, 143 for SIGTERM
 
 
 def _sampling_options(f):
@@ -256,6 +276,8 @@ def _sampling_options(f):
     f = click.option("--rotate", type=float, default=None, help="StyleGAN3 input rotation in degrees.")(f)
     f = click.option("--batch-size", type=int, default=64, show_default=True)(f)
     f = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)(f)
+    f = click.option("--checkpoint", default="last", show_default=True, metavar="last|best|STEP|PATH",
+                     help="Which checkpoint: the newest, the best snapshot FID, a step, or a checkpoint folder.")(f)
     return f
 
 
@@ -266,7 +288,7 @@ def _sampling_options(f):
 @click.option("--seed", type=int, default=0, show_default=True, help="Image i comes from seed SEED+i.")
 @click.option("--grid", type=click.Path(), default=None, help="Also write all images as one grid PNG.")
 @_sampling_options
-def sample_command(run, count, out, seed, grid, batch_size, device, **options):
+def sample_command(run, count, out, seed, grid, batch_size, device, checkpoint, **options):
     """Generate images from RUN's newest checkpoint (EMA weights); the same seed gives the same images.
 
     \b
@@ -275,7 +297,8 @@ def sample_command(run, count, out, seed, grid, batch_size, device, **options):
     """
     from animegen.generate import write_samples
 
-    info = write_samples(run, out, count, seed=seed, batch_size=batch_size, options=options, grid=grid, device=device)
+    info = write_samples(run, out, count, seed=seed, batch_size=batch_size, options=options, grid=grid, device=device,
+                         checkpoint=checkpoint, progress=True)
     click.echo(f"{out}: {count} images (seeds {info['seeds'][0]}..{info['seeds'][1]}) from {info['checkpoint']}"
                + (f"; grid {grid}" if grid else ""))
 
@@ -288,8 +311,10 @@ def sample_command(run, count, out, seed, grid, batch_size, device, **options):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--record/--no-record", default=True, show_default=True,
               help="Append the result to RUN/metrics.jsonl as an \"eval\" event.")
+@click.option("--data", type=click.Path(), default=None,
+              help="A moved copy of the run's dataset (its content hash must match) [default: the recorded path].")
 @_sampling_options
-def eval_command(run, metrics, num, split, as_json, record, batch_size, device, **options):
+def eval_command(run, metrics, num, split, as_json, record, data, batch_size, device, checkpoint, **options):
     """Metrics of RUN's EMA generator against its dataset, with the exact protocol used.
 
     \b
@@ -300,5 +325,37 @@ def eval_command(run, metrics, num, split, as_json, record, batch_size, device, 
 
     result = evaluate_run(run, [m.strip() for m in metrics.split(",") if m.strip()], num, split=split,
                           options=options, device=device, batch_size=batch_size, progress=not as_json,
-                          record=record)
+                          record=record, data=data, checkpoint=checkpoint)
     click.echo(json.dumps(result) if as_json else "\n".join(f"{k:>16}: {v}" for k, v in result.items()))
+
+
+# ---------------------------------------------------------------- runs
+@main.group(cls=_Group)
+def runs():
+    """Inspect run folders."""
+
+
+@runs.command("info")
+@click.argument("run", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def runs_info(run, as_json):
+    """What a run folder holds: family, preset, dataset, progress, checkpoints, best FID, changed settings.
+
+    \b
+    Example:
+      animegen runs info runs/ddpm32
+    """
+    from animegen.runs import Run, describe_run
+    from animegen.training.config import changed_settings
+
+    info = {**describe_run(run), "changed_settings": changed_settings(Run(run).read_config())}
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    for key, value in info.items():
+        if isinstance(value, list):
+            click.echo(f"{key:>16}:")
+            for item in value:
+                click.echo(f"{'':>18}{item}")
+        else:
+            click.echo(f"{key:>16}: {value}")

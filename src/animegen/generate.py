@@ -13,19 +13,26 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
+from animegen import runs
+from animegen.devices import resolve_device
 from animegen.errors import UserError
-from animegen.io import append_json_line, atomic_dir, save_grid, to_uint8
+from animegen.io import atomic_dir, save_grid, to_uint8
+from animegen.metrics import evaluate_generator
 from animegen.models import registry
 from animegen.models.base import Model, Noise
+from animegen.settings import MAX_SEED, build
 
 WEIGHTS = ("ema", "model")
+MAX_COUNT = 10**8  # images one `sample` writes
+MAX_GRID = 1024  # images in one grid PNG
 
 
 def sample_batches(model: Model, seeds: Iterable[int], batch_size: int, options: dict | None = None
                    ) -> Iterator[torch.Tensor]:
     """Images for `seeds`, in order, `batch_size` at a time: float N x 3 x R x R in [-1, 1]."""
-    seeds = list(seeds)
+    seeds = list(seeds) if not isinstance(seeds, range) else seeds
     for start in range(0, len(seeds), batch_size):
         with torch.no_grad():
             yield model.sample(Noise(seeds[start : start + batch_size], model.device), **(options or {}))
@@ -36,71 +43,85 @@ def sample_grid(model: Model, seeds: Iterable[int], batch_size: int, options: di
     return np.concatenate([to_uint8(x) for x in sample_batches(model, seeds, batch_size, options)])
 
 
-def load_generator(path: str | os.PathLike, device: torch.device | str = "cpu", weights: str = "ema"
-                   ) -> tuple[Model, dict]:
-    """The Model of a run's newest checkpoint (or of a checkpoint folder), in eval mode, and
-    that checkpoint's state (config, step, nimg, snapshot...)."""
-    from animegen.training import checkpoint
-    from animegen.training.config import RunConfig
-
+def load_generator(path: str | os.PathLike, device: torch.device | str = "cpu", weights: str = "ema",
+                   checkpoint: str | int = "last") -> tuple[Model, dict]:
+    """The Model of checkpoint `checkpoint` (last, best, a step, or a folder's path) of run
+    `path` (or of checkpoint folder `path`), in eval mode, and that checkpoint's state
+    (config, step, nimg, snapshot, and "checkpoint": its folder)."""
     if weights not in WEIGHTS:
         raise UserError(f"unknown weights {weights!r}; choose ema or model.")
-    tensors, state = checkpoint.load(path)
+    tensors, state = runs.load_checkpoint(path, checkpoint)
     spec = registry.get(state["model"])
-    config = RunConfig.from_json(state["config"], spec)
-    model = spec.model(config.model_config)
-    checkpoint.load_module(weights, model, tensors)
-    state["checkpoint"] = str(checkpoint.find(path))
-    return model.to(device).eval().requires_grad_(False), state
+    model = spec.model(build(spec.model.config_class, state["config"]["model_config"]))
+    model.load_state_dict(runs.module_state(tensors, weights), strict=True)
+    return model.to(resolve_device(device)).eval().requires_grad_(False), state
+
+
+def check_seeds(seed: int, count: int, name: str = "--count") -> range:
+    """Seeds seed..seed+count-1, all of them valid seeds."""
+    if not 1 <= count <= MAX_COUNT:
+        raise UserError(f"{name} {count} is out of range: it must be in [1, {MAX_COUNT}].")
+    if not 0 <= seed or seed + count - 1 > MAX_SEED:
+        raise UserError(f"seeds {seed}..{seed + count - 1} are out of range: seeds must be in [0, {MAX_SEED}].")
+    return range(seed, seed + count)
+
+
+def check_batch_size(batch_size: int) -> int:
+    if batch_size < 1 or batch_size > 65536:
+        raise UserError(f"--batch-size {batch_size} is out of range: it must be in [1, 65536].")
+    return batch_size
 
 
 def write_samples(run: str, out: str, count: int, seed: int = 0, batch_size: int = 64,
-                  options: dict | None = None, grid: str | None = None, device: str = "auto") -> dict:
-    """Write images of seeds seed..seed+count-1 as OUT/seed<NNNNNN>.png (atomically), and
-    optionally all of them as one grid PNG."""
-    from animegen.training.distributed import resolve_device
-
-    if count < 1 or batch_size < 1:
-        raise UserError("--count and --batch-size must be positive.")
-    model, state = load_generator(run, resolve_device(device))
+                  options: dict | None = None, grid: str | None = None, device: str = "auto",
+                  checkpoint: str | int = "last", progress: bool = False) -> dict:
+    """Write images of seeds seed..seed+count-1 as OUT/seed<NNNNNN>.png, batch by batch as they
+    are made (OUT appears only when complete), and optionally all of them as one grid PNG."""
+    seeds = check_seeds(seed, count)
+    check_batch_size(batch_size)
+    if grid and count > MAX_GRID:
+        raise UserError(f"a grid of {count} images is too large (at most {MAX_GRID}); drop --grid or sample fewer.")
+    if Path(out).exists():
+        raise UserError(f"{out} already exists; choose another --out or delete it first.")
+    model, state = load_generator(run, device, checkpoint=checkpoint)
     options = model.resolve_sample_options(options or {})
-    seeds = range(seed, seed + count)
-    images = sample_grid(model, seeds, batch_size, options)
-    with atomic_dir(out) as tmp:
-        for s, image in zip(seeds, images):
-            Image.fromarray(image).save(tmp / f"seed{s:06d}.png")
-    if grid:
-        save_grid(images, grid)
+    shown = []
+    with atomic_dir(out) as tmp, tqdm(total=count, unit="img", disable=not progress, leave=False) as bar:
+        for start, batch in zip(range(0, count, batch_size), sample_batches(model, seeds, batch_size, options)):
+            images = to_uint8(batch)
+            for s, image in zip(seeds[start : start + batch_size], images):
+                Image.fromarray(image).save(tmp / f"seed{s:06d}.png")
+            if grid:
+                shown.append(images)
+            bar.update(len(images))
+        if grid:
+            save_grid(np.concatenate(shown), grid)
     return {"out": str(out), "count": count, "seeds": [seed, seed + count - 1], "checkpoint": state["checkpoint"],
             "step": state["step"], "sample_options": options, **({"grid": str(grid)} if grid else {})}
 
 
 def evaluate_run(run: str, metrics: list[str], num: int, split: str = "test", options: dict | None = None,
                  device: str = "auto", batch_size: int = 64, seed: int = 0, progress: bool = False,
-                 record: bool = True) -> dict:
-    """Metrics of a run's EMA generator against a split of its training dataset, with the
-    exact protocol that produced them. With `record`, also appended to RUN/metrics.jsonl as
-    an "eval" event when `run` is a run folder, so the folder keeps every number it produced."""
-    from animegen.metrics import evaluate_generator
-    from animegen.training.distributed import resolve_device
-
-    if num < 1:
-        raise UserError("--num must be positive.")
+                 record: bool = True, data: str | None = None, checkpoint: str | int = "last") -> dict:
+    """Metrics of a run's EMA generator against a split of its training dataset (or of `data`,
+    a copy of it: same content hash), with the exact protocol that produced them. With
+    `record`, also appended to RUN/metrics.jsonl as an "eval" event when `run` is a run
+    folder, so the folder keeps every number it produced."""
+    seeds = check_seeds(seed, num, "--num")
+    check_batch_size(batch_size)
     dev = resolve_device(device)
-    model, state = load_generator(run, dev)
+    model, state = load_generator(run, dev, checkpoint=checkpoint)
     options = model.resolve_sample_options(options or {})
-    data = state["config"]["data"]
-    if not Path(data).exists():
-        raise UserError(f"the run's dataset {data} is missing; prepare it again at the same path.")
-    batches = sample_batches(model, range(seed, seed + num), batch_size, options)
-    result = evaluate_generator(batches, real=data, split=split, metrics=tuple(metrics), num=num, device=dev,
+    real = runs.Run(run).dataset(state["config"], data)
+    batches = sample_batches(model, seeds, batch_size, options)
+    result = evaluate_generator(batches, real=real, split=split, metrics=tuple(metrics), num=num, device=dev,
                                 batch_size=batch_size, generator=model, progress=progress)
     protocol = {"model": state["model"], "checkpoint": state["checkpoint"], "step": state["step"],
                 "kimg": state["nimg"] / 1000, "weights": "ema", "images": num, "seeds": [seed, seed + num - 1],
-                "real": data, "split": split, "sample_options": options}
+                "real": real, "split": split, "sample_options": options}
     result = {**result, "protocol": protocol}
-    log = Path(run) / "metrics.jsonl"
-    if record and log.is_file():
-        append_json_line(log, {"event": "eval", "step": state["step"], "kimg": protocol["kimg"], "time": time.time(),
+    folder = runs.Run(run)
+    if record and folder.metrics.is_file():
+        folder.append_metrics({"event": "eval", "step": state["step"], "kimg": protocol["kimg"], "time": time.time(),
                                **result})
     return result

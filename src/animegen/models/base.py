@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from animegen.errors import UserError
+from animegen.settings import MAX_RESOLUTION
 
 
 class Noise:
@@ -66,6 +67,19 @@ class Model(nn.Module):
         super().__init__()
         self.config = config
 
+    @classmethod
+    def resolutions(cls) -> list[int]:
+        """The resolutions the family builds at (from its architecture rules); checked, and
+        listed in the error, before anything is built. Default: powers of two from 8."""
+        return [2**k for k in range(3, MAX_RESOLUTION.bit_length())]
+
+    @classmethod
+    def check_resolution(cls, family: str, resolution: int) -> None:
+        accepted = cls.resolutions()
+        if resolution not in accepted:
+            raise UserError(f"{family} cannot train at {resolution} px; it accepts {_ranges(accepted)} px. "
+                            "Prepare the data at one of them (animegen data prepare --resolution).")
+
     @property
     def resolution(self) -> int:
         return self.config.resolution
@@ -87,3 +101,10 @@ class Model(nn.Module):
 
     def sample(self, noise: Noise, **options) -> torch.Tensor:
         raise NotImplementedError
+
+
+def _ranges(values: list[int]) -> str:
+    """A short list of accepted resolutions: all of them when few, else the first, a step and the last."""
+    if len(values) <= 12:
+        return ", ".join(map(str, values))
+    return f"{values[0]}, {values[1]}, {values[2]} ... {values[-1]} (every multiple of {values[1] - values[0]})"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from animegen.models.base import Model, Noise
 from animegen.models.registry import ModelSpec
+from animegen.settings import ADAM_BETA, LATENT, LEARNING_RATE, RESOLUTION, WIDTH, Limit
 from animegen.training.objective import Objective
 
 
@@ -29,6 +31,8 @@ class DCGANConfig:
     latent_dim: int = 100
     g_channels: int = 64  # generator width at full resolution (ngf)
 
+    limits: ClassVar[dict[str, Limit]] = {"resolution": RESOLUTION, "latent_dim": LATENT, "g_channels": WIDTH}
+
 
 @dataclass
 class DCGANObjectiveConfig:
@@ -36,6 +40,8 @@ class DCGANObjectiveConfig:
     spectral_norm: bool = False
     lr: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
+
+    limits: ClassVar[dict[str, Limit]] = {"d_channels": WIDTH, "lr": LEARNING_RATE, "betas": ADAM_BETA}
 
 
 def doublings(resolution: int) -> int:

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from animegen.diffusion import samplers
-from animegen.diffusion.schedule import NoiseSchedule, check_prediction
+from animegen.diffusion.samplers import SAMPLERS
+from animegen.diffusion.schedule import PREDICTIONS, SCHEDULES, NoiseSchedule, check_prediction
 from animegen.errors import UserError
 from animegen.models.base import Model, Noise
 from animegen.models.registry import ModelSpec
 from animegen.models.unet import UNet, UNetConfig, tiny_config
+from animegen.settings import ADAM_BETA, LEARNING_RATE, Limit, between, one_of, positive
 from animegen.training.objective import Objective
 
 
@@ -28,6 +31,10 @@ class DDPMConfig(UNetConfig):
     prediction: str = "eps"  # eps | v
     sampler: str = "dpm-solver++"  # default for grids, snapshots, sample and eval
     sample_steps: int = 20
+
+    limits: ClassVar[dict[str, Limit]] = {
+        "schedule": one_of(*SCHEDULES), "timesteps": between(2, 100_000), "prediction": one_of(*PREDICTIONS),
+        "sampler": one_of(*SAMPLERS), "sample_steps": between(1, 100_000)}
 
     def __post_init__(self):
         super().__post_init__()
@@ -40,6 +47,8 @@ class DDPMObjectiveConfig:
     lr: float = 2e-4
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0
+
+    limits: ClassVar[dict[str, Limit]] = {"lr": LEARNING_RATE, "betas": ADAM_BETA, "grad_clip": positive(1e6)}
 
 
 class DDPM(Model):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,9 @@ from animegen.errors import UserError
 from animegen.models.base import Model, Noise
 from animegen.models.ops.upfirdn2d import setup_filter, upfirdn2d, upsample2d
 from animegen.models.registry import ModelSpec
-from animegen.training.augment import OPS, AugmentPipe
+from animegen.settings import (ADAM_BETA, CHANNEL_BASE, FRACTION, LATENT, LEARNING_RATE, RESOLUTION, WIDTH, Limit,
+                               at_least, between, checked_by, one_of, positive)
+from animegen.training.augment import OPS, AugmentPipe, augment_mode_problem
 from animegen.training.objective import Objective
 
 NOISE_MODES = ("random", "const", "none")
@@ -231,6 +233,10 @@ class StyleGAN2Config:
     channel_base: int = 16384  # channels at resolution r: min(channel_base // r, channel_max)
     channel_max: int = 512
 
+    limits: ClassVar[dict[str, Limit]] = {
+        "resolution": RESOLUTION, "z_dim": LATENT, "w_dim": LATENT, "mapping_layers": between(1, 64),
+        "mapping_lr_mult": positive(1e3), "w_avg_beta": FRACTION, "channel_base": CHANNEL_BASE, "channel_max": WIDTH}
+
 
 class StyleGAN2(Model):
     """The generator. Sampling options: `truncation` (psi; 1 = off), `noise_mode` ("random":
@@ -340,6 +346,14 @@ class StyleGANObjectiveConfig:
     ada_target: float = 0.6
     ada_interval: int = 4  # steps between p adjustments
     ada_kimg: float = 500.0  # thousands of images for p to cross [0, 1]
+
+    limits: ClassVar[dict[str, Limit]] = {
+        "g_lr": LEARNING_RATE, "d_lr": LEARNING_RATE, "adam_betas": ADAM_BETA, "d_channel_base": CHANNEL_BASE,
+        "d_channel_max": WIDTH, "mbstd_group": between(1, 4096), "r1_gamma": at_least(0, 1e6),
+        "r1_interval": between(1, 10**6), "pl_weight": at_least(0, 1e6), "pl_interval": between(1, 10**6),
+        "pl_batch_shrink": between(1, 4096), "pl_decay": FRACTION, "style_mixing": FRACTION,
+        "augment": checked_by(augment_mode_problem), "augment_ops": one_of(*OPS), "ada_target": at_least(-1, 1),
+        "ada_interval": between(1, 10**6), "ada_kimg": positive(1e6)}
 
 
 def r1_gamma_heuristic(resolution: int, batch: int) -> float:

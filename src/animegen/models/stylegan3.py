@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -43,6 +44,7 @@ from animegen.models.ops.upfirdn2d import filter2d
 from animegen.models.registry import ModelSpec
 from animegen.models.stylegan2 import (FullyConnected, MappingNetwork, StyleGANObjective, StyleGANObjectiveConfig,
                                        modulated_conv2d)
+from animegen.settings import CHANNEL_BASE, FRACTION, LATENT, RESOLUTION, WIDTH, Limit, at_least, between, positive
 
 
 @dataclass
@@ -70,6 +72,14 @@ class StyleGAN3Config:
     radial_filters: bool = False  # jinc downsampling filters (config R)
     conv_clamp: float | None = 256.0
     magnitude_ema_beta: float = 0.999  # per training step; presets use 0.5 ** (batch / 20k)
+
+    limits: ClassVar[dict[str, Limit]] = {
+        "resolution": RESOLUTION, "z_dim": LATENT, "w_dim": LATENT, "mapping_layers": between(1, 64),
+        "mapping_lr_mult": positive(1e3), "w_avg_beta": FRACTION, "channel_base": CHANNEL_BASE, "channel_max": WIDTH,
+        "num_layers": between(1, 64), "num_critical": between(1, 64), "first_cutoff": positive(1e4),
+        "first_stopband": positive(1e4), "last_stopband_rel": positive(1e4), "margin": between(0, 1024),
+        "output_scale": positive(1e6), "conv_kernel": between(1, 15), "filter_size": between(1, 64),
+        "lrelu_upsampling": between(1, 16), "conv_clamp": positive(1e9), "magnitude_ema_beta": FRACTION}
 
 
 @dataclass
@@ -299,6 +309,8 @@ class StyleGAN3ObjectiveConfig(StyleGANObjectiveConfig):
     style_mixing: float = 0.0
     blur_sigma: float = 0.0  # D-input Gaussian blur at the start, std in image widths (R: 10/256)
     blur_fade_kimg: float = 200.0  # thousands of images over which the blur fades linearly to 0
+
+    limits: ClassVar[dict[str, Limit]] = {"blur_sigma": at_least(0, 1), "blur_fade_kimg": at_least(0, 1e6)}
 
 
 class StyleGAN3Objective(StyleGANObjective):

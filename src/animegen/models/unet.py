@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from animegen.errors import UserError
+from animegen.settings import RESOLUTION, WIDTH, Limit, between
 
 
 @dataclass
@@ -31,6 +33,12 @@ class UNetConfig:
     num_groups: int = 32
     time_embed_dim: int = 512
     head_channels: int = 64  # channels per attention head
+
+    limits: ClassVar[dict[str, Limit]] = {
+        "resolution": RESOLUTION, "in_channels": between(1, 64), "base_channels": WIDTH,
+        "channel_mults": between(1, 64), "num_res_blocks": between(1, 64), "attention_resolutions": RESOLUTION,
+        "dropout": Limit(0, 1, high_open=True), "num_groups": between(1, 1024), "time_embed_dim": WIDTH,
+        "head_channels": WIDTH}
 
     def __post_init__(self):
         # Tuples again after a JSON round trip (dataclasses.asdict -> json -> UNetConfig(**d)).

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from animegen.models.base import Model, Noise
 from animegen.models.registry import ModelSpec
+from animegen.settings import ADAM_BETA, LATENT, LEARNING_RATE, RESOLUTION, WIDTH, Limit, at_least
 from animegen.training.objective import Objective
 
 
@@ -27,12 +29,17 @@ class VAEConfig:
     channels: int = 64  # width at full resolution; doubled per halving
     max_channels: int = 512
 
+    limits: ClassVar[dict[str, Limit]] = {"resolution": RESOLUTION, "latent_dim": LATENT, "channels": WIDTH,
+                                         "max_channels": WIDTH}
+
 
 @dataclass
 class VAEObjectiveConfig:
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     kl_weight: float = 1.0  # 1 is the ELBO; <1 trades prior fit for sharper reconstructions
+
+    limits: ClassVar[dict[str, Limit]] = {"lr": LEARNING_RATE, "betas": ADAM_BETA, "kl_weight": at_least(0, 1e6)}
 
 
 def widths(resolution: int, channels: int, max_channels: int) -> list[int]:

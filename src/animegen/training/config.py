@@ -12,10 +12,23 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from animegen.errors import UserError
+from animegen.models import registry
 from animegen.models.registry import PRESETS, ModelSpec
+from animegen.settings import FRACTION, SEED, Limit, at_least, between, build, checked_by, field_names
+
+
+def _interval_problem(text) -> str | None:
+    try:
+        Every(text)
+    except UserError:
+        return "a number of steps ('500'), 'Nkimg', 'Nmin', or 0 for off"
+    return None
+
+
+INTERVAL = checked_by(_interval_problem)
 
 
 @dataclass
@@ -35,6 +48,12 @@ class TrainConfig:
     grid_seeds: int = 64  # grids show seeds 0..grid_seeds-1
     tensorboard: bool = True  # also write scalars and grids to RUN/tb
 
+    limits: ClassVar[dict[str, Limit]] = {
+        "batch": between(1, 65536), "ema_kimg": at_least(0, 1e6), "ema_rampup": FRACTION,
+        "log_every": INTERVAL, "sample_every": INTERVAL, "ckpt_every": INTERVAL, "fid_every": INTERVAL,
+        "fid_num": between(2, 10**6),  # FID needs a covariance: two images at least
+        "keep": between(1, 10**4), "grid_seeds": between(1, 1024)}
+
 
 @dataclass
 class RunConfig:
@@ -46,9 +65,11 @@ class RunConfig:
     train: TrainConfig
     preset: str = "tiny"  # recorded so that a run folder says how it was configured
     overrides: dict = dataclasses.field(default_factory=dict)  # the --set values, as given
+    data_hash: str | None = None  # the dataset's content hash (manifest), checked by --resume and eval
 
     def to_json(self) -> dict:
-        return {"model": self.model, "data": self.data, "seed": self.seed, "preset": self.preset,
+        return {"model": self.model, "data": self.data, "data_hash": self.data_hash,
+                "resolution": self.model_config.resolution, "seed": self.seed, "preset": self.preset,
                 "overrides": self.overrides,
                 "model_config": dataclasses.asdict(self.model_config),
                 "objective_config": dataclasses.asdict(self.objective_config),
@@ -57,26 +78,41 @@ class RunConfig:
     @classmethod
     def from_json(cls, obj: dict, spec: ModelSpec) -> "RunConfig":
         return cls(model=obj["model"], data=obj["data"], seed=obj["seed"],
-                   model_config=_build(spec.model.config_class, obj["model_config"]),
-                   objective_config=_build(spec.objective.config_class, obj["objective_config"]),
-                   train=_build(TrainConfig, obj["train"]), preset=obj["preset"], overrides=obj["overrides"])
+                   model_config=build(spec.model.config_class, obj["model_config"]),
+                   objective_config=build(spec.objective.config_class, obj["objective_config"]),
+                   train=build(TrainConfig, obj["train"]), preset=obj["preset"], overrides=obj["overrides"],
+                   data_hash=obj.get("data_hash"))
 
 
 def make_config(spec: ModelSpec, data: str, resolution: int, preset: str, sets: dict[str, Any],
-                seed: int) -> RunConfig:
-    """Defaults <- preset <- `sets`; `resolution` comes from the dataset."""
+                seed: int, data_hash: str | None = None) -> RunConfig:
+    """Defaults <- preset <- `sets`; `resolution` comes from the dataset. Every value is
+    type- and range-checked, and the family's resolution rule applied, before anything is built."""
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
     if "resolution" in sets:
         raise UserError("the resolution comes from the dataset; prepare the data at the resolution you want.")
+    problem = SEED.problem(seed) if isinstance(seed, int) and not isinstance(seed, bool) else "an integer"
+    if problem:
+        raise UserError(f"--seed {seed} is out of range: it must be {problem}.")
+    spec.model.check_resolution(spec.name, resolution)
     classes = (spec.model.config_class, spec.objective.config_class, TrainConfig)
     values = [{} for _ in classes]
     for key, value in {**spec.presets.get(preset, {}), **sets}.items():
-        i = _owner(classes, key)
-        values[i][key] = value
+        values[_owner(classes, key)][key] = value
     values[0]["resolution"] = resolution
-    built = [_build(c, v) for c, v in zip(classes, values)]
-    return RunConfig(spec.name, data, seed, *built, preset=preset, overrides=dict(sets))
+    built = [build(c, v) for c, v in zip(classes, values)]
+    return RunConfig(spec.name, data, seed, *built, preset=preset, overrides=dict(sets), data_hash=data_hash)
+
+
+def changed_settings(stored: dict) -> list[str]:
+    """`key=value` for each setting of a stored run config that differs from its preset's."""
+    spec = registry.get(stored["model"])
+    preset = make_config(spec, stored["data"], stored["model_config"]["resolution"], stored["preset"], {},
+                         stored["seed"]).to_json()
+    return [f"{key}={json.dumps(value)}" for section in ("model_config", "objective_config", "train")
+            for key, value in stored[section].items()
+            if json.dumps(value) != json.dumps(preset[section].get(key))]
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
@@ -84,7 +120,7 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
     out = {}
     for item in items:
         key, sep, text = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise UserError(f"--set {item!r} is not of the form key=value.")
         try:
             out[key.strip()] = json.loads(text)
@@ -93,51 +129,12 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def field_names(cls) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
-
-
 def _owner(classes, key: str) -> int:
     owners = [i for i, c in enumerate(classes) if key in field_names(c)]
     if not owners:
         known = sorted({n for c in classes for n in field_names(c)} - {"resolution"})
         raise UserError(f"unknown setting {key!r}; known settings: {', '.join(known)}.")
     return owners[0]
-
-
-def _build(cls, values: dict):
-    """Instantiate dataclass `cls` from `values`, checking each value against its default's type."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in values.items():
-        default = cls.__dataclass_fields__[key].default
-        if default is dataclasses.MISSING and fields[key].default_factory is not dataclasses.MISSING:
-            default = fields[key].default_factory()
-        kwargs[key] = _coerce(key, value, default)
-    return cls(**kwargs)
-
-
-def _coerce(key: str, value, default):
-    if value is None or default is None or default is dataclasses.MISSING:
-        return tuple(value) if isinstance(value, list) else value
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif isinstance(default, tuple):
-        ok = isinstance(value, (list, tuple))
-        value = tuple(value) if ok else value
-    elif isinstance(default, str):
-        ok = True
-        value = str(value)
-    else:
-        ok = isinstance(value, type(default))
-    if not ok:
-        raise UserError(f"setting {key}={value!r} should be of type {type(default).__name__}.")
-    return value
 
 
 class Every:
@@ -155,8 +152,8 @@ class Every:
             self.every = 0.0 if self.off else float(number)
         except ValueError:
             raise UserError(f"interval {text!r} is not a number of steps, 'Nkimg' or 'Nmin'.") from None
-        if not self.off and self.every <= 0:
-            raise UserError(f"interval {text!r} must be positive.")
+        if not self.off and not (0 < self.every < math.inf):
+            raise UserError(f"interval {text!r} must be a positive finite number.")
 
     def due(self, before: dict[str, float], after: dict[str, float]) -> bool:
         """True when a multiple of the interval lies in (before, after]; clocks are dicts

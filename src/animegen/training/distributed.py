@@ -16,18 +16,8 @@ import os
 import torch
 import torch.distributed as dist
 
-from animegen.errors import UserError
+from animegen.devices import resolve_device
 from animegen.training.objective import TrainContext
-
-
-def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
-    if choice not in ("auto", "cpu", "cuda"):
-        raise UserError(f"unknown device {choice!r}; choose auto, cpu or cuda.")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is available.")
-    if choice == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", local_rank)
 
 
 def setup(device_choice: str) -> TrainContext:

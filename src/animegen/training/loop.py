@@ -3,56 +3,61 @@
 Per step: next batch -> objective.train_step -> EMA -> losses averaged over ranks and
 checked (NaN/Inf stops the run without saving) -> then, when due: progress line and
 scalars, sample grid, FID snapshot (kept with the checkpoint written at that step),
-checkpoint. A run always ends with a checkpoint (also on Ctrl-C / SIGTERM, after the current step;
-then without the final FID snapshot, so that stopping is quick).
+checkpoint. A run always ends with a checkpoint, also on Ctrl-C / SIGTERM: the current
+step finishes, a grid or FID snapshot under way is abandoned, and the command exits with
+130 / 143 after writing it. A second Ctrl-C exits at once (the last checkpoint stays).
 
-The run folder describes itself:
-
-    RUN/config.json        family, data, seed and every setting (written once)
-    RUN/checkpoints/       see animegen.training.checkpoint
-    RUN/samples/           step-XXXXXXXX.png grids from fixed seeds (EMA weights)
-    RUN/metrics.jsonl      one JSON object per line: progress, fid snapshots, run ends (and
-                           `animegen eval` results, "eval" events)
-    RUN/tb/                TensorBoard scalars and sample grids
+The run folder (layout, checkpoints, lifecycle) belongs to animegen.runs.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import math
+import os
 import resource
 import signal
 import threading
 import time
+import typing
 from pathlib import Path
 
 import torch
 
+from animegen import runs
 from animegen.data.store import read_manifest
 from animegen.errors import UserError
 from animegen.generate import sample_batches, sample_grid
-from animegen.io import append_json_line, atomic_write_bytes, atomic_write_json, image_grid, read_json, save_grid
+from animegen.io import image_grid, save_grid
+from animegen.metrics import InceptionV3, evaluate_generator
+from animegen.metrics.sources import open_source
 from animegen.models import registry
+from animegen.settings import check_value, limits_of
 from animegen.training import checkpoint, distributed, transfer
-from animegen.training.config import Every, RunConfig, make_config
+from animegen.training.config import Every, RunConfig, TrainConfig, make_config
 from animegen.training.data import TrainStream
 from animegen.training.ema import ema_beta, make_ema, update_ema
-
+from animegen.training.objective import TrainContext
 
 SNAPSHOT_METRICS = ("fid", "kid", "pr")
+# Inception images per forward pass in CPU snapshots: one pass cannot be interrupted, so it
+# must stay short for Ctrl-C to be honoured within seconds.
+CPU_INCEPTION_BATCH = 8
 
 
 class Target:
     """When to stop: a total number of steps, thousands of images, or minutes of training."""
+
+    LIMITS = {"steps": 10**12, "kimg": 1e9, "minutes": 1e7}
 
     def __init__(self, steps: int | None = None, kimg: float | None = None, minutes: float | None = None):
         given = {k: v for k, v in (("steps", steps), ("kimg", kimg), ("minutes", minutes)) if v is not None}
         if len(given) != 1:
             raise UserError("give exactly one of --steps, --kimg and --minutes.")
         (self.unit, self.value), = given.items()
-        if self.value <= 0:
-            raise UserError(f"--{self.unit} must be positive.")
+        if not 0 < self.value <= self.LIMITS[self.unit]:  # also refuses NaN
+            raise UserError(f"--{self.unit} {self.value} is out of range: it must be in (0, {self.LIMITS[self.unit]:g}].")
 
     def reached(self, clock: dict) -> bool:
         return clock[self.unit] >= self.value
@@ -62,84 +67,199 @@ class Target:
 
 
 def train(run: str, *, model: str | None = None, data: str | None = None, preset: str | None = None,
-          sets: dict | None = None, target: Target, resume: bool = False, device: str = "auto",
+          sets: dict | None = None, target: Target | None = None, resume: bool = False, device: str = "auto",
           seed: int | None = None, fid_every: str | None = None, fid_num: int | None = None,
-          init_from: str | None = None, echo=print) -> dict:
-    """Start (or with resume=True continue) the run in folder `run`; returns the end summary.
-    A new run uses `preset` (default tiny), `sets` and `seed` (default 0), and starts from the
-    weights of run or checkpoint `init_from` where names and shapes match (training.transfer);
-    a resumed run keeps its config.json, except for the FID snapshot settings."""
-    if resume and (preset is not None or sets or seed is not None or init_from is not None):
-        raise UserError("a resumed run keeps its config.json; --preset, --set, --seed and --init-from apply to "
-                        "new runs only.")
+          init_from: str | None = None, dry_run: bool = False, echo=print) -> dict:
+    """Start (or with resume=True continue) the run in folder `run`; returns the end summary
+    ("signal" is set when SIGINT/SIGTERM stopped it). A new run uses `preset` (default tiny),
+    `sets` and `seed` (default 0), and starts from the weights of run or checkpoint
+    `init_from` where names and shapes match (training.transfer). A resumed run keeps its
+    config.json: options given again must equal the stored ones, except the FID snapshot
+    settings. A run folder without a checkpoint starts again. `dry_run` returns the resolved
+    config and parameter counts without touching the folder."""
+    folder = runs.Run(run)
+    request = {"model": model, "data": data, "preset": preset, "sets": sets or {}, "seed": seed,
+               "init_from": init_from}
     ctx = distributed.setup(device)
     try:
-        config = (_resume_config(run, model, data) if resume
-                  else _new_config(run, model, data, preset or "tiny", sets or {}, seed or 0))
-        if fid_every is not None:
-            config.train.fid_every = fid_every
-        if fid_num is not None:
-            config.train.fid_num = fid_num
-        trainer = Trainer(Path(run), config, ctx, echo)
-        if resume:
-            trainer.load(*checkpoint.load(run))
-        elif init_from is not None:
-            report = transfer.init_from(init_from, trainer.modules())
-            trainer._log_line(transfer.describe(report))
-        if not resume and ctx.rank == 0:
-            atomic_write_json(Path(run) / "config.json", config.to_json())
-            if init_from is not None:
-                atomic_write_json(Path(run) / "init_from.json", report)
-        distributed.barrier(ctx)
-        return trainer.run(target)
+        config, mode, line = _plan(folder, request, resume)
+        _set_snapshots(config, fid_every, fid_num)
+        sizes = parameter_counts(config)
+        if dry_run:
+            return {"config": config.to_json(), "parameters": sizes, "start": line or mode}
+        if target is None:
+            raise UserError("give one of --steps, --kimg and --minutes.")
+        _check_fits(sizes, ctx.device)
+        with folder.lock() if ctx.rank == 0 else contextlib.nullcontext():
+            return _train(folder, config, mode, line, init_from, target, ctx, echo)
     finally:
         distributed.teardown(ctx)
 
 
-def _new_config(run, model, data, preset, sets, seed) -> RunConfig:
-    if model is None or data is None:
+def _train(folder: runs.Run, config: RunConfig, mode: str, line: str | None, init_from, target: Target, ctx,
+           echo) -> dict:
+    if ctx.rank == 0:
+        removed = folder.remove_interrupted_writes()
+        if removed:
+            echo(f"removed what an interrupted run left: {', '.join(removed)}")
+        if line:
+            echo(line)
+    distributed.barrier(ctx)
+    with _out_of_memory_as_user_error():
+        trainer = Trainer(folder, config, ctx, echo)
+        if mode == "resume" and folder.steps():
+            tensors, state, problems = folder.load_newest_readable()
+            for problem in problems:
+                trainer._log_line(f"skipping an unreadable checkpoint: {problem}")
+            if problems:
+                trainer._log_line(f"resuming from the newest readable one, step {state['step']}.")
+            trainer.load(tensors, state)
+        elif init_from is not None:
+            report = transfer.init_from(init_from, trainer.modules())
+            trainer._log_line(transfer.describe(report))
+            if ctx.rank == 0:
+                folder.write_init_from(report)
+        trainer.forget_later_history()
+        if ctx.rank == 0 and mode != "resume":
+            folder.write_config(config.to_json())
+        distributed.barrier(ctx)
+        return trainer.run(target)
+
+
+def _plan(folder: runs.Run, request: dict, resume: bool) -> tuple[RunConfig, str, str | None]:
+    """The run's config, how it starts ("new", "restart" or "resume") and a line saying so
+    where the user may not expect it."""
+    if folder.has_config():
+        stored = folder.read_config()
+        steps = folder.steps()
+        if resume:
+            config = _resume_config(folder, stored, request)
+            return config, "resume", (None if steps else
+                                      f"{folder} has no checkpoint yet: starting from step 0 with its config.json")
+        if steps:
+            raise UserError(f"{folder} already holds a run (newest checkpoint: step {steps[-1]}); continue it with "
+                            "--resume or choose another --out.")
+        return _new_config(request), "restart", f"{folder} stopped before its first checkpoint: starting it again"
+    if folder.path.exists() and not folder.path.is_dir():
+        raise UserError(f"{folder} is a file, not a run folder; choose another --out.")
+    leftovers = [p.name for p in folder.path.iterdir() if not runs.TEMPORARY.fullmatch(p.name)] \
+        if folder.path.is_dir() else []
+    if leftovers:
+        raise UserError(f"{folder} exists and is not a run folder (it holds {', '.join(sorted(leftovers)[:3])}); "
+                        "choose another --out.")
+    if resume and (request["model"] is None or request["data"] is None):
+        raise UserError(f"{folder} holds no run to resume (no config.json); give MODEL and --data to start one.")
+    return _new_config(request), "new", (f"{folder} holds no run yet: starting a new one" if resume else None)
+
+
+def _new_config(request: dict) -> RunConfig:
+    if request["model"] is None or request["data"] is None:
         raise UserError("a new run needs a MODEL and --data.")
-    if (Path(run) / "config.json").exists():
-        raise UserError(f"{run} already holds a run; continue it with --resume or choose another --out.")
-    resolution = read_manifest(data)["resolution"]
-    return make_config(registry.get(model), str(Path(data).resolve()), resolution, preset, sets, seed)
+    spec = registry.get(request["model"])
+    manifest = read_manifest(request["data"])
+    return make_config(spec, str(Path(request["data"]).resolve()), manifest["resolution"],
+                       request["preset"] or "tiny", request["sets"], 0 if request["seed"] is None else request["seed"],
+                       data_hash=manifest["content_hash"])
 
 
-def _resume_config(run, model, data) -> RunConfig:
-    if not (Path(run) / "config.json").is_file():
-        raise UserError(f"{run} holds no run to resume (no config.json).")
-    saved = read_json(Path(run) / "config.json")
-    if model is not None and model != saved["model"]:
-        raise UserError(f"{run} trains {saved['model']}, not {model}.")
-    config = RunConfig.from_json(saved, registry.get(saved["model"]))
-    if data is not None and Path(data).resolve() != Path(config.data):
-        if read_manifest(data)["content_hash"] != read_manifest(config.data)["content_hash"]:
-            raise UserError(f"{data} is not the dataset {run} was trained on ({config.data}).")
-        config.data = str(Path(data).resolve())
+def _resume_config(folder: runs.Run, stored: dict, request: dict) -> RunConfig:
+    """The stored config, after checking that every option given again equals the stored one
+    and that the dataset still holds what the run trained on."""
+    try:
+        config = RunConfig.from_json(stored, registry.get(stored["model"]))
+    except (KeyError, TypeError) as e:
+        raise UserError(f"{folder.config_path} is not a complete run config (missing {e}).") from None
+    given = {"MODEL": (request["model"], config.model), "--preset": (request["preset"], config.preset),
+             "--seed": (request["seed"], config.seed)}
+    sections = (config.model_config, config.objective_config, config.train)
+    for key, value in request["sets"].items():
+        owner = next((s for s in sections if key in {f.name for f in dataclasses.fields(s)}), None)
+        if owner is None:
+            raise UserError(f"unknown setting {key!r}.")
+        hint = typing.get_type_hints(type(owner))[key]
+        given[f"--set {key}"] = (check_value(key, value, hint, limits_of(type(owner)).get(key)), getattr(owner, key))
+    if request["init_from"] is not None:
+        recorded = folder.read_init_from().get("checkpoint")
+        given["--init-from"] = (str(runs.resolve_checkpoint(request["init_from"])), recorded)
+    for name, (value, saved) in given.items():
+        if value is not None and value != saved:
+            raise UserError(f"{name} {value} differs from the run's {saved}; a resumed run keeps its settings "
+                            "(start a new run to change them).")
+    config.data = folder.dataset(stored, request["data"])
     return config
 
 
+def _set_snapshots(config: RunConfig, fid_every, fid_num) -> None:
+    """--fid-every / --fid-num: the only settings a resumed run may change."""
+    hints, limits = typing.get_type_hints(TrainConfig), limits_of(TrainConfig)
+    for key, value in (("fid_every", fid_every), ("fid_num", fid_num)):
+        if value is not None:
+            setattr(config.train, key, check_value(key, value, hints[key], limits[key], source="--" + key.replace("_", "-")))
+
+
+def parameter_counts(config: RunConfig) -> dict[str, int]:
+    """Parameters of the Model and of each auxiliary net, counted on the meta device (nothing
+    is allocated, so absurd sizes are caught before they exhaust memory)."""
+    spec = registry.get(config.model)
+    meta = torch.device("meta")
+    with meta:
+        model = spec.model(config.model_config)
+        objective = spec.objective(model, config.objective_config, TrainContext(meta))
+    nets = {"model": model, **objective.nets}
+    return {name: sum(p.numel() for p in net.parameters()) for name, net in nets.items()}
+
+
+def _check_fits(sizes: dict[str, int], device: torch.device) -> None:
+    """Refuse a model whose weights, EMA copy, gradients and Adam moments alone exceed memory."""
+    need = 4 * (5 * sizes["model"] + 4 * sum(v for k, v in sizes.items() if k != "model"))
+    have = (torch.cuda.mem_get_info(device)[1] if device.type == "cuda"
+            else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    if need > have:
+        raise UserError(f"this model needs at least {need / 2**30:.1f} GiB for its weights and optimizer states "
+                        f"alone; {device} has {have / 2**30:.1f} GiB. Choose smaller widths.")
+
+
+@contextlib.contextmanager
+def _out_of_memory_as_user_error():
+    try:
+        yield
+    except (torch.OutOfMemoryError, MemoryError) as e:
+        raise UserError(f"out of memory ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                        "lower --set batch=... or the model's widths.") from None
+    except RuntimeError as e:
+        if "can't allocate memory" not in str(e) and "out of memory" not in str(e):
+            raise
+        raise UserError(f"out of memory ({str(e).splitlines()[0]}); lower --set batch=... or the model's widths.") \
+            from None
+
+
+class _Abandon(Exception):
+    """Raised by the signal handler inside a grid or snapshot, which can be given up safely."""
+
+
 class Trainer:
-    def __init__(self, run: Path, config: RunConfig, ctx, echo):
-        self.run_dir, self.config, self.ctx, self.echo = run, config, ctx, echo
+    def __init__(self, folder: runs.Run, config: RunConfig, ctx, echo):
+        self.folder, self.config, self.ctx, self.echo = folder, config, ctx, echo
         self.spec = registry.get(config.model)
         self.tc = config.train
         self.every = {name: Every(getattr(self.tc, f"{name}_every")) for name in ("log", "sample", "ckpt", "fid")}
-        if not self.every["fid"].off:
-            from animegen.metrics import evaluate_generator  # fail before training, not at the first snapshot
-
-            self._evaluate = evaluate_generator
+        self.stream = TrainStream(config.data, self.tc.batch, config.seed, self.tc.xflip, ctx.rank, ctx.world_size)
+        if not self.every["fid"].off and ctx.rank == 0:  # fail before step 0, not at the first snapshot
+            InceptionV3(device=ctx.device)
+            open_source(config.data, "test")
         torch.manual_seed(config.seed)  # identical initialization and training randomness on every rank
         if ctx.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.model = self.spec.model(config.model_config).to(ctx.device)
         self.ema = make_ema(self.model)
         self.objective = self.spec.objective(self.model, config.objective_config, ctx)
-        self.stream = TrainStream(config.data, self.tc.batch, config.seed, self.tc.xflip, ctx.rank, ctx.world_size)
         self.step, self.nimg, self.seconds = 0, 0, 0.0
         self.saved_step = self.snapshot_step = self.grid_step = None
+        self.start_step = 0
         self._writer = None
-        self._stop = False
+        self._stop = False  # agreed by every rank at the end of each step and checkpoint
+        self._signal = None  # the first SIGINT / SIGTERM received
+        self._abandonable = False  # inside a grid or snapshot, which a signal gives up at once
 
     # ------------------------------------------------------------ state
     @property
@@ -151,17 +271,21 @@ class Trainer:
 
     def load(self, tensors: dict, state: dict) -> None:
         for prefix, module in self.modules().items():
-            checkpoint.load_module(prefix, module, tensors)
+            module.load_state_dict(runs.module_state(tensors, prefix), strict=True)
         for name, opt in self.objective.optimizers.items():
             checkpoint.load_optimizer(f"optim.{name}", opt, tensors, state["optimizers"][name])
         self.objective.load_extra_state(state["objective"])
         checkpoint.load_rng(tensors)
         self.stream.load_state(state["data"])
         self.step, self.nimg, self.seconds = state["step"], state["nimg"], state["train_seconds"]
-        self.saved_step = self.grid_step = self.step
+        self.saved_step = self.grid_step = self.start_step = self.step
         self.snapshot_step = self.step if "snapshot" in state else None
+
+    def forget_later_history(self) -> None:
+        """Log lines, grids and TensorBoard events after the starting step are a killed run's:
+        dropped, so each step is recorded once."""
         if self.ctx.rank == 0:
-            _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
+            self.folder.forget_after(self.start_step)
 
     def save(self, snapshot: dict | None = None) -> None:
         distributed.check_in_sync(self.ctx, self.modules().values())
@@ -176,17 +300,17 @@ class Trainer:
                      "nimg": self.nimg, "train_seconds": self.seconds, "data": self.stream.state(),
                      "optimizers": layouts, "objective": self.objective.extra_state(),
                      "world_size": self.ctx.world_size, **({"snapshot": snapshot} if snapshot else {})}
-            checkpoint.save(self.run_dir, self.step, tensors, state, self.tc.keep)
+            self.folder.save_checkpoint(self.step, tensors, state, self.tc.keep)
         self.saved_step = self.step
-        distributed.barrier(self.ctx)
+        self._agree_on_stop()
 
     # ------------------------------------------------------------ the loop
     def run(self, target: Target) -> dict:
         start = dict(self.clock)
-        self._log_line(f"{self.config.model} on {self.config.data} -> {self.run_dir} | {self.ctx.device}"
+        self._log_line(f"{self.config.model} on {self.config.data} -> {self.folder} | {self.ctx.device}"
                        f" x{self.ctx.world_size} | from step {self.step} to {target.describe()}")
         window = dict(self.clock)
-        with self._stop_on_signals():
+        with self._signals_stop_the_run():
             while not target.reached(self.clock) and not self._stop:
                 before = dict(self.clock)
                 losses = self._train_step()
@@ -200,13 +324,13 @@ class Trainer:
                     self._snapshot()
                 elif self.every["ckpt"].due(before, after):
                     self.save()
-        if not self.every["fid"].off and self.snapshot_step != self.step and not self._stop:
-            self._snapshot()
-        if self.saved_step != self.step:
-            self.save()
-        if self.grid_step != self.step:
-            self._grid()
-        return self._finish(start)
+            if not self.every["fid"].off and self.snapshot_step != self.step and not self._stop:
+                self._snapshot()
+            if self.saved_step != self.step:
+                self.save()
+            if self.grid_step != self.step and not self._stop:
+                self._grid()
+            return self._finish(start)
 
     def _train_step(self) -> dict[str, float]:
         t0 = time.perf_counter()
@@ -218,19 +342,25 @@ class Trainer:
         update_ema(self.ema, self.model, ema_beta(self.nimg, self.tc.batch, self.tc.ema_kimg, self.tc.ema_rampup))
         names = list(losses)
         values = torch.stack([losses[k].detach().float().reshape(()) for k in names]
-                             + [torch.tensor(float(self._stop), device=self.ctx.device)])
+                             + [torch.tensor(float(self._stop or self._signal is not None), device=self.ctx.device)])
         values = distributed.mean_over_ranks(self.ctx, values).tolist()  # .tolist() waits for the GPU
         self.seconds += time.perf_counter() - t0
-        self._stop = values.pop() > 0
+        # Or-ed, never overwritten: a signal that arrives during the reduction is not lost.
+        self._stop = values.pop() > 0 or self._stop or self._signal is not None
         losses = dict(zip(names, values))
         bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
         if bad:
-            last = (f"{self.run_dir / 'checkpoints' / f'step-{self.saved_step:08d}'} (step {self.saved_step})"
+            last = (f"{self.folder.checkpoints / runs.step_name(self.saved_step)} (step {self.saved_step})"
                     if self.saved_step else "none")
             raise UserError(f"non-finite loss at step {self.step} ({', '.join(f'{k}={v}' for k, v in bad.items())}); "
                             f"training stopped without saving; last good checkpoint: {last}. "
                             "Lower the learning rate (--set lr=...).")
         return losses
+
+    def _agree_on_stop(self) -> None:
+        """Every rank stops together: a signal or an abandoned snapshot on one stops all."""
+        local = torch.tensor([float(self._stop or self._signal is not None)], device=self.ctx.device)
+        self._stop = distributed.mean_over_ranks(self.ctx, local).item() > 0
 
     # ------------------------------------------------------------ outputs (rank 0)
     def _progress(self, losses: dict, window: dict, target: Target) -> None:
@@ -247,47 +377,57 @@ class Trainer:
         self.grid_step = self.step
         if self.ctx.rank != 0:
             return
-        with self._sampling_rng():
+        with self._abandoned_on_signal("sample grid"), self._sampling_rng():
             grid = sample_grid(self.ema, range(self.tc.grid_seeds), batch_size=self._sample_batch)
-        save_grid(grid, self.run_dir / "samples" / f"step-{self.step:08d}.png")
-        if self.tc.tensorboard:
-            self._tensorboard().add_image("samples", image_grid(grid), self.step, dataformats="HWC")
+            save_grid(grid, self.folder.samples / f"{runs.step_name(self.step)}.png")
+            if self.tc.tensorboard:
+                self._tensorboard().add_image("samples", image_grid(grid), self.step, dataformats="HWC")
 
     def _snapshot(self) -> None:
         """FID (with KID and precision/recall, which come nearly free from the same Inception
         features) of the EMA weights, seeds 0..fid_num-1, vs the whole test split; written
-        with the checkpoint of this step."""
+        with the checkpoint of this step. A signal abandons it; the checkpoint is still written."""
         snapshot = None
         if self.ctx.rank == 0:
-            t0 = time.perf_counter()
-            options = self.ema.resolve_sample_options({})
-            with self._sampling_rng():
-                batches = sample_batches(self.ema, range(self.tc.fid_num), self._sample_batch, options)
-                result = self._evaluate(batches, real=self.config.data, split="test", metrics=SNAPSHOT_METRICS,
-                                        num=self.tc.fid_num, device=self.ctx.device, batch_size=self._sample_batch)
-            numbers = {k: v for k, v in result.items() if isinstance(v, (int, float))}
-            snapshot = {**numbers, "num": self.tc.fid_num, "split": "test", "sample_options": options}
-            name = f"FID-{_count(self.tc.fid_num)}"
-            self._log_line(f"step {self.step:>7}  {name} {result['fid']:.2f}  "
-                           + "  ".join(f"{k} {numbers[k]:.4g}" for k in ("kid", "precision", "recall") if k in numbers)
-                           + f"  ({time.perf_counter() - t0:.0f} s)")
-            self._record({"event": "fid", **snapshot}, {f"metrics/{k}": numbers[k] for k in numbers
-                                                        if not k.startswith("num")})
-        self.snapshot_step = self.step
+            with self._abandoned_on_signal("FID snapshot"):
+                snapshot = self._measure()
+        if snapshot is not None or self.ctx.rank != 0:
+            self.snapshot_step = self.step
         self.save(snapshot)
+
+    def _measure(self) -> dict:
+        t0 = time.perf_counter()
+        options = self.ema.resolve_sample_options({})
+        inception_batch = CPU_INCEPTION_BATCH if self.ctx.device.type == "cpu" else self._sample_batch
+        with self._sampling_rng():
+            batches = sample_batches(self.ema, range(self.tc.fid_num), self._sample_batch, options)
+            result = evaluate_generator(batches, real=self.config.data, split="test", metrics=SNAPSHOT_METRICS,
+                                        num=self.tc.fid_num, device=self.ctx.device, batch_size=inception_batch)
+        numbers = {k: v for k, v in result.items() if isinstance(v, (int, float))}
+        snapshot = {**numbers, "num": self.tc.fid_num, "split": "test", "sample_options": options}
+        name = f"FID-{_count(self.tc.fid_num)}"
+        self._log_line(f"step {self.step:>7}  {name} {result['fid']:.2f}  "
+                       + "  ".join(f"{k} {numbers[k]:.4g}" for k in ("kid", "precision", "recall") if k in numbers)
+                       + f"  ({time.perf_counter() - t0:.0f} s)")
+        self._record({"event": "fid", **snapshot}, {f"metrics/{k}": numbers[k] for k in numbers
+                                                    if not k.startswith("num")})
+        return snapshot
 
     def _finish(self, start: dict) -> dict:
         seconds = self.seconds - start["minutes"] * 60
         summary = {"event": "end", "img_per_s": (self.nimg - start["kimg"] * 1000) / (seconds or 1e-9),
                    "peak_mem_mb": _peak_memory_mb(self.ctx.device), "stopped_early": self._stop,
-                   "checkpoint": str(self.run_dir / "checkpoints" / f"step-{self.step:08d}")}
+                   "checkpoint": str(self.folder.checkpoints / runs.step_name(self.step))}
         self._record(summary, {})
-        self._log_line(f"{'stopped' if self._stop else 'done'}: step {self.step}, {self.nimg / 1000:.2f} kimg, "
+        how = "done" if not self._stop else f"stopped{f' by {signal.Signals(self._signal).name}' if self._signal else ''}"
+        self._log_line(f"{how}: step {self.step}, {self.nimg / 1000:.2f} kimg, "
                        f"{self.seconds / 60:.1f} min of training, {summary['img_per_s']:.1f} img/s, "
-                       f"peak memory {summary['peak_mem_mb']:.0f} MB; checkpoint {summary['checkpoint']}")
+                       f"peak memory {summary['peak_mem_mb']:.0f} MB; checkpoint {summary['checkpoint']}"
+                       + (f"; continue with: animegen train --out {self.folder} --resume ..." if self._stop else ""))
         if self._writer is not None:
             self._writer.close()
-        return {"step": self.step, "kimg": self.nimg / 1000, "train_seconds": self.seconds, **summary}
+        return {"step": self.step, "kimg": self.nimg / 1000, "train_seconds": self.seconds, "signal": self._signal,
+                **summary}
 
     @property
     def _sample_batch(self) -> int:
@@ -303,15 +443,13 @@ class Trainer:
             return
         entry = {"step": self.step, "kimg": self.nimg / 1000, "train_seconds": round(self.seconds, 3),
                  "time": time.time(), **entry}
-        append_json_line(self.run_dir / "metrics.jsonl", entry)
+        self.folder.append_metrics(entry)
         for key, value in scalars.items() if self.tc.tensorboard else ():
             self._tensorboard().add_scalar(key, value, self.step)
 
     def _tensorboard(self):
         if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(str(self.run_dir / "tb"))
+            self._writer = self.folder.tensorboard(self.start_step)
         return self._writer
 
     def _sampling_rng(self):
@@ -319,14 +457,37 @@ class Trainer:
         return torch.random.fork_rng(devices=[self.ctx.device] if self.ctx.device.type == "cuda" else [])
 
     @contextlib.contextmanager
-    def _stop_on_signals(self):
-        """Ctrl-C / SIGTERM finish the current step, then the run ends with a checkpoint."""
+    def _abandoned_on_signal(self, what: str):
+        """A signal during this block gives it up at once (the handler raises); the run then
+        stops at the next checkpoint, which is written as usual."""
+        self._abandonable = True
+        try:
+            if self._signal is not None:
+                raise _Abandon
+            yield
+        except _Abandon:
+            self._stop = True
+            self._log_line(f"interrupted: {what} at step {self.step} abandoned; writing the checkpoint")
+        finally:
+            self._abandonable = False
+
+    @contextlib.contextmanager
+    def _signals_stop_the_run(self):
+        """Ctrl-C / SIGTERM: finish the current step (or abandon a grid or snapshot), write a
+        checkpoint, return. A second signal exits at once: every write is atomic, so the
+        folder keeps its last complete checkpoint."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
 
         def request_stop(signum, frame):
-            self._stop = True
+            if self._signal is not None:
+                os.write(2, f"\n{signal.Signals(signum).name} again: exiting now; the run resumes from its last "
+                            f"checkpoint (step {self.saved_step}).\n".encode())
+                os._exit(128 + signum)
+            self._signal = signum
+            if self._abandonable:
+                raise _Abandon
 
         previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -357,19 +518,3 @@ def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop lines a killed run wrote after its last checkpoint, so a resumed log has no repeats."""
-    if path.is_file():
-        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-        kept = [line for line in lines if _step_of(line) <= step]
-        if len(kept) != len(lines):
-            atomic_write_bytes(path, "".join(kept).encode())
-
-
-def _step_of(line: str) -> float:
-    try:
-        return json.loads(line)["step"]
-    except (json.JSONDecodeError, KeyError):
-        return math.inf  # a line cut short by the kill

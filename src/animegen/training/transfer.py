@@ -15,14 +15,14 @@ import os
 
 import torch
 
+from animegen import runs
 from animegen.errors import UserError
-from animegen.training import checkpoint
 
 
 def init_from(source: str | os.PathLike, modules: dict[str, torch.nn.Module]) -> dict:
     """Load matching tensors of `source` into `modules` ({checkpoint prefix: module}) and
     return a report: the source, how many tensors were loaded, and each skipped one with why."""
-    tensors, state = checkpoint.load(source)
+    tensors, state = runs.load_checkpoint(source)
     loaded, skipped = [], []
     for prefix, module in modules.items():
         matching = {}
@@ -38,9 +38,9 @@ def init_from(source: str | os.PathLike, modules: dict[str, torch.nn.Module]) ->
         module.load_state_dict(matching, strict=False)
         loaded += [f"{prefix}.{name}" for name in matching]
     if not loaded:
-        raise UserError(f"no tensor of {checkpoint.find(source)} matches this model by name and shape; "
+        raise UserError(f"no tensor of {state['checkpoint']} matches this model by name and shape; "
                         f"it cannot initialize it.")
-    return {"checkpoint": str(checkpoint.find(source)), "model": state["model"], "step": state["step"],
+    return {"checkpoint": state["checkpoint"], "model": state["model"], "step": state["step"],
             "loaded": len(loaded), "skipped": skipped}
 
 

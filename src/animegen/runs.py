@@ -1,0 +1,364 @@
+"""The run folder: its layout, its checkpoints and its lifecycle. Every command that reads or
+writes a run (train, sample, eval, runs info, and the tools built on them) goes through here.
+
+    RUN/config.json                       family, dataset (path, content hash, resolution), seed,
+                                          every setting
+    RUN/init_from.json                    where --init-from took its weights (new runs only)
+    RUN/checkpoints/step-00001000/        tensors.safetensors + state.json (one checkpoint)
+    RUN/checkpoints/last -> step-...      the newest (a symlink, swapped atomically)
+    RUN/checkpoints/best -> step-...      the lowest snapshot FID, when there is one
+    RUN/samples/step-00001000.png         grids from fixed seeds
+    RUN/metrics.jsonl                     one JSON object per line (train, fid, end, eval events)
+    RUN/tb/                               TensorBoard events
+
+Guarantees:
+  * A checkpoint is written under a temporary name and renamed into place; its state.json
+    records the sha256 of its tensors file, so a garbled or truncated checkpoint is named as
+    such, never loaded. Loading never unpickles.
+  * What an interrupted write leaves (temporary folders, files and links) is removed when
+    the run next starts, and never mistaken for a checkpoint.
+  * One process trains a run at a time (an advisory lock on the folder).
+  * On resume, log lines, TensorBoard events and grids from after the resumed step are
+    dropped, so the history shows every step once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from animegen.data.store import read_manifest
+from animegen.errors import UserError
+from animegen.io import append_json_line, atomic_dir, atomic_write_bytes, atomic_write_json, read_json
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one trainer per run is then the user's care
+    fcntl = None
+
+FORMAT = "animegen-checkpoint/1"
+CONFIG, INIT_FROM, METRICS = "config.json", "init_from.json", "metrics.jsonl"
+CHECKPOINTS, SAMPLES, TENSORBOARD = "checkpoints", "samples", "tb"
+TENSORS, STATE = "tensors.safetensors", "state.json"
+STEP_NAME = re.compile(r"step-(\d{8,})(\.png)?")
+TEMPORARY = re.compile(r"\..*\.tmp-.*")  # what io.atomic_* and the link swap name their temporaries
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be read; the message names the file and what is wrong."""
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+class Run:
+    """One run folder. Cheap to make: nothing is read until asked."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.config_path = self.path / CONFIG
+        self.checkpoints = self.path / CHECKPOINTS
+        self.samples = self.path / SAMPLES
+        self.metrics = self.path / METRICS
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # ------------------------------------------------------------ config
+    def has_config(self) -> bool:
+        return self.config_path.is_file()
+
+    def read_config(self) -> dict:
+        try:
+            config = read_json(self.config_path)
+        except FileNotFoundError:
+            raise UserError(f"{self.path} holds no run (no {CONFIG}).") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{self.config_path} is not valid JSON ({e}).") from None
+        if not isinstance(config, dict) or "model" not in config:
+            raise UserError(f"{self.config_path} is not an animegen run config.")
+        return config
+
+    def write_config(self, config: dict) -> None:
+        atomic_write_json(self.config_path, config)
+
+    def write_init_from(self, report: dict) -> None:
+        atomic_write_json(self.path / INIT_FROM, report)
+
+    def read_init_from(self) -> dict:
+        """The --init-from record, or {} for a run that started fresh."""
+        try:
+            return read_json(self.path / INIT_FROM)
+        except FileNotFoundError:
+            return {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{self.path / INIT_FROM} is not valid JSON ({e}).") from None
+
+    # ------------------------------------------------------------ checkpoints
+    def steps(self) -> list[int]:
+        """Steps of the checkpoint folders present, oldest first (temporaries excluded)."""
+        if not self.checkpoints.is_dir():
+            return []
+        found = (STEP_NAME.fullmatch(p.name) for p in self.checkpoints.iterdir() if p.is_dir() and not p.is_symlink())
+        return sorted(int(m.group(1)) for m in found if m and not m.group(2))
+
+    def checkpoint_folder(self, which: str | int = "last") -> Path:
+        """The folder of checkpoint `which`: "last", "best", a step number, or a path."""
+        text = str(which)
+        if text.isdigit():
+            folder = self.checkpoints / step_name(int(text))
+            if not folder.is_dir():
+                kept = ", ".join(map(str, self.steps())) or "none"
+                raise UserError(f"{self.path} has no checkpoint of step {int(text)} (kept: {kept}).")
+            return folder
+        if text in ("last", "best"):
+            link = self.checkpoints / text
+            if not link.is_dir():
+                what = "no checkpoint yet" if text == "last" else "no best checkpoint (no FID snapshot ran)"
+                raise UserError(f"{self.path} has {what}.")
+            return link.resolve()
+        raise UserError(f"--checkpoint {which!r} is not last, best or a step number.")
+
+    def save_checkpoint(self, step: int, tensors: dict[str, torch.Tensor], state: dict, keep: int) -> Path:
+        """Write checkpoint `step` atomically, point `last` (and `best`) at it, prune old ones;
+        the one just written is never pruned."""
+        if keep < 1:
+            raise UserError(f"keep={keep}: at least the newest checkpoint must be kept.")
+        final = self.checkpoints / step_name(step)
+        # Copies: safetensors refuses tensors that share memory (e.g. a view kept by a module).
+        data = save_safetensors({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()})
+        with atomic_dir(final, overwrite=True) as tmp:
+            atomic_write_bytes(tmp / TENSORS, data)
+            atomic_write_json(tmp / STATE, {"format": FORMAT, "tensors_sha256": hashlib.sha256(data).hexdigest(),
+                                            **state})
+        _point(self.checkpoints / "last", final.name)
+        self._prune(keep, step)
+        return final
+
+    def _prune(self, keep: int, newest: int) -> None:
+        steps = self.steps()
+        fids = {s: _snapshot_fid(self.checkpoints / step_name(s)) for s in steps}
+        scored = {s: f for s, f in fids.items() if f is not None}
+        best = min(scored, key=scored.get) if scored else None
+        kept = set(steps[-keep:]) | {newest, best}
+        for s in steps:
+            if s not in kept:
+                shutil.rmtree(self.checkpoints / step_name(s))
+        if best is not None:
+            _point(self.checkpoints / "best", step_name(best))
+
+    def load_newest_readable(self) -> tuple[dict[str, torch.Tensor], dict, list[str]]:
+        """The newest checkpoint that reads back intact, and one line for each newer one that
+        does not (what is wrong with it)."""
+        problems = []
+        for step in reversed(self.steps()):
+            try:
+                return (*read_checkpoint(self.checkpoints / step_name(step)), problems)
+            except CheckpointError as e:
+                problems.append(str(e))
+        raise CheckpointError(f"{self.path} has no readable checkpoint: " + "; ".join(problems))
+
+    # ------------------------------------------------------------ lifecycle
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Held while training: a second trainer of the same run stops with a clear line. The
+        lock is the kernel's (flock on the folder), so a killed process never leaves it held."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise UserError(f"{self.path} is being trained by another process; wait for it or stop it.") \
+                        from None
+            yield
+        finally:
+            os.close(fd)
+
+    def remove_interrupted_writes(self) -> list[str]:
+        """Delete what interrupted writes left (temporary folders, files, links) and links
+        pointing nowhere; returns their names relative to the run folder."""
+        removed = []
+        for folder in (self.path, self.checkpoints, self.samples):
+            if not folder.is_dir():
+                continue
+            for p in folder.iterdir():
+                dangling = p.is_symlink() and not p.exists()
+                if TEMPORARY.fullmatch(p.name) or dangling:
+                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+                    removed.append(str(p.relative_to(self.path)))
+        steps, last = self.steps(), self.checkpoints / "last"
+        if steps and not (last.exists() and last.resolve().name == step_name(steps[-1])):
+            _point(last, step_name(steps[-1]))  # killed between a checkpoint's rename and the link swap
+        return sorted(removed)
+
+    def forget_after(self, step: int) -> None:
+        """Drop the log lines and grids written after `step` (by a run killed later), so a run
+        resumed from `step` records each step once."""
+        if self.metrics.is_file():
+            lines = self.metrics.read_text(encoding="utf-8").splitlines(keepends=True)
+            kept = [line for line in lines if _step_of(line) <= step]
+            if len(kept) != len(lines):
+                atomic_write_bytes(self.metrics, "".join(kept).encode())
+        if self.samples.is_dir():
+            for p in self.samples.iterdir():
+                m = STEP_NAME.fullmatch(p.name)
+                if m and m.group(2) and int(m.group(1)) > step:
+                    p.unlink()
+
+    def append_metrics(self, entry: dict) -> None:
+        append_json_line(self.metrics, entry)
+
+    def tensorboard(self, start_step: int):
+        """A TensorBoard writer whose events from `start_step` on replace any written before
+        (TensorBoard's purge_step), so a resumed run's curves show each step once."""
+        from torch.utils.tensorboard import SummaryWriter  # heavy; loaded only when TensorBoard is on
+
+        return SummaryWriter(str(self.path / TENSORBOARD), purge_step=start_step)
+
+    # ------------------------------------------------------------ dataset
+    def dataset(self, config: dict, data: str | os.PathLike | None = None) -> str:
+        """The run's dataset folder, checked to hold the content the run was trained on;
+        `data` points at a moved copy (same content hash)."""
+        path = str(Path(data).resolve()) if data is not None else config["data"]
+        if not Path(path).exists():
+            raise UserError(f"the run's dataset {path} is missing; pass --data to a copy of it.")
+        manifest = read_manifest(path)
+        expected = config.get("data_hash")
+        if expected is not None and manifest.get("content_hash") != expected:
+            raise UserError(f"{path} is not the dataset {self.path} was trained on: its content hash is "
+                            f"{str(manifest.get('content_hash'))[:12]}, the run's {expected[:12]} (at "
+                            f"{manifest.get('resolution')} px, the run's at {config.get('resolution', '?')} px); "
+                            "it was prepared again or replaced. Pass --data to a copy of the original.")
+        return path
+
+
+# ---------------------------------------------------------------- what a run holds
+def describe_run(path: str | os.PathLike) -> dict:
+    """`animegen runs info`: what a run folder holds, read without loading any tensor."""
+    run = Run(path)
+    config = run.read_config()
+    states = {s: _read_state(run.checkpoints / step_name(s)) for s in run.steps()}
+    readable = {s: st for s, st in states.items() if st is not None}
+    newest = readable[max(readable)] if readable else {}
+    fids = {s: st.get("snapshot", {}).get("fid") for s, st in readable.items()}
+    scored = {s: f for s, f in fids.items() if f is not None}
+    best = min(scored, key=scored.get) if scored else None
+    return {
+        "run": str(run.path), "family": config["model"], "preset": config.get("preset"),
+        "dataset": f"{config['data']} (content hash {str(config.get('data_hash'))[:12]}, "
+                   f"{config.get('resolution', config['model_config'].get('resolution'))} px; "
+                   f"{_dataset_status(run, config)})",
+        "step": newest.get("step", 0), "kimg": round(newest.get("nimg", 0) / 1000, 3),
+        "training_minutes": round(newest.get("train_seconds", 0) / 60, 2),
+        "checkpoints": [f"step {s}" + (f"  FID {fids[s]:.2f}" if fids.get(s) is not None else "")
+                        + ("" if states[s] is not None else "  (unreadable state.json)") for s in states],
+        "best_fid": f"{scored[best]:.2f} at step {best}" if best is not None else "none (no FID snapshot)",
+        "init_from": run.read_init_from().get("checkpoint", "none"),
+    }
+
+
+def _read_state(folder: Path) -> dict | None:
+    try:
+        return read_json(folder / STATE)
+    except (OSError, ValueError):
+        return None
+
+
+def _dataset_status(run: Run, config: dict) -> str:
+    try:
+        run.dataset(config)
+    except UserError as e:
+        return "missing" if "missing" in str(e) else "changed since training"
+    return "present, unchanged"
+
+
+# ---------------------------------------------------------------- reading checkpoints
+def resolve_checkpoint(path: str | os.PathLike, which: str | int = "last") -> Path:
+    """A checkpoint folder: `which` (last, best, a step number) of run folder `path`, or
+    `which` itself when it is a checkpoint folder's path, or `path` when it is one."""
+    p, text = Path(path), str(which)
+    if text not in ("last", "best") and not text.isdigit():
+        return _checkpoint_path(Path(text))
+    if (p / STATE).is_file() or (p / TENSORS).is_file():
+        return _checkpoint_path(p)
+    if Run(p).has_config() or (p / CHECKPOINTS).is_dir():
+        return Run(p).checkpoint_folder(which)
+    raise UserError(f"{p} is neither a run folder nor a checkpoint folder.")
+
+
+def _checkpoint_path(p: Path) -> Path:
+    if not (p / STATE).is_file() and not (p / TENSORS).is_file():
+        raise UserError(f"{p} is not a checkpoint folder (no {STATE} or {TENSORS}); "
+                        "--checkpoint takes last, best, a step number or a checkpoint folder.")
+    return p.resolve()
+
+
+def read_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and state of one checkpoint folder, verified: a damaged file raises a
+    CheckpointError naming it and what is wrong."""
+    folder = Path(folder)
+    state_file, tensors_file = folder / STATE, folder / TENSORS
+    try:
+        state = read_json(state_file)
+        data = tensors_file.read_bytes()
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{e.filename} is missing.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{state_file} is damaged: not valid JSON ({e}).") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{state_file} is not an {FORMAT} checkpoint.")
+    recorded = state.get("tensors_sha256")
+    if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
+        raise CheckpointError(f"{tensors_file} is damaged: its sha256 differs from the one recorded when it was "
+                              f"written ({len(data)} bytes now).")
+    try:
+        tensors = load_safetensors(data)
+    except (SafetensorError, ValueError) as e:
+        raise CheckpointError(f"{tensors_file} is damaged: {e}.") from None
+    return tensors, {**state, "checkpoint": str(folder.resolve())}
+
+
+def load_checkpoint(path: str | os.PathLike, which: str | int = "last") -> tuple[dict[str, torch.Tensor], dict]:
+    return read_checkpoint(resolve_checkpoint(path, which))
+
+
+def module_state(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The state dict stored under `prefix.` (model, ema, net.<name>)."""
+    start = len(prefix) + 1
+    return {k[start:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+# ---------------------------------------------------------------- internals
+def _point(link: Path, target: str) -> None:
+    """Make `link` point at `target` atomically (a new link renamed over the old)."""
+    tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+    if tmp.is_symlink():
+        tmp.unlink()
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+def _snapshot_fid(folder: Path) -> float | None:
+    state = _read_state(folder)  # a damaged checkpoint competes for nothing
+    return state.get("snapshot", {}).get("fid") if isinstance(state, dict) else None
+
+
+def _step_of(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return float("inf")  # a line cut short by a kill
