@@ -174,7 +174,9 @@ class Run:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Held while training: a second trainer of the same run stops with a clear line. The
-        lock is the kernel's (flock on the folder), so a killed process never leaves it held."""
+        lock is the kernel's (flock on the folder), so a killed process never leaves it held.
+        A folder made here and still empty when the block fails is removed again."""
+        made = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDONLY)
         try:
@@ -185,8 +187,20 @@ class Run:
                     raise UserError(f"{self.path} is being trained by another process; wait for it or stop it.") \
                         from None
             yield
+        except BaseException:
+            if made and not any(self.path.iterdir()):
+                self.path.rmdir()
+            raise
         finally:
             os.close(fd)
+
+    def foreign_entries(self) -> list[str]:
+        """Names in the folder that are no part of a run's layout (nor temporaries): a folder
+        holding any is not a run, and training refuses to write into it."""
+        own = {CONFIG, INIT_FROM, METRICS, CHECKPOINTS, SAMPLES, TENSORBOARD}
+        if not self.path.is_dir():
+            return []
+        return sorted(p.name for p in self.path.iterdir() if p.name not in own and not TEMPORARY.fullmatch(p.name))
 
     def remove_interrupted_writes(self) -> list[str]:
         """Delete what interrupted writes left (temporary folders, files, links) and links
@@ -227,7 +241,7 @@ class Run:
         (TensorBoard's purge_step), so a resumed run's curves show each step once."""
         from torch.utils.tensorboard import SummaryWriter  # heavy; loaded only when TensorBoard is on
 
-        return SummaryWriter(str(self.path / TENSORBOARD), purge_step=start_step)
+        return SummaryWriter(str(self.path / TENSORBOARD), purge_step=start_step + 1)
 
     # ------------------------------------------------------------ dataset
     def dataset(self, config: dict, data: str | os.PathLike | None = None) -> str:

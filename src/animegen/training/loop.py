@@ -90,40 +90,40 @@ def train(run: str, *, model: str | None = None, data: str | None = None, preset
         if target is None:
             raise UserError("give one of --steps, --kimg and --minutes.")
         _check_fits(sizes, ctx.device)
-        with folder.lock() if ctx.rank == 0 else contextlib.nullcontext():
-            return _train(folder, config, mode, line, init_from, target, ctx, echo)
+        with _out_of_memory_as_user_error():
+            trainer = Trainer(folder, config, ctx, echo)  # reads nothing of the folder
+            with folder.lock() if ctx.rank == 0 else contextlib.nullcontext():
+                return _train(trainer, mode, line, init_from, target)
     finally:
         distributed.teardown(ctx)
 
 
-def _train(folder: runs.Run, config: RunConfig, mode: str, line: str | None, init_from, target: Target, ctx,
-           echo) -> dict:
+def _train(trainer: Trainer, mode: str, line: str | None, init_from, target: Target) -> dict:
+    folder, ctx = trainer.folder, trainer.ctx
     if ctx.rank == 0:
         removed = folder.remove_interrupted_writes()
         if removed:
-            echo(f"removed what an interrupted run left: {', '.join(removed)}")
+            trainer._log_line(f"removed what an interrupted run left: {', '.join(removed)}")
         if line:
-            echo(line)
+            trainer._log_line(line)
     distributed.barrier(ctx)
-    with _out_of_memory_as_user_error():
-        trainer = Trainer(folder, config, ctx, echo)
-        if mode == "resume" and folder.steps():
-            tensors, state, problems = folder.load_newest_readable()
-            for problem in problems:
-                trainer._log_line(f"skipping an unreadable checkpoint: {problem}")
-            if problems:
-                trainer._log_line(f"resuming from the newest readable one, step {state['step']}.")
-            trainer.load(tensors, state)
-        elif init_from is not None:
-            report = transfer.init_from(init_from, trainer.modules())
-            trainer._log_line(transfer.describe(report))
-            if ctx.rank == 0:
-                folder.write_init_from(report)
-        trainer.forget_later_history()
-        if ctx.rank == 0 and mode != "resume":
-            folder.write_config(config.to_json())
-        distributed.barrier(ctx)
-        return trainer.run(target)
+    if mode == "resume" and folder.steps():
+        tensors, state, problems = folder.load_newest_readable()
+        for problem in problems:
+            trainer._log_line(f"skipping an unreadable checkpoint: {problem}")
+        if problems:
+            trainer._log_line(f"resuming from the newest readable one, step {state['step']}.")
+        trainer.load(tensors, state)
+    elif init_from is not None or (mode == "resume" and folder.read_init_from()):
+        report = transfer.init_from(init_from or folder.read_init_from()["checkpoint"], trainer.modules())
+        trainer._log_line(transfer.describe(report))
+        if ctx.rank == 0:
+            folder.write_init_from(report)
+    trainer.forget_later_history()
+    if ctx.rank == 0 and mode != "resume":
+        folder.write_config(trainer.config.to_json())
+    distributed.barrier(ctx)
+    return trainer.run(target)
 
 
 def _plan(folder: runs.Run, request: dict, resume: bool) -> tuple[RunConfig, str, str | None]:
@@ -142,10 +142,9 @@ def _plan(folder: runs.Run, request: dict, resume: bool) -> tuple[RunConfig, str
         return _new_config(request), "restart", f"{folder} stopped before its first checkpoint: starting it again"
     if folder.path.exists() and not folder.path.is_dir():
         raise UserError(f"{folder} is a file, not a run folder; choose another --out.")
-    leftovers = [p.name for p in folder.path.iterdir() if not runs.TEMPORARY.fullmatch(p.name)] \
-        if folder.path.is_dir() else []
-    if leftovers:
-        raise UserError(f"{folder} exists and is not a run folder (it holds {', '.join(sorted(leftovers)[:3])}); "
+    foreign = folder.foreign_entries()
+    if foreign:
+        raise UserError(f"{folder} exists and is not a run folder (it holds {', '.join(foreign[:3])}); "
                         "choose another --out.")
     if resume and (request["model"] is None or request["data"] is None):
         raise UserError(f"{folder} holds no run to resume (no config.json); give MODEL and --data to start one.")
