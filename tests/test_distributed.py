@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 
 from animegen import runs
 from animegen.data.synth import synthesize_dataset
-from animegen.training import checkpoint, distributed
+from animegen.training import distributed
 from animegen.training.loop import Target, train
 from animegen.training.objective import TrainContext
 

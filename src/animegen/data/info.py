@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from animegen.data.limits import check_file_output, check_new_folder
 from animegen.data.store import SPLITS, load_split, read_manifest
 from animegen.errors import UserError
 from animegen.io import atomic_dir, save_grid
@@ -27,6 +28,8 @@ def dataset_info(path: str | os.PathLike, grid_path: str | os.PathLike | None = 
     GRID_IMAGES images (train first, then test) to `grid_path` [default: default_grid_path]."""
     manifest = read_manifest(path)
     arrays = {name: load_split(path, name) for name in SPLITS}
+    grid_path = grid_path or default_grid_path(path)
+    check_file_output("--grid", grid_path)
     counts = manifest.get("counts", {})
     for name, arr in arrays.items():
         if name in counts and counts[name] != len(arr):
@@ -45,7 +48,7 @@ def dataset_info(path: str | os.PathLike, grid_path: str | os.PathLike | None = 
     }
     samples = np.concatenate([arrays["train"][:GRID_IMAGES], arrays["test"][:GRID_IMAGES]])[:GRID_IMAGES]
     if len(samples):
-        info["grid"] = str(save_grid(samples, grid_path or default_grid_path(path), columns=GRID_COLUMNS))
+        info["grid"] = str(save_grid(samples, grid_path, columns=GRID_COLUMNS))
     return info
 
 
@@ -53,6 +56,7 @@ def export_split(path: str | os.PathLike, split: str, out: str | os.PathLike) ->
     """Write each image of `split` as out/<index>.png (zero-padded, in array order); the folder
     appears only when complete. Returns the number of files."""
     images = load_split(path, split)
+    check_new_folder("--out", out)
     width = len(str(max(len(images) - 1, 0)))
     with atomic_dir(out) as tmp:
         for i, image in enumerate(images):

@@ -24,7 +24,6 @@ import hashlib
 import multiprocessing
 import os
 import sys
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -33,12 +32,15 @@ from PIL import Image
 from tqdm import tqdm
 
 from animegen.data.images import MAX_PIXELS, WHITE, BadImage, ImageFile, decode_rgb, list_files, read_files
+from animegen.data.limits import (MAX_MIN_SIZE, MAX_RESOLUTION, MAX_SEED, MAX_WORKERS, MIN_RESOLUTION, check_fraction,
+                                  check_int, check_new_folder)
 from animegen.data.store import SPLITS, read_manifest, split_indices, write_dataset
 from animegen.errors import UserError
 
 RESIZE_FILTER = Image.Resampling.LANCZOS
 CROP_MODES = ("center", "pad")
 CHUNK = 1024  # files per worker task; a task never spans two zips and opens its zip once (~0.1 s)
+DEFAULT_WORKERS = min(4, os.cpu_count() or 1)  # decoding scales to a few processes; more crowd a shared machine
 
 
 class _Result(NamedTuple):
@@ -54,15 +56,16 @@ def prepare_dataset(sources: list[str], out, resolution: int, test_fraction: flo
                     workers: int | None = None) -> dict:
     """Prepare `sources` into the dataset folder `out` (see the module docstring); returns the manifest.
 
-    `min_size` defaults to resolution // 2; `workers` (processes) defaults to the CPU count.
+    `min_size` defaults to resolution // 2; `workers` (processes) defaults to DEFAULT_WORKERS.
     Raises UserError, writing nothing, on bad options, missing sources or no usable image.
     """
+    workers = DEFAULT_WORKERS if workers is None else workers
+    _check_options(sources, out, resolution, test_fraction, seed, crop, min_size, workers)
     min_size = resolution // 2 if min_size is None else min_size
-    _check_options(out, resolution, test_fraction, crop, min_size)
     files = list_files(sources)
     if not files:
         raise UserError(f"no files found in {', '.join(map(str, sources))}.")
-    results = _prepare_all(files, resolution, crop, min_size, workers or os.cpu_count() or 1, progress)
+    results = _prepare_all(files, resolution, crop, min_size, workers, progress)
 
     kept, duplicates = _deduplicate([r for r in results if r.reason is None])
     skipped = sorted(({"path": r.label, "reason": r.reason} for r in results if r.reason), key=lambda s: s["path"])
@@ -111,17 +114,18 @@ def square_resize(rgb: np.ndarray, resolution: int, crop: str) -> np.ndarray:
     return np.asarray(im.resize((resolution, resolution), RESIZE_FILTER))  # a plain copy when already R x R
 
 
-def _check_options(out, resolution, test_fraction, crop, min_size):
-    if resolution < 1:
-        raise UserError(f"--resolution must be a positive number of pixels, got {resolution}.")
-    if not 0 <= test_fraction < 1:
-        raise UserError(f"--test-fraction must be in [0, 1), got {test_fraction}.")
+def _check_options(sources, out, resolution, test_fraction, seed, crop, min_size, workers):
+    if not sources:
+        raise UserError("give at least one source: a folder, a zip file or an image file.")
+    check_int("--resolution", resolution, MIN_RESOLUTION, MAX_RESOLUTION)
+    check_fraction("--test-fraction", test_fraction)
+    check_int("--seed", seed, 0, MAX_SEED)
     if crop not in CROP_MODES:
         raise UserError(f"--crop must be one of {', '.join(CROP_MODES)}, got {crop!r}.")
-    if min_size < 1:
-        raise UserError(f"--min-size must be at least 1 pixel, got {min_size}.")
-    if Path(out).exists():
-        raise UserError(f"{out} already exists; choose another --out or delete it first.")
+    if min_size is not None:
+        check_int("--min-size", min_size, 1, MAX_MIN_SIZE)
+    check_int("--workers", workers, 1, MAX_WORKERS)
+    check_new_folder("--out", out)
 
 
 def _prepare_all(files: list[ImageFile], resolution, crop, min_size, workers, progress) -> list[_Result]:
@@ -135,8 +139,9 @@ def _prepare_all(files: list[ImageFile], resolution, crop, min_size, workers, pr
         imap = map
         if workers > 1 and len(chunks) > 1:  # started before tqdm's thread, so no thread is forked
             imap = stack.enter_context(multiprocessing.Pool(min(workers, len(chunks)))).imap
+        # leave=False: the bar is cleared, so a failure ends with its one error line and nothing else
         bar = stack.enter_context(tqdm(total=len(files), unit="img", desc="prepare", file=sys.stderr,
-                                       disable=not progress))
+                                       disable=not progress, leave=False))
         for chunk_results in imap(task, chunks):
             results += chunk_results
             bar.update(len(chunk_results))

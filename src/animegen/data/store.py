@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from animegen import __version__
+from animegen.data.limits import check_fraction
 from animegen.errors import UserError
 from animegen.io import atomic_dir, atomic_write_json, read_json
 
@@ -56,7 +57,13 @@ def read_manifest(path: str | os.PathLike) -> dict:
     if not is_dataset(p):
         raise UserError(f"{p} is not a prepared dataset (no manifest.json and train.npy); "
                         "make one with `animegen data prepare` or `animegen data synth`.")
-    return read_json(p / "manifest.json")
+    try:
+        manifest = read_json(p / "manifest.json")
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
+        raise _damaged(p, f"manifest.json: {e}") from None
+    if not isinstance(manifest, dict):
+        raise _damaged(p, "manifest.json is not a JSON object")
+    return manifest
 
 
 def load_split(path: str | os.PathLike, split: str) -> np.ndarray:
@@ -64,7 +71,18 @@ def load_split(path: str | os.PathLike, split: str) -> np.ndarray:
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}.")
     read_manifest(path)
-    return np.load(Path(path) / f"{split}.npy", mmap_mode="r")
+    try:
+        images = np.load(Path(path) / f"{split}.npy", mmap_mode="r")
+    except (OSError, ValueError) as e:  # missing, truncated, or not a .npy file
+        raise _damaged(path, f"{split}.npy: {e}") from None
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 \
+            or images.shape[3] != 3 or images.shape[1] != images.shape[2]:
+        raise _damaged(path, f"{split}.npy is not a uint8 N x R x R x 3 array")
+    return images
+
+
+def _damaged(path, reason: str) -> UserError:
+    return UserError(f"{path} is a damaged dataset ({reason}); prepare it again.")
 
 
 def split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -72,11 +90,11 @@ def split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, 
 
     round(n * test_fraction) items, chosen by a permutation from numpy's Generator seeded
     with `seed`, go to test; the same (n, test_fraction, seed) always gives the same split.
+    Refused when no training image would be left; the test split may round to empty.
     """
-    if not 0 <= test_fraction < 1:
-        raise UserError(f"test fraction must be in [0, 1), got {test_fraction}.")
-    perm = np.random.default_rng(seed).permutation(n)
+    check_fraction("--test-fraction", test_fraction)
     n_test = int(round(n * test_fraction))
     if n_test >= n:
-        raise UserError(f"a test fraction of {test_fraction} leaves no training image out of {n}.")
+        raise UserError(f"--test-fraction {test_fraction} leaves no training image out of {n}; lower it.")
+    perm = np.random.default_rng(seed).permutation(n)
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])

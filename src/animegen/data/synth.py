@@ -18,6 +18,8 @@ import os
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 
+from animegen.data.limits import (MAX_DATASET_BYTES, MAX_IMAGES, MAX_RESOLUTION, MAX_SEED, MIN_SYNTH_RESOLUTION,
+                                  check_int, check_new_folder)
 from animegen.data.store import split_indices, write_dataset
 from animegen.errors import UserError
 
@@ -319,8 +321,7 @@ def render_faces(count: int, resolution: int, seed: int = 0) -> tuple[np.ndarray
 
     Face i is drawn from numpy's Generator seeded with (seed, i), so it does not depend on `count`.
     """
-    if count < 1 or resolution < 8:
-        raise UserError(f"need count >= 1 and resolution >= 8, got count {count} and resolution {resolution}.")
+    _check_request(count, resolution, seed)
     images = np.empty((count, resolution, resolution, 3), np.uint8)
     labels = []
     for i in range(count):
@@ -337,6 +338,8 @@ def synthesize_dataset(out: str | os.PathLike, count: int, resolution: int, seed
     The manifest's `labels` holds each split's face attributes, aligned with its array;
     `index` in a label is the face's number, so `render_faces` can redraw it.
     """
+    _check_request(count, resolution, seed)  # all checked before hours of rendering
+    check_new_folder("--out", out)
     train_idx, test_idx = split_indices(count, test_fraction, seed)
     images, labels = render_faces(count, resolution, seed)
     manifest = {
@@ -347,3 +350,13 @@ def synthesize_dataset(out: str | os.PathLike, count: int, resolution: int, seed
     }
     write_dataset(out, images[train_idx], images[test_idx], manifest)
     return manifest
+
+
+def _check_request(count: int, resolution: int, seed: int) -> None:
+    check_int("--count", count, 1, MAX_IMAGES)
+    check_int("--resolution", resolution, MIN_SYNTH_RESOLUTION, MAX_RESOLUTION)
+    check_int("--seed", seed, 0, MAX_SEED)
+    size = count * resolution**2 * 3
+    if size > MAX_DATASET_BYTES:
+        raise UserError(f"{count} faces at {resolution}x{resolution} take {size / 2**30:.0f} GiB, over the limit of "
+                        f"{MAX_DATASET_BYTES / 2**30:.0f} GiB in memory; lower --count or --resolution.")

@@ -12,6 +12,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from animegen.data.limits import MAX_BATCH_SIZE, check_int
 from animegen.errors import UserError
 from animegen.io import to_uint8
 from animegen.metrics.cache import cached_features
@@ -28,6 +29,7 @@ def compare_sources(a: str | os.PathLike, b: str | os.PathLike, metrics: Sequenc
     A is the reference ("real") set: precision is B's share inside A's manifold. FID and KID
     are symmetric. `num` keeps the first `num` images of each side.
     """
+    check_int("--batch-size", batch_size, 1, MAX_BATCH_SIZE)
     chosen = lookup(metrics)
     _require_features(chosen)
     source_a, source_b = open_source(a, split, num), open_source(b, split, num)  # both checked before any work

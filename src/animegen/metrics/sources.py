@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from animegen.data.images import BadImage, ImageFile, decode_rgb, list_files, read_files
+from animegen.data.limits import MAX_IMAGES, check_int
 from animegen.data.store import is_dataset, load_split, read_manifest
 from animegen.errors import UserError
 
@@ -32,8 +33,8 @@ class ImageSource:
 
 
 def open_source(path: str | os.PathLike, split: str = "test", num: int | None = None) -> ImageSource:
-    if num is not None and num < 1:
-        raise UserError(f"--num must be positive, not {num}.")
+    if num is not None:
+        check_int("--num", num, 1, MAX_IMAGES)
     if is_dataset(path):
         return _dataset_source(Path(path), split, num)
     if not Path(path).exists():
@@ -45,7 +46,9 @@ def _dataset_source(path: Path, split: str, num: int | None) -> ImageSource:
     images = load_split(path, split)[:num]
     if len(images) == 0:
         raise UserError(f"the {split} split of {path} is empty.")
-    content_hash = read_manifest(path)["content_hash"]
+    content_hash = read_manifest(path).get("content_hash")
+    if not content_hash:  # the feature cache is keyed by it
+        raise UserError(f"{path}'s manifest.json has no content_hash; prepare the dataset again.")
 
     def batches(batch_size):
         for start in range(0, len(images), batch_size):

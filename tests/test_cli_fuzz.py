@@ -1,0 +1,275 @@
+"""Property: bad input to `animegen data prepare|synth|info|export`, `fid` and `kid` fails cleanly.
+
+Each case runs one command in-process with valid base arguments, some of them replaced by
+values it must refuse (out of range, the wrong type, empty, absurd, a path it cannot use),
+and asserts: exit code 2, exactly one line "error: ..." on stderr, nothing on stdout, no
+traceback, and nothing created (no output, no temporary folder, no cache entry).
+
+To cover a new option, add a row to its command's table in BAD; paths are fixtures by name (At).
+"""
+
+import contextlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings, strategies as st
+from PIL import Image
+
+from animegen.cli import main
+from animegen.data.limits import (MAX_BATCH_SIZE, MAX_IMAGES, MAX_MIN_SIZE, MAX_RESOLUTION, MAX_SEED, MAX_WORKERS,
+                                  MIN_RESOLUTION, MIN_SYNTH_RESOLUTION)
+from animegen.data.store import load_split
+from animegen.data.synth import synthesize_dataset
+
+EXAMPLES = 200  # per command
+FACES = 4  # PNG files in the `faces` fixture
+SYNTH_COUNT = 8  # faces in the base `data synth` case
+
+
+class At(str):
+    """A fixture path by name (relative to the fixture folder), resolved when a case runs."""
+
+
+# ---------------------------------------------------------------- values to refuse
+TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12)
+
+
+def _parses(kind, text: str) -> bool:
+    try:
+        kind(text)
+        return True
+    except ValueError:
+        return False
+
+
+def bad_int(low: int, high: int):
+    """Integers outside low..high, and text that is not an integer at all."""
+    outside = st.one_of(st.integers(max_value=low - 1), st.integers(min_value=high + 1))
+    return st.one_of(outside.map(str), TEXT.filter(lambda s: not _parses(int, s)), st.sampled_from(["1.5", "1e3", "0x10"]))
+
+
+def no_training_image_left(n: int):
+    """Fractions in [0, 1) that send all n images to the test split."""
+    return st.floats(min_value=(n - 0.5) / n, max_value=1, exclude_max=True).filter(lambda f: round(n * f) >= n)
+
+
+BAD_FRACTION = st.one_of(st.floats().filter(lambda f: not 0 <= f < 1).map(repr),
+                         TEXT.filter(lambda s: not _parses(float, s)))
+
+
+def not_one_of(*choices):
+    return TEXT.filter(lambda s: s not in choices)
+
+
+def _names_only_feature_metrics(text: str) -> bool:
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    return bool(names) and set(names) <= {"fid", "kid", "pr"}
+
+
+BAD_METRICS = st.one_of(st.text("fidkpreqt_, ", max_size=12), TEXT).filter(lambda s: not _names_only_feature_metrics(s))
+BAD_NEW_FOLDER = st.sampled_from(["", At("ds"), At("empty"), At("file.txt"), At("file.txt/deeper")])
+BAD_DATASET = st.sampled_from(["", At("missing"), At("empty"), At("faces"), At("file.txt"), At("junk-ds"), At("flat-ds")])
+BAD_SOURCE = st.sampled_from(["", At("missing"), At("empty"), At("text"), At("file.txt"), At("broken.zip"), At("ds")])
+BAD_IMAGE_SET = st.sampled_from(["", At("missing"), At("empty"), At("text"), At("file.txt"), At("broken.zip"),
+                                 At("junk-ds"), At("flat-ds"), At("ds-no-test")])
+
+METRIC_OPTIONS = {
+    "A": BAD_IMAGE_SET,
+    "B": BAD_IMAGE_SET,
+    "--split": not_one_of("train", "test"),
+    "--num": bad_int(1, MAX_IMAGES),
+    "--device": not_one_of("auto", "cpu", "cuda"),
+    "--batch-size": bad_int(1, MAX_BATCH_SIZE),
+    "--inception": st.sampled_from(["", At("missing"), At("empty"), At("file.txt")]),
+}
+# Per command: option (or positional argument, in capitals) -> values that command must refuse.
+BAD = {
+    "data prepare": {
+        "SOURCES": BAD_SOURCE,
+        "--out": BAD_NEW_FOLDER,
+        "--resolution": bad_int(MIN_RESOLUTION, MAX_RESOLUTION),
+        "--test-fraction": st.one_of(BAD_FRACTION, no_training_image_left(FACES).map(repr)),
+        "--seed": bad_int(0, MAX_SEED),
+        "--crop": not_one_of("center", "pad"),
+        "--min-size": bad_int(1, MAX_MIN_SIZE),
+        "--workers": bad_int(1, MAX_WORKERS),
+    },
+    "data synth": {
+        "--out": BAD_NEW_FOLDER,
+        "--count": bad_int(1, MAX_IMAGES),
+        "--resolution": bad_int(MIN_SYNTH_RESOLUTION, MAX_RESOLUTION),
+        "--seed": bad_int(0, MAX_SEED),
+        "--test-fraction": st.one_of(BAD_FRACTION, no_training_image_left(SYNTH_COUNT).map(repr)),
+    },
+    "data info": {
+        "DATASET": BAD_DATASET,
+        "--grid": st.sampled_from(["", At("ds"), At("empty"), At("file.txt/grid.png")]),
+    },
+    "data export": {
+        "DATASET": BAD_DATASET,
+        "--split": not_one_of("train", "test"),
+        "--out": BAD_NEW_FOLDER,
+    },
+    "fid": {**METRIC_OPTIONS, "--metrics": BAD_METRICS},
+    "kid": METRIC_OPTIONS,
+}
+# Valid arguments of each command (True: a flag); every case replaces some of them.
+BASE = {
+    "data prepare": {"SOURCES": At("faces"), "--out": At("new"), "--resolution": "16", "--workers": "1"},
+    "data synth": {"--out": At("new"), "--count": str(SYNTH_COUNT), "--resolution": str(MIN_SYNTH_RESOLUTION)},
+    "data info": {"DATASET": At("ds"), "--grid": At("new.png")},
+    "data export": {"DATASET": At("ds"), "--out": At("new")},
+    "fid": {"A": At("ds"), "B": At("faces"), "--device": "cpu", "--json": True},
+    "kid": {"A": At("ds"), "B": At("faces"), "--device": "cpu", "--json": True},
+}
+
+
+# ---------------------------------------------------------------- fixtures and helpers
+def make_fixtures(root):
+    """The paths that At names: a synthesized dataset, a few PNGs, and things that are no input."""
+    root.mkdir(exist_ok=True)
+    synthesize_dataset(root / "ds", count=40, resolution=16, seed=0)
+    synthesize_dataset(root / "ds-no-test", count=10, resolution=16, seed=0, test_fraction=0)
+    (root / "faces").mkdir()
+    for i, image in enumerate(load_split(root / "ds", "train")[:FACES]):
+        Image.fromarray(np.asarray(image)).save(root / "faces" / f"{i}.png")
+    (root / "empty").mkdir()
+    (root / "text").mkdir()
+    (root / "text" / "notes.txt").write_text("no images here")
+    (root / "file.txt").write_text("a plain file")
+    (root / "broken.zip").write_bytes(b"PK not really a zip")
+    (root / "junk-ds").mkdir()
+    (root / "junk-ds" / "manifest.json").write_text("{not json")
+    (root / "junk-ds" / "train.npy").write_bytes(b"not numpy")
+    (root / "flat-ds").mkdir()
+    (root / "flat-ds" / "manifest.json").write_text(json.dumps({"content_hash": "0" * 64}))
+    for split in ("train", "test"):
+        np.save(root / "flat-ds" / f"{split}.npy", np.zeros(3, np.uint8))
+    (root / "cache").mkdir()
+    return root
+
+
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory):
+    return make_fixtures(tmp_path_factory.mktemp("fuzz"))
+
+
+def argv(command: str, args: dict, root) -> list[str]:
+    """The command line: options first, then "--" so that positional values may start with "-"."""
+    resolve = lambda v: str(root / v) if isinstance(v, At) else v  # noqa: E731
+    options, positional = [], []
+    for name, value in args.items():
+        if not name.startswith("--"):
+            positional.append(resolve(value))
+        else:
+            options += [name] if value is True else [name, resolve(value)]
+    return [*command.split(), *options, "--", *positional]
+
+
+def run(command: str, args: dict, root):
+    runner = CliRunner(env={"ANIMEGEN_CACHE": str(root / "cache"), "COLUMNS": "80"})
+    return runner.invoke(main, argv(command, args, root))
+
+
+def tree(root) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@contextlib.contextmanager
+def restored(root):
+    """Yields the tree of `root`; afterwards removes what the block added, so that one broken
+    case cannot change what the next ones see (and a failure replays the same)."""
+    before = tree(root)
+    try:
+        yield before
+    finally:
+        for added in sorted(set(tree(root)) - set(before), reverse=True):
+            path = root / added
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def assert_clean_failure(result, root, before: list[str]):
+    """Exit code 2 by UserError or usage error, one line "error: ..." and nothing written."""
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 2, (result.exception, result.output)
+    assert "Traceback" not in result.output and result.stdout == "", result.output
+    shown = result.stderr.split("\r")[-1]  # what a terminal shows once a progress bar is cleared
+    assert shown.startswith("error: ") and shown.endswith("\n") and shown.count("\n") == 1, result.stderr
+    assert shown[len("error: "):].strip(), result.stderr
+    assert tree(root) == before, "a failed command created files"
+
+
+# ---------------------------------------------------------------- tests
+@pytest.mark.parametrize("command", BAD)
+def test_base_arguments_are_valid(command, tmp_path):
+    """Each case below differs from these in its bad values only, so those are what it refuses."""
+    root = make_fixtures(tmp_path)
+    if command in ("fid", "kid"):  # valid up to the network, which comes after every check (test_metrics runs it)
+        result = run(command, {**BASE[command], "--inception": At("missing")}, root)
+        assert result.exit_code == 2 and "Inception weights" in result.stderr, result.output
+    else:
+        result = run(command, BASE[command], root)
+        assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("command", BAD)
+def test_bad_values_fail_cleanly(command, fixtures):
+    table, tried = BAD[command], []
+    cases = st.lists(st.sampled_from(sorted(table)), min_size=1, max_size=3, unique=True).flatmap(
+        lambda names: st.fixed_dictionaries({name: table[name] for name in names}))
+
+    @settings(max_examples=EXAMPLES, deadline=None, database=None)
+    @given(bad=cases)
+    def check(bad):
+        with restored(fixtures) as before:
+            result = run(command, {**BASE[command], **bad}, fixtures)
+            assert_clean_failure(result, fixtures, before)
+        tried.append(bad)
+
+    check()
+    print(f"{command}: {len(tried)} cases")
+    assert len(tried) >= 50  # fewer than EXAMPLES only where hypothesis runs out of distinct cases (data info)
+
+
+@pytest.mark.parametrize("command, args, message", [
+    ("data prepare", {"--resolution": "3"}, f"--resolution must be an integer from {MIN_RESOLUTION} to {MAX_RESOLUTION}, got 3."),
+    ("data prepare", {"--resolution": "100000"}, f"to {MAX_RESOLUTION}, got 100000."),
+    ("data prepare", {"--test-fraction": "1"}, "--test-fraction must be a number from 0 up to (not including) 1, got 1.0."),
+    ("data prepare", {"--test-fraction": "0.9"}, f"--test-fraction 0.9 leaves no training image out of {FACES}"),
+    ("data prepare", {"--workers": "0"}, f"--workers must be an integer from 1 to {MAX_WORKERS}, got 0."),
+    ("data prepare", {"--out": At("file.txt/deeper")}, "file.txt is a file, not a folder."),
+    ("data synth", {"--count": "-5"}, f"--count must be an integer from 1 to {MAX_IMAGES}, got -5."),
+    ("data synth", {"--count": str(10**12)}, f"--count must be an integer from 1 to {MAX_IMAGES}"),
+    ("data synth", {"--count": str(MAX_IMAGES), "--resolution": str(MAX_RESOLUTION)}, "GiB, over the limit"),
+    ("data synth", {"--count": "abc"}, "Invalid value for '--count': 'abc' is not a valid integer."),
+    ("data synth", {"--seed": "-1"}, f"--seed must be an integer from 0 to {MAX_SEED}, got -1."),
+    ("data synth", {"--out": ""}, "Invalid value for '--out': an empty string is not a path."),
+    ("data info", {"DATASET": At("junk-ds")}, "is a damaged dataset (manifest.json:"),
+    ("data info", {"--grid": At("empty")}, "is a folder; give the path of a file."),
+    ("data export", {"DATASET": At("flat-ds")}, "test.npy is not a uint8 N x R x R x 3 array"),
+    ("fid", {"--batch-size": "0"}, f"--batch-size must be an integer from 1 to {MAX_BATCH_SIZE}, got 0."),
+    ("fid", {"--metrics": "fid,isc"}, "unknown metric(s) isc"),
+    ("kid", {"--num": "0"}, f"--num must be an integer from 1 to {MAX_IMAGES}, got 0."),
+    ("kid", {"A": At("ds-no-test")}, "the test split of"),
+])
+def test_regressions(command, args, message, fixtures):
+    with restored(fixtures) as before:
+        result = run(command, {**BASE[command], **args}, fixtures)
+        assert_clean_failure(result, fixtures, before)
+    assert message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("args", [["data", "synth"], ["data", "synth", "--bogus"], ["--bogus"], ["no-such-command"]])
+def test_usage_errors_are_one_line_too(args, fixtures):
+    with restored(fixtures) as before:
+        result = CliRunner().invoke(main, args)
+        assert_clean_failure(result, fixtures, before)
+    assert "--help" in result.stderr
+
+
+def test_help_is_still_help():
+    assert "Usage:" in CliRunner().invoke(main, ["data"]).output  # a group alone shows its help
+    result = CliRunner().invoke(main, ["data", "synth", "--help"])
+    assert result.exit_code == 0 and "--count" in result.stdout
