@@ -19,10 +19,10 @@ from hypothesis import given, settings, strategies as st
 from PIL import Image
 
 from animegen.cli import main
-from animegen.data.limits import (MAX_BATCH_SIZE, MAX_IMAGES, MAX_MIN_SIZE, MAX_RESOLUTION, MAX_SEED, MAX_WORKERS,
-                                  MIN_RESOLUTION, MIN_SYNTH_RESOLUTION)
+from animegen.data.limits import MAX_BATCH_SIZE, MAX_IMAGES, MAX_MIN_SIZE, MAX_WORKERS, MIN_RESOLUTION, MIN_SYNTH_RESOLUTION
 from animegen.data.store import load_split
 from animegen.data.synth import synthesize_dataset
+from animegen.settings import MAX_RESOLUTION, MAX_SEED
 
 EXAMPLES = 200  # per command
 FACES = 4  # PNG files in the `faces` fixture

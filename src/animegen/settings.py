@@ -86,7 +86,7 @@ RESOLUTION = between(8, MAX_RESOLUTION)  # the family's own rule is checked too 
 WIDTH = between(1, 16384)  # channels of a layer
 CHANNEL_BASE = between(1, 2**22)  # StyleGAN's channel_base: channels at resolution r = min(base / r, max)
 LATENT = between(1, 16384)
-LEARNING_RATE = positive(10)
+LEARNING_RATE = at_least(0, 10)  # 0 freezes a network (a test does)
 ADAM_BETA = Limit(0, 1, high_open=True)
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from animegen.data.images import MAX_PIXELS
 from animegen.errors import UserError
-from animegen.settings import MAX_RESOLUTION, MAX_SEED  # shared with the models' settings
 
 MIN_RESOLUTION = 4  # the models count their layers as log2(resolution // 4)
 MIN_SYNTH_RESOLUTION = 8  # a smaller drawn face is a few blots
