@@ -1,4 +1,6 @@
-"""Property: bad input to `animegen data prepare|synth|info|export`, `fid` and `kid` fails cleanly.
+"""Property: bad input to `animegen data prepare|synth|info|export`, `fid`, `kid`, `train`
+(new and resumed, every `--set` key), `sample` (per family's sampling options), `eval` and
+`runs info` fails cleanly.
 
 Each case runs one command in-process with valid base arguments, some of them replaced by
 values it must refuse (out of range, the wrong type, empty, absurd, a path it cannot use),
@@ -6,11 +8,14 @@ and asserts: exit code 2, exactly one line "error: ..." on stderr, nothing on st
 traceback, and nothing created (no output, no temporary folder, no cache entry).
 
 To cover a new option, add a row to its command's table in BAD; paths are fixtures by name (At).
+A command key may end in "@variant" (the same command with other base arguments).
 """
 
 import contextlib
 import json
+import math
 import shutil
+import typing
 
 import numpy as np
 import pytest
@@ -22,7 +27,11 @@ from animegen.cli import main
 from animegen.data.limits import MAX_BATCH_SIZE, MAX_IMAGES, MAX_MIN_SIZE, MAX_WORKERS, MIN_RESOLUTION, MIN_SYNTH_RESOLUTION
 from animegen.data.store import load_split
 from animegen.data.synth import synthesize_dataset
-from animegen.settings import MAX_RESOLUTION, MAX_SEED
+from animegen.generate import MAX_COUNT
+from animegen.models import registry
+from animegen.settings import MAX_RESOLUTION, MAX_SEED, limits_of
+from animegen.training.config import TrainConfig
+from animegen.training.loop import Target, train
 
 EXAMPLES = 200  # per command
 FACES = 4  # PNG files in the `faces` fixture
@@ -85,6 +94,92 @@ METRIC_OPTIONS = {
     "--batch-size": bad_int(1, MAX_BATCH_SIZE),
     "--inception": st.sampled_from(["", At("missing"), At("empty"), At("file.txt")]),
 }
+def bad_float(low: float, high: float):
+    """Finite numbers outside [low, high], non-finite ones, and text that is no number."""
+    outside = st.one_of(st.floats(max_value=low, exclude_max=True, allow_nan=False, allow_infinity=False),
+                        st.floats(min_value=high, exclude_min=True, allow_nan=False, allow_infinity=False))
+    return st.one_of(outside.map(repr), st.sampled_from(["nan", "inf", "-inf"]),
+                     TEXT.filter(lambda s: not _parses(float, s)))
+
+
+# ---------------------------------------------------------------- --set values to refuse, from the settings' types and limits
+WRONG_TYPES = ['"text"', "abc", "[1]", "{}", "true", "null"]
+
+
+def _outside(limit, integral: bool):
+    """Numbers outside `limit` (its bounds themselves where they are open)."""
+    values = []
+    if limit.low is not None:
+        below = st.integers(max_value=math.ceil(limit.low) - 1) if integral else st.floats(
+            max_value=limit.low, exclude_max=not limit.low_open, allow_nan=False, allow_infinity=False)
+        values.append(below)
+    if limit.high is not None:
+        above = st.integers(min_value=math.floor(limit.high) + 1) if integral else st.floats(
+            min_value=limit.high, exclude_min=not limit.high_open, allow_nan=False, allow_infinity=False)
+        values.append(above)
+    return st.one_of(*values).map(json.dumps)
+
+
+def bad_setting(hint, limit):
+    """JSON texts that setting (type `hint`, limit `limit`) must refuse."""
+    optional = typing.get_origin(hint) in (typing.Union, __import__("types").UnionType)
+    base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
+    wrong = st.sampled_from([w for w in WRONG_TYPES if not (optional and w == "null")])
+    if base is bool:
+        return st.sampled_from(["1", "0", '"yes"', "[]", *(["null"] if not optional else [])])
+    if base is int:
+        return st.one_of(_outside(limit, True), wrong, st.sampled_from(["1.5", "NaN"]))
+    if base is float:
+        return st.one_of(_outside(limit, False), wrong.filter(lambda w: w != "true"),
+                         st.sampled_from(["NaN", "Infinity", "-Infinity"]))
+    if base is str:
+        if limit.choices is not None:
+            return st.one_of(TEXT.filter(lambda t: t.strip() and t not in limit.choices and not _parses(json.loads, t)),
+                             st.sampled_from(['""', "true", "null", "[]"]))
+        return st.sampled_from(["-5", "abc", "5x", "nan", "inf", "-1kimg", "1e999", '""', "true", "[]",
+                                *(["null"] if not optional else [])])
+    if typing.get_origin(base) is tuple:  # Adam's betas
+        return st.sampled_from(["[1.5, 0.9]", "[0.9]", "[0.9, 0.99, 0.999]", "0.9", '"x"', '[0.9, "a"]',
+                                "[-0.1, 0.9]", "[0.9, 1]", "[NaN, 0.9]"])
+    raise AssertionError(f"no bad values for settings of type {hint}")
+
+
+def bad_sets(family: str):
+    """`key=value` that `train FAMILY --set` must refuse: every setting of the family, and bad keys."""
+    spec = registry.get(family)
+    rows = []
+    for cls in (spec.model.config_class, spec.objective.config_class, TrainConfig):
+        hints, limits = typing.get_type_hints(cls), limits_of(cls)
+        for name, hint in hints.items():
+            if name in limits or hint is bool:
+                rows.append(bad_setting(hint, limits.get(name)).map(lambda v, n=name: f"{n}={v}"))
+    bad_keys = st.sampled_from(["lrr=1", "resolution=32", "=3", "noequals", "", " =1"])
+    return st.one_of(*rows, bad_keys)
+
+
+BAD_RUN = st.sampled_from(["", At("missing"), At("empty"), At("text"), At("file.txt"), At("ds"), At("run-damaged")])
+BAD_CHECKPOINT = st.sampled_from(["", "0", "7", "-1", "newest", "last,best", At("missing"), At("file.txt"), At("ds")])
+SAMPLE_OPTIONS = {
+    "RUN": BAD_RUN, "--count": bad_int(1, MAX_COUNT), "--out": BAD_NEW_FOLDER, "--seed": bad_int(0, MAX_SEED),
+    "--batch-size": bad_int(1, 65536), "--device": not_one_of("auto", "cpu", "cuda"), "--checkpoint": BAD_CHECKPOINT,
+}
+TRUNCATION = bad_float(-10, 10)
+TRAIN_OPTIONS = {
+    "MODEL": not_one_of(*registry.names()),
+    "--data": st.sampled_from(["", At("missing"), At("empty"), At("file.txt"), At("junk-ds"), At("flat-ds"),
+                               At("faces")]),
+    "--out": st.sampled_from(["", At("file.txt"), At("text"), At("file.txt/deeper"), At("run-vae")]),
+    "--preset": not_one_of("tiny", "paper64"),
+    "--set": bad_sets("vae"),
+    "--steps": bad_int(1, Target.LIMITS["steps"]),
+    "--kimg": st.one_of(bad_float(0, Target.LIMITS["kimg"]), st.just("0")),
+    "--minutes": st.one_of(bad_float(0, Target.LIMITS["minutes"]), st.just("0")),
+    "--device": not_one_of("auto", "cpu", "cuda"),
+    "--seed": bad_int(0, MAX_SEED),
+    "--fid-every": st.sampled_from(["-5", "abc", "5x", "nan", "inf", "-1kimg", ""]),
+    "--fid-num": bad_int(2, 10**6),
+    "--init-from": st.sampled_from(["", At("missing"), At("empty"), At("file.txt"), At("ds"), At("run-damaged")]),
+}
 # Per command: option (or positional argument, in capitals) -> values that command must refuse.
 BAD = {
     "data prepare": {
@@ -115,6 +210,27 @@ BAD = {
     },
     "fid": {**METRIC_OPTIONS, "--metrics": BAD_METRICS},
     "kid": METRIC_OPTIONS,
+    "train": TRAIN_OPTIONS,
+    "train@resume": {**{k: v for k, v in TRAIN_OPTIONS.items() if k not in ("MODEL", "--out")},
+                     "MODEL": st.sampled_from(["dcgan", "ddpm", "stylegan2"]),  # not the run's family
+                     "--preset": st.sampled_from(["paper64"]),  # not the run's preset
+                     "--seed": st.sampled_from(["4", str(MAX_SEED)]),  # not the run's seed
+                     "--data": st.sampled_from([At("ds-other")]),  # not the run's dataset
+                     "--set": st.sampled_from(["batch=16", "keep=9", "lr=0.5", "channels=16"])},  # not the run's
+    "sample@stylegan2": {**SAMPLE_OPTIONS, "--truncation": TRUNCATION, "--noise-mode": not_one_of("random", "const", "none"),
+                         "--mix-seed": bad_int(0, MAX_SEED), "--mix-layer": bad_int(0, 5),
+                         "--sampler": st.sampled_from(["ddim"]), "--rotate": st.sampled_from(["1"])},
+    "sample@stylegan3": {**SAMPLE_OPTIONS, "--truncation": TRUNCATION, "--rotate": bad_float(-3600, 3600),
+                         "--translate": st.sampled_from(["", "1", "1,2,3", "a,b", "nan,0", "0,inf", "11,0", "0,-11"]),
+                         "--mix-seed": st.sampled_from(["1"])},
+    "sample@ddpm": {**SAMPLE_OPTIONS, "--sampler": not_one_of("ddpm", "ddim", "dpm-solver++"),
+                    "--steps": bad_int(1, 50), "--eta": bad_float(0, 1), "--truncation": st.sampled_from(["0.5"])},
+    "eval": {"RUN": BAD_RUN, "--metrics": st.one_of(BAD_METRICS, st.sampled_from(["eqt", "fid,eqr", "eqt_frac"])),
+             "--num": bad_int(1, MAX_COUNT), "--split": not_one_of("train", "test"),
+             "--data": st.sampled_from(["", At("missing"), At("file.txt"), At("junk-ds"), At("ds-other")]),
+             "--batch-size": bad_int(1, 65536), "--checkpoint": BAD_CHECKPOINT,
+             "--device": not_one_of("auto", "cpu", "cuda")},
+    "runs info": {"RUN": st.sampled_from(["", At("missing"), At("empty"), At("text"), At("file.txt"), At("ds")])},
 }
 # Valid arguments of each command (True: a flag); every case replaces some of them.
 BASE = {
@@ -124,7 +240,23 @@ BASE = {
     "data export": {"DATASET": At("ds"), "--out": At("new")},
     "fid": {"A": At("ds"), "B": At("faces"), "--device": "cpu", "--json": True},
     "kid": {"A": At("ds"), "B": At("faces"), "--device": "cpu", "--json": True},
+    "train": {"MODEL": "vae", "--data": At("ds"), "--out": At("new"), "--steps": "1", "--device": "cpu",
+              "--set": "grid_seeds=4"},
+    "train@resume": {"--out": At("run-vae"), "--resume": True, "--steps": "2", "--device": "cpu"},
+    "sample@stylegan2": {"RUN": At("run-stylegan2"), "--count": "2", "--out": At("new"), "--device": "cpu"},
+    "sample@stylegan3": {"RUN": At("run-stylegan3-t"), "--count": "2", "--out": At("new"), "--device": "cpu"},
+    "sample@ddpm": {"RUN": At("run-ddpm"), "--count": "2", "--out": At("new"), "--device": "cpu",
+                    "--sampler": "ddim", "--steps": "2"},
+    "eval": {"RUN": At("run-vae"), "--num": "2", "--device": "cpu", "--json": True, "--no-record": True},
+    "runs info": {"RUN": At("run-vae")},
 }
+# Fewer than EXAMPLES where hypothesis runs out of distinct cases.
+FEWER_DISTINCT_CASES = {"runs info": 6}
+RUN_FAMILIES = ("vae", "stylegan2", "stylegan3-t", "ddpm")
+SMALL_RUN = {"batch": 4, "sample_every": "0", "tensorboard": False, "grid_seeds": 4}
+SMALLER = {"ddpm": {"base_channels": 8, "channel_mults": [1, 2], "attention_resolutions": [8], "num_groups": 4,
+                    "time_embed_dim": 16, "timesteps": 50}}
+_trained: dict = {}
 
 
 # ---------------------------------------------------------------- fixtures and helpers
@@ -149,6 +281,15 @@ def make_fixtures(root):
     for split in ("train", "test"):
         np.save(root / "flat-ds" / f"{split}.npy", np.zeros(3, np.uint8))
     (root / "cache").mkdir()
+    synthesize_dataset(root / "ds-other", count=40, resolution=16, seed=1)
+    for family in RUN_FAMILIES:  # trained once per session, copied into every fixture folder
+        if family not in _trained:
+            _trained[family] = root.parent / f"trained-{family}"
+            train(str(_trained[family]), model=family, data=str(root / "ds"), sets={**SMALL_RUN, **SMALLER.get(family, {})},
+                  target=Target(steps=1), device="cpu", echo=lambda _: None)
+        shutil.copytree(_trained[family], root / f"run-{family}")
+    shutil.copytree(root / "run-vae", root / "run-damaged")
+    (root / "run-damaged" / "checkpoints" / "step-00000001" / "state.json").write_text("{")
     return root
 
 
@@ -166,7 +307,7 @@ def argv(command: str, args: dict, root) -> list[str]:
             positional.append(resolve(value))
         else:
             options += [name] if value is True else [name, resolve(value)]
-    return [*command.split(), *options, "--", *positional]
+    return [*command.split("@")[0].split(), *options, "--", *positional]
 
 
 def run(command: str, args: dict, root):
@@ -230,7 +371,7 @@ def test_bad_values_fail_cleanly(command, fixtures):
 
     check()
     print(f"{command}: {len(tried)} cases")
-    assert len(tried) >= 50  # fewer than EXAMPLES only where hypothesis runs out of distinct cases (data info)
+    assert len(tried) >= FEWER_DISTINCT_CASES.get(command, 50)
 
 
 @pytest.mark.parametrize("command, args, message", [

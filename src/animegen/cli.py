@@ -49,6 +49,8 @@ def _one_line_errors():
     except KeyboardInterrupt:
         click.echo("interrupted.", err=True)
         sys.exit(130)
+    except OSError as e:  # the machine's answer (disk full, no permission), not a bug
+        _exit_with_error(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
     except (click.exceptions.Exit, click.ClickException, SystemExit):
         raise
     except Exception as e:
@@ -236,7 +238,7 @@ def kid_command(a, b, split, num, device, batch_size, inception, as_json):
 
 # ---------------------------------------------------------------- demo
 @main.command("demo")
-@click.option("--out", type=click.Path(), default="runs/demo", show_default=True, help="Folder for everything the demo makes.")
+@click.option("--out", type=_NonEmptyPath(), default="runs/demo", show_default=True, help="Folder for everything the demo makes.")
 @click.option("--minutes", type=float, default=2.0, show_default=True, help="Training time on the CPU.")
 def demo(out, minutes):
     """The main job on the embedded default: synthesize faces, train a model on the CPU, sample it.
@@ -254,8 +256,8 @@ def demo(out, minutes):
 # ---------------------------------------------------------------- train / sample / eval
 @main.command("train")
 @click.argument("model", required=False)
-@click.option("--data", type=click.Path(), default=None, help="Prepared dataset (train split used); optional with --resume.")
-@click.option("--out", "run", required=True, type=click.Path(), help="Run folder.")
+@click.option("--data", type=_NonEmptyPath(), default=None, help="Prepared dataset (train split used); optional with --resume.")
+@click.option("--out", "run", required=True, type=_NonEmptyPath(), help="Run folder.")
 @click.option("--preset", type=click.Choice(["tiny", "paper64"]), default=None, help="Sizes and hyperparameters [default: tiny].")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one setting (repeatable).")
 @click.option("--steps", type=int, default=None, help="Train until this many steps in total.")
@@ -266,7 +268,7 @@ def demo(out, minutes):
 @click.option("--seed", type=int, default=None, help="Seed of initialization, data order and noise [default: 0].")
 @click.option("--fid-every", default=None, help="FID snapshot interval: steps, 'Nkimg' or 'Nmin' [default: off].")
 @click.option("--fid-num", type=int, default=None, help="Generated images per FID snapshot [default: 1000].")
-@click.option("--init-from", type=click.Path(), default=None, metavar="RUN_OR_CHECKPOINT",
+@click.option("--init-from", type=_NonEmptyPath(), default=None, metavar="RUN_OR_CHECKPOINT",
               help="Start a new run from another run's weights (matching names and shapes; the rest stay fresh).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and parameter counts; train nothing.")
 def train_command(model, data, run, preset, sets, steps, kimg, minutes, resume, device, seed, fid_every, fid_num,
@@ -317,11 +319,11 @@ def _sampling_options(f):
 
 
 @main.command("sample")
-@click.argument("run", type=click.Path())
+@click.argument("run", type=_NonEmptyPath())
 @click.option("--count", type=int, required=True, help="Number of images.")
-@click.option("--out", required=True, type=click.Path(), help="Output folder of PNGs (must not exist).")
+@click.option("--out", required=True, type=_NonEmptyPath(), help="Output folder of PNGs (must not exist).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Image i comes from seed SEED+i.")
-@click.option("--grid", type=click.Path(), default=None, help="Also write all images as one grid PNG.")
+@click.option("--grid", type=_NonEmptyPath(), default=None, help="Also write all images as one grid PNG.")
 @_sampling_options
 def sample_command(run, count, out, seed, grid, batch_size, device, checkpoint, **options):
     """Generate images from RUN's newest checkpoint (EMA weights); the same seed gives the same images.
@@ -339,14 +341,14 @@ def sample_command(run, count, out, seed, grid, batch_size, device, checkpoint, 
 
 
 @main.command("eval")
-@click.argument("run", type=click.Path())
+@click.argument("run", type=_NonEmptyPath())
 @click.option("--metrics", default="fid", show_default=True, help="Comma-separated: fid, kid, pr; StyleGAN3: eqt, eqt_frac, eqr.")
 @click.option("--num", type=int, default=1000, show_default=True, help="Generated images (seeds 0..NUM-1).")
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--record/--no-record", default=True, show_default=True,
               help="Append the result to RUN/metrics.jsonl as an \"eval\" event.")
-@click.option("--data", type=click.Path(), default=None,
+@click.option("--data", type=_NonEmptyPath(), default=None,
               help="A moved copy of the run's dataset (its content hash must match) [default: the recorded path].")
 @_sampling_options
 def eval_command(run, metrics, num, split, as_json, record, data, batch_size, device, checkpoint, **options):
@@ -371,7 +373,7 @@ def runs():
 
 
 @runs.command("info")
-@click.argument("run", type=click.Path())
+@click.argument("run", type=_NonEmptyPath())
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def runs_info(run, as_json):
     """What a run folder holds: family, preset, dataset, progress, checkpoints, best FID, changed settings.

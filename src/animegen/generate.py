@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -16,6 +15,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from animegen import runs
+from animegen.data.limits import check_file_output, check_new_folder
 from animegen.devices import resolve_device
 from animegen.errors import UserError
 from animegen.io import atomic_dir, save_grid, to_uint8
@@ -81,8 +81,9 @@ def write_samples(run: str, out: str, count: int, seed: int = 0, batch_size: int
     check_batch_size(batch_size)
     if grid and count > MAX_GRID:
         raise UserError(f"a grid of {count} images is too large (at most {MAX_GRID}); drop --grid or sample fewer.")
-    if Path(out).exists():
-        raise UserError(f"{out} already exists; choose another --out or delete it first.")
+    check_new_folder("--out", out)
+    if grid:
+        check_file_output("--grid", grid)
     model, state = load_generator(run, device, checkpoint=checkpoint)
     options = model.resolve_sample_options(options or {})
     shown = []

@@ -123,12 +123,17 @@ class Run:
                 kept = ", ".join(map(str, self.steps())) or "none"
                 raise UserError(f"{self.path} has no checkpoint of step {int(text)} (kept: {kept}).")
             return folder
-        if text in ("last", "best"):
-            link = self.checkpoints / text
-            if not link.is_dir():
-                what = "no checkpoint yet" if text == "last" else "no best checkpoint (no FID snapshot ran)"
-                raise UserError(f"{self.path} has {what}.")
-            return link.resolve()
+        # From the step folders themselves, not the links: a copied run may hold stale copies of them.
+        steps = self.steps()
+        if text == "last":
+            if not steps:
+                raise UserError(f"{self.path} has no checkpoint yet.")
+            return self.checkpoints / step_name(steps[-1])
+        if text == "best":
+            best = self._best_step(steps)
+            if best is None:
+                raise UserError(f"{self.path} has no best checkpoint (no FID snapshot ran).")
+            return self.checkpoints / step_name(best)
         raise UserError(f"--checkpoint {which!r} is not last, best or a step number.")
 
     def save_checkpoint(self, step: int, tensors: dict[str, torch.Tensor], state: dict, keep: int) -> Path:
@@ -147,11 +152,15 @@ class Run:
         self._prune(keep, step)
         return final
 
-    def _prune(self, keep: int, newest: int) -> None:
-        steps = self.steps()
+    def _best_step(self, steps: list[int]) -> int | None:
+        """The step of the lowest snapshot FID among `steps`, if any has one."""
         fids = {s: _snapshot_fid(self.checkpoints / step_name(s)) for s in steps}
         scored = {s: f for s, f in fids.items() if f is not None}
-        best = min(scored, key=scored.get) if scored else None
+        return min(scored, key=scored.get) if scored else None
+
+    def _prune(self, keep: int, newest: int) -> None:
+        steps = self.steps()
+        best = self._best_step(steps)
         kept = set(steps[-keep:]) | {newest, best}
         for s in steps:
             if s not in kept:
@@ -287,9 +296,10 @@ def describe_run(path: str | os.PathLike) -> dict:
 
 def _read_state(folder: Path) -> dict | None:
     try:
-        return read_json(folder / STATE)
+        state = read_json(folder / STATE)
     except (OSError, ValueError):
         return None
+    return state if isinstance(state, dict) else None
 
 
 def _dataset_status(run: Run, config: dict) -> str:
@@ -363,12 +373,14 @@ def _point(link: Path, target: str) -> None:
     if tmp.is_symlink():
         tmp.unlink()
     os.symlink(target, tmp)
+    if link.is_dir() and not link.is_symlink():  # a copy that followed the link (cp -L, a zip): a duplicate
+        shutil.rmtree(link)
     os.replace(tmp, link)
 
 
 def _snapshot_fid(folder: Path) -> float | None:
     state = _read_state(folder)  # a damaged checkpoint competes for nothing
-    return state.get("snapshot", {}).get("fid") if isinstance(state, dict) else None
+    return state.get("snapshot", {}).get("fid") if state is not None else None
 
 
 def _step_of(line: str) -> float:

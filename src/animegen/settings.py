@@ -52,6 +52,10 @@ class Limit:
         too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
         return self.describe() if too_low or too_high else None
 
+    @property
+    def verdict(self) -> str:
+        return "is out of range" if self.choices is None and self.check is None else "is not accepted"
+
     def describe(self) -> str:
         if self.low is not None and self.high is not None:
             return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
@@ -88,6 +92,7 @@ CHANNEL_BASE = between(1, 2**22)  # StyleGAN's channel_base: channels at resolut
 LATENT = between(1, 16384)
 LEARNING_RATE = at_least(0, 10)  # 0 freezes a network (a test does)
 ADAM_BETA = Limit(0, 1, high_open=True)
+TRUNCATION = between(-10, 10)  # StyleGAN's psi: 1 off, 0 the average face, beyond 1 exaggerates
 
 
 def limits_of(cls) -> dict[str, Limit]:
@@ -125,7 +130,7 @@ def check_value(key: str, value, hint, limit: Limit | None, source: str = "setti
     for element in (coerced if isinstance(coerced, tuple) else (coerced,)):
         problem = None if element is None or limit is None else limit.problem(element)
         if problem:
-            raise UserError(f"{source} {key}={value!r} is out of range: it must be {problem}.")
+            raise UserError(f"{source} {key}={value!r} {limit.verdict}: it must be {problem}.")
     return coerced
 
 

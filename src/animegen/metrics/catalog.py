@@ -3,7 +3,8 @@
   inputs="features"   fn(real, generated) -> dict; both float32 Inception features (N, 2048),
                       extracted once per evaluation and shared by every such metric
   inputs="generator"  fn(generator, num=..., batch_size=...) -> dict; metrics that render
-                      the model themselves (StyleGAN3's EQ-T / EQ-R)
+                      the model themselves (StyleGAN3's EQ-T / EQ-R); `check(generator)`
+                      refuses a generator they do not apply to, before any work
 
 Every fn returns a dict of plain floats, merged into the result.
 """
@@ -15,7 +16,7 @@ from functools import partial
 from typing import Callable, Iterable, Literal
 
 from animegen.errors import UserError
-from animegen.metrics.equivariance import EQ_METRICS, equivariance_metric
+from animegen.metrics.equivariance import EQ_METRICS, check_generator, equivariance_metric
 from animegen.metrics.fid import fid
 from animegen.metrics.kid import kid
 from animegen.metrics.precision_recall import precision_recall
@@ -26,13 +27,14 @@ class Metric:
     name: str
     inputs: Literal["features", "generator"]
     fn: Callable[..., dict]
+    check: Callable[[object], None] | None = None
 
 
 registry: dict[str, Metric] = {m.name: m for m in (
     Metric("fid", "features", fid),
     Metric("kid", "features", kid),
     Metric("pr", "features", precision_recall),
-    *(Metric(name, "generator", partial(equivariance_metric, name)) for name in EQ_METRICS),
+    *(Metric(name, "generator", partial(equivariance_metric, name), check_generator) for name in EQ_METRICS),
 )}
 
 

@@ -56,6 +56,13 @@ def equivariance_metric(name: str, generator, num: int | None = None, batch_size
     return equivariance(generator, (name,), num=num or DEFAULT_NUM, batch_size=batch_size)
 
 
+def check_generator(model) -> None:
+    """The EQ metrics need an input transform (translate/rotate): StyleGAN3's."""
+    if not {"translate", "rotate"} <= set(getattr(model, "sample_options", ())):
+        raise UserError(f"{type(model).__name__} has no input transform (translate/rotate), so EQ-T and EQ-R "
+                        "are undefined for it; they apply to StyleGAN3 models.")
+
+
 def equivariance(model, metrics=EQ_METRICS, num: int = DEFAULT_NUM, batch_size: int = 32, seed: int = 0
                  ) -> dict[str, float]:
     """The requested EQ metrics (dB) of `model` over `num` latents (seeds 0..num-1); the
@@ -63,9 +70,7 @@ def equivariance(model, metrics=EQ_METRICS, num: int = DEFAULT_NUM, batch_size: 
     unknown = [m for m in metrics if m not in EQ_METRICS]
     if unknown:
         raise UserError(f"unknown equivariance metric(s) {', '.join(unknown)}; choose from {', '.join(EQ_METRICS)}.")
-    if not {"translate", "rotate"} <= set(getattr(model, "sample_options", ())):
-        raise UserError(f"{type(model).__name__} has no input transform (translate/rotate), so EQ-T and EQ-R "
-                        "are undefined for it; they apply to StyleGAN3 models.")
+    check_generator(model)
     if num < 1:
         raise UserError(f"the equivariance metrics need at least one sample, not {num}.")
     draws = torch.Generator().manual_seed(seed)

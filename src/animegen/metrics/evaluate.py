@@ -52,6 +52,12 @@ def evaluate_generator(sample_batches: Iterable[torch.Tensor], real: str | os.Pa
     """
     chosen = lookup(metrics)
     by_features = [m for m in chosen if m.inputs == "features"]
+    for metric in chosen:  # before any work: a metric that cannot apply fails first
+        if metric.inputs == "generator":
+            if generator is None:
+                raise UserError(f"{metric.name} is computed from the generator itself, and none was given.")
+            if metric.check is not None:
+                metric.check(generator)
     result = {}
     if by_features:
         source = open_source(real, split)
@@ -63,8 +69,6 @@ def evaluate_generator(sample_batches: Iterable[torch.Tensor], real: str | os.Pa
                   "num_generated": len(generated), "real": source.label, **_protocol(net, split)}
     for metric in chosen:
         if metric.inputs == "generator":
-            if generator is None:
-                raise UserError(f"{metric.name} is computed from the generator itself, and none was given.")
             result.update(metric.fn(generator, num=num, batch_size=batch_size))
     return result
 

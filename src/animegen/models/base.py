@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from animegen.errors import UserError
-from animegen.settings import MAX_RESOLUTION
+from animegen.settings import MAX_RESOLUTION, Limit
 
 
 class Noise:
@@ -62,6 +62,7 @@ class Model(nn.Module):
 
     config_class: ClassVar[type]
     sample_options: ClassVar[tuple[str, ...]] = ()
+    sample_limits: ClassVar[dict[str, Limit]] = {}  # accepted values of sample options, checked on resolve
 
     def __init__(self, config):
         super().__init__()
@@ -97,6 +98,11 @@ class Model(nn.Module):
             accepted = ", ".join(self.sample_options) or "none"
             raise UserError(f"{type(self).__name__} does not take sampling option(s) {', '.join(unknown)} "
                             f"(accepted: {accepted}).")
+        for key, value in given.items():
+            limit = self.sample_limits.get(key)
+            problem = limit.problem(value) if limit is not None else None
+            if problem:
+                raise UserError(f"--{key.replace('_', '-')} {value!r} {limit.verdict}: it must be {problem}.")
         return given
 
     def sample(self, noise: Noise, **options) -> torch.Tensor:

@@ -20,7 +20,7 @@ from animegen.errors import UserError
 from animegen.models.base import Model, Noise
 from animegen.models.registry import ModelSpec
 from animegen.models.unet import UNet, UNetConfig, tiny_config
-from animegen.settings import ADAM_BETA, LEARNING_RATE, Limit, between, one_of, positive
+from animegen.settings import ADAM_BETA, FRACTION, LEARNING_RATE, Limit, at_least, between, one_of, positive
 from animegen.training.objective import Objective
 
 
@@ -54,6 +54,7 @@ class DDPMObjectiveConfig:
 class DDPM(Model):
     config_class = DDPMConfig
     sample_options = ("sampler", "steps", "eta")
+    sample_limits = {"sampler": one_of(*SAMPLERS), "steps": at_least(1), "eta": FRACTION}
 
     def __init__(self, config: DDPMConfig):
         super().__init__(config)
@@ -72,6 +73,8 @@ class DDPM(Model):
                 raise UserError(f"ancestral DDPM takes all {steps} steps; use ddim or dpm-solver++ for fewer.")
         else:
             steps = given.get("steps", self.config.sample_steps)
+            if steps > self.config.timesteps:
+                raise UserError(f"--steps {steps} is out of range: this model has {self.config.timesteps} timesteps.")
         resolved = {"sampler": sampler, "steps": steps}
         if sampler == "ddim":
             resolved["eta"] = float(given.get("eta", 0.0))

@@ -28,8 +28,8 @@ from animegen.errors import UserError
 from animegen.models.base import Model, Noise
 from animegen.models.ops.upfirdn2d import setup_filter, upfirdn2d, upsample2d
 from animegen.models.registry import ModelSpec
-from animegen.settings import (ADAM_BETA, CHANNEL_BASE, FRACTION, LATENT, LEARNING_RATE, RESOLUTION, WIDTH, Limit,
-                               at_least, between, checked_by, one_of, positive)
+from animegen.settings import (ADAM_BETA, CHANNEL_BASE, FRACTION, LATENT, LEARNING_RATE, RESOLUTION, SEED, TRUNCATION,
+                               WIDTH, Limit, at_least, between, checked_by, one_of, positive)
 from animegen.training.augment import OPS, AugmentPipe, augment_mode_problem
 from animegen.training.objective import Objective
 
@@ -246,6 +246,8 @@ class StyleGAN2(Model):
 
     config_class = StyleGAN2Config
     sample_options = ("truncation", "noise_mode", "mix_seed", "mix_layer")
+    sample_limits = {"truncation": TRUNCATION, "noise_mode": one_of(*NOISE_MODES), "mix_seed": SEED,
+                     "mix_layer": at_least(0)}
 
     def __init__(self, config: StyleGAN2Config):
         super().__init__(config)

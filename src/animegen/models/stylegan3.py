@@ -44,7 +44,8 @@ from animegen.models.ops.upfirdn2d import filter2d
 from animegen.models.registry import ModelSpec
 from animegen.models.stylegan2 import (FullyConnected, MappingNetwork, StyleGANObjective, StyleGANObjectiveConfig,
                                        modulated_conv2d)
-from animegen.settings import CHANNEL_BASE, FRACTION, LATENT, RESOLUTION, WIDTH, Limit, at_least, between, positive
+from animegen.settings import (CHANNEL_BASE, FRACTION, LATENT, RESOLUTION, TRUNCATION, WIDTH, Limit, at_least, between,
+                               checked_by, positive)
 
 
 @dataclass
@@ -264,6 +265,25 @@ class SynthesisNetwork(nn.Module):
         return x * self.output_scale
 
 
+def _parse_translate(translate) -> tuple[float, float]:
+    """"X,Y" (or a pair) -> (x, y): finite fractions of the image width, within +-10 widths."""
+    try:
+        values = tuple(float(v) for v in (translate.split(",") if isinstance(translate, str) else translate))
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 2 or not all(abs(v) <= 10 for v in values):  # also refuses NaN
+        raise UserError(f"--translate {translate!r} must be two numbers X,Y in [-10, 10] (image widths).")
+    return values
+
+
+def _translate_problem(translate) -> str | None:
+    try:
+        _parse_translate(translate)
+    except UserError:
+        return "two numbers X,Y in [-10, 10] (image widths)"
+    return None
+
+
 class StyleGAN3(Model):
     """The generator. Sampling options: `truncation` (psi; 1 = off), `translate` ((x, y) in
     image widths, or "x,y") and `rotate` (degrees, counterclockwise as displayed): the input
@@ -271,6 +291,8 @@ class StyleGAN3(Model):
 
     config_class = StyleGAN3Config
     sample_options = ("truncation", "translate", "rotate")
+    sample_limits = {"truncation": TRUNCATION, "rotate": between(-3600, 3600),
+                     "translate": checked_by(_translate_problem)}
 
     def __init__(self, config: StyleGAN3Config):
         super().__init__(config)
@@ -283,14 +305,7 @@ class StyleGAN3(Model):
     def resolve_sample_options(self, options: dict) -> dict:
         options = {"truncation": 1.0, "translate": (0.0, 0.0), "rotate": 0.0,
                    **super().resolve_sample_options(options)}
-        translate = options["translate"]
-        try:
-            translate = tuple(float(v) for v in (translate.split(",") if isinstance(translate, str) else translate))
-        except (TypeError, ValueError):
-            translate = ()
-        if len(translate) != 2:
-            raise UserError(f"translate must be two numbers X,Y (fractions of the image), not {options['translate']!r}.")
-        return {**options, "translate": translate, "truncation": float(options["truncation"]),
+        return {**options, "translate": _parse_translate(options["translate"]), "truncation": float(options["truncation"]),
                 "rotate": float(options["rotate"])}
 
     def sample(self, noise: Noise, truncation: float = 1.0, translate=(0.0, 0.0), rotate: float = 0.0) -> torch.Tensor:

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from animegen import runs
+from animegen.data.limits import check_new_folder
 from animegen.data.store import read_manifest
 from animegen.errors import UserError
 from animegen.generate import sample_batches, sample_grid
@@ -115,7 +116,8 @@ def _train(trainer: Trainer, mode: str, line: str | None, init_from, target: Tar
             trainer._log_line(f"resuming from the newest readable one, step {state['step']}.")
         trainer.load(tensors, state)
     elif init_from is not None or (mode == "resume" and folder.read_init_from()):
-        report = transfer.init_from(init_from or folder.read_init_from()["checkpoint"], trainer.modules())
+        source = init_from if init_from is not None else folder.read_init_from()["checkpoint"]
+        report = transfer.init_from(source, trainer.modules())
         trainer._log_line(transfer.describe(report))
         if ctx.rank == 0:
             folder.write_init_from(report)
@@ -142,6 +144,8 @@ def _plan(folder: runs.Run, request: dict, resume: bool) -> tuple[RunConfig, str
         return _new_config(request), "restart", f"{folder} stopped before its first checkpoint: starting it again"
     if folder.path.exists() and not folder.path.is_dir():
         raise UserError(f"{folder} is a file, not a run folder; choose another --out.")
+    if not folder.path.exists():
+        check_new_folder("--out", folder.path)
     foreign = folder.foreign_entries()
     if foreign:
         raise UserError(f"{folder} exists and is not a run folder (it holds {', '.join(foreign[:3])}); "
@@ -156,6 +160,9 @@ def _new_config(request: dict) -> RunConfig:
         raise UserError("a new run needs a MODEL and --data.")
     spec = registry.get(request["model"])
     manifest = read_manifest(request["data"])
+    missing = [key for key in ("resolution", "content_hash") if key not in manifest]
+    if missing:
+        raise UserError(f"{request['data']}/manifest.json has no {' or '.join(missing)}; prepare the dataset again.")
     return make_config(spec, str(Path(request["data"]).resolve()), manifest["resolution"],
                        request["preset"] or "tiny", request["sets"], 0 if request["seed"] is None else request["seed"],
                        data_hash=manifest["content_hash"])
