@@ -68,6 +68,10 @@ def test_the_checkpoint_just_written_is_never_pruned(tmp_path):
     assert run.steps() == [1, 3]  # the best (FID 5) and the newest, although keep=1
     assert runs.resolve_checkpoint(run.path).name == "step-00000003"
     assert runs.resolve_checkpoint(run.path, "best").name == "step-00000001"
+    # After a fallback from a damaged step 9, step 4 is written while 9 still sits there: 4 stays.
+    run.save_checkpoint(9, {"w": torch.zeros(1)}, {}, keep=1)
+    run.save_checkpoint(4, {"w": torch.zeros(1)}, {}, keep=1)
+    assert run.steps() == [1, 4, 9]
 
 
 # ---------------------------------------------------------------- runs that never reached a checkpoint
@@ -272,7 +276,7 @@ def test_a_signal_during_the_step_reduction_is_not_lost(tmp_path, faces16, monke
         return real(ctx, values)
 
     monkeypatch.setattr(distributed, "mean_over_ranks", reduce_then_signal)
-    summary = _train(tmp_path / "run", faces16, 50)
+    summary = _train(tmp_path / "run", faces16, 50, ckpt_every="100")  # no checkpoint's agreement to mask it
     assert summary["signal"] == signal.SIGTERM and summary["step"] == 2
 
 
