@@ -5,7 +5,7 @@ animegen.runs.
 
     model.*, ema.*, net.<name>.*     module state dicts
     optim.<name>.<index>.<key>       optimizer state tensors (the rest: JSON layout)
-    rng.*                            torch CPU and CUDA generator states
+    rng.draws                        the state of the objective's generator of training randomness
 """
 
 from __future__ import annotations
@@ -49,15 +49,11 @@ def load_optimizer(prefix: str, optimizer: torch.optim.Optimizer, tensors: dict[
 
 
 # ---------------------------------------------------------------- random number generators
-def rng_tensors() -> dict[str, torch.Tensor]:
-    tensors = {"rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    return tensors
+def rng_tensors(draws: torch.Generator) -> dict[str, torch.Tensor]:
+    """The training randomness to save. Module-internal randomness (dropout) needs nothing:
+    the loop seeds it from (seed, rank, step) before every step."""
+    return {"rng.draws": draws.get_state()}
 
 
-def load_rng(tensors: dict[str, torch.Tensor]) -> None:
-    torch.set_rng_state(tensors["rng.torch"])
-    cuda = [tensors[f"rng.cuda.{i}"] for i in range(sum(k.startswith("rng.cuda.") for k in tensors))]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
+def load_rng(draws: torch.Generator, tensors: dict[str, torch.Tensor]) -> None:
+    draws.set_state(tensors["rng.draws"] if "rng.draws" in tensors else tensors["rng.torch"])  # older checkpoints

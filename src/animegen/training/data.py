@@ -5,7 +5,9 @@ Epoch e visits the train split (twice as long with xflip: item N + i is image i 
 see animegen.data.dataset) in the permutation drawn from (seed, e); the last incomplete
 batch of an epoch is dropped. The position (epoch, offset) is all a checkpoint needs to
 continue the stream exactly, and a K-rank run with global batch B sees the same images
-per step as a 1-rank run with B.
+per step as a 1-rank run with B. Rank r takes the global batch's images r, r + K, r + 2K...
+(strided, like Objective's random draws), so that the groups of StyleGAN's minibatch-stddev,
+strided too, hold the same images on K ranks as on one.
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ class TrainStream:
             self.epoch, self.offset, self._order = self.epoch + 1, 0, None
         if self._order is None:
             self._order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.dataset))
-        local = self.batch // self.world_size
-        start = self.offset + self.rank * local
+        mine = self._order[self.offset + self.rank : self.offset + self.batch : self.world_size]
         self.offset += self.batch
-        return torch.stack([self.dataset[int(i)] for i in self._order[start : start + local]]).to(device)
+        return torch.stack([self.dataset[int(i)] for i in mine]).to(device)

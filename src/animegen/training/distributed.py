@@ -5,12 +5,14 @@
     torchrun --nnodes=N --node_rank=i --rdzv-endpoint=HOST:PORT \\
              --nproc_per_node=K -m animegen train ...            # several nodes
 
-Rank 0 alone logs, writes samples, computes FID snapshots and writes checkpoints; every
-rank loads the same checkpoint on --resume.
+Rank 0 alone logs, writes samples, computes FID snapshots and writes checkpoints (the
+other ranks wait, under a 6-hour collective timeout); every rank loads the same
+checkpoint on --resume.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 
 import torch
@@ -30,12 +32,16 @@ def setup(device_choice: str) -> TrainContext:
     if world_size == 1:
         return TrainContext(device)
     if not dist.is_initialized():  # a caller that set up the group itself keeps it
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
         _owned_groups.append(True)
     return TrainContext(device, rank=dist.get_rank(), world_size=world_size)
 
 
 _owned_groups: list[bool] = []
+# FID snapshots and grids run on rank 0 alone while the others wait at the checkpoint's
+# collectives; a long snapshot (minutes on a CPU, 50k images on a GPU) must not time them out
+# (NCCL's default is 10 minutes).
+COLLECTIVE_TIMEOUT = datetime.timedelta(hours=6)
 
 
 def teardown(ctx: TrainContext) -> None:
@@ -58,12 +64,20 @@ def mean_over_ranks(ctx: TrainContext, values: torch.Tensor) -> torch.Tensor:
     return values / ctx.world_size
 
 
-def broadcast_buffers(ctx: TrainContext, modules) -> None:
-    """Rank 0's buffers (e.g. BatchNorm running statistics) on every rank."""
+def average_buffers(ctx: TrainContext, modules) -> None:
+    """Float buffers averaged over ranks, the others taken from rank 0. The buffers a step
+    updates are running averages linear in a batch statistic (StyleGAN's w_avg, StyleGAN3's
+    magnitude EMAs, BatchNorm's running mean), so the average of the ranks' updates is the
+    update one process makes from the whole batch. (BatchNorm's running variance is the
+    exception: it averages per-rank variances.)"""
     if ctx.distributed:
         for module in modules:
             for buffer in module.buffers():
-                dist.broadcast(buffer, 0)
+                if buffer.is_floating_point():
+                    dist.all_reduce(buffer)
+                    buffer /= ctx.world_size
+                else:
+                    dist.broadcast(buffer, 0)
 
 
 def check_in_sync(ctx: TrainContext, modules) -> None:

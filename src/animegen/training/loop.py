@@ -23,6 +23,7 @@ import time
 import typing
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from animegen import runs
@@ -42,6 +43,7 @@ from animegen.training.ema import ema_beta, make_ema, update_ema
 from animegen.training.objective import TrainContext
 
 SNAPSHOT_METRICS = ("fid", "kid", "pr")
+DRAWS, MODULES = 1, 2  # streams of derived_seed: the objective's draws, module-internal randomness
 # Inception images per forward pass in CPU snapshots: one pass cannot be interrupted, so it
 # must stay short for Ctrl-C to be honoured within seconds.
 CPU_INCEPTION_BATCH = 8
@@ -253,12 +255,13 @@ class Trainer:
         if not self.every["fid"].off and ctx.rank == 0:  # fail before step 0, not at the first snapshot
             InceptionV3(device=ctx.device)
             open_source(config.data, "test")
-        torch.manual_seed(config.seed)  # identical initialization and training randomness on every rank
+        torch.manual_seed(config.seed)  # identical initialization on every rank
         if ctx.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.model = self.spec.model(config.model_config).to(ctx.device)
         self.ema = make_ema(self.model)
         self.objective = self.spec.objective(self.model, config.objective_config, ctx)
+        self.objective.draws.manual_seed(derived_seed(config.seed, DRAWS))
         self.step, self.nimg, self.seconds = 0, 0, 0.0
         self.saved_step = self.snapshot_step = self.grid_step = None
         self.start_step = 0
@@ -281,7 +284,7 @@ class Trainer:
         for name, opt in self.objective.optimizers.items():
             checkpoint.load_optimizer(f"optim.{name}", opt, tensors, state["optimizers"][name])
         self.objective.load_extra_state(state["objective"])
-        checkpoint.load_rng(tensors)
+        checkpoint.load_rng(self.objective.draws, tensors)
         self.stream.load_state(state["data"])
         self.step, self.nimg, self.seconds = state["step"], state["nimg"], state["train_seconds"]
         self.saved_step = self.grid_step = self.start_step = self.step
@@ -301,7 +304,7 @@ class Trainer:
             for name, opt in self.objective.optimizers.items():
                 opt_tensors, layouts[name] = checkpoint.optimizer_tensors(f"optim.{name}", opt)
                 tensors.update(opt_tensors)
-            tensors.update(checkpoint.rng_tensors())
+            tensors.update(checkpoint.rng_tensors(self.objective.draws))
             state = {"model": self.config.model, "config": self.config.to_json(), "step": self.step,
                      "nimg": self.nimg, "train_seconds": self.seconds, "data": self.stream.state(),
                      "optimizers": layouts, "objective": self.objective.extra_state(),
@@ -341,10 +344,13 @@ class Trainer:
     def _train_step(self) -> dict[str, float]:
         t0 = time.perf_counter()
         real = self.stream.next(self.ctx.device)
+        # Dropout and other module-internal randomness: its own numbers on each rank, and the
+        # same on resume, with no state to save.
+        torch.manual_seed(derived_seed(self.config.seed, MODULES, self.ctx.rank, self.step))
         losses = self.objective.train_step(real, self.step)
         self.step += 1
         self.nimg += self.tc.batch
-        distributed.broadcast_buffers(self.ctx, [self.model, *self.objective.nets.values()])
+        distributed.average_buffers(self.ctx, [self.model, *self.objective.nets.values()])
         update_ema(self.ema, self.model, ema_beta(self.nimg, self.tc.batch, self.tc.ema_kimg, self.tc.ema_rampup))
         names = list(losses)
         values = torch.stack([losses[k].detach().float().reshape(()) for k in names]
@@ -501,6 +507,11 @@ class Trainer:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+
+
+def derived_seed(*key: int) -> int:
+    """A 63-bit seed from integers (the run's seed, a stream, rank, step), well mixed."""
+    return int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 def _eta_seconds(target: Target, clock: dict, img_per_s: float, batch: int) -> float:

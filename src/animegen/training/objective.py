@@ -23,8 +23,12 @@ Implementers subclass `Objective` and provide:
                         one optimisation step on this rank's share of the global batch.
                         `real` is float32 N x 3 x R x R in [-1, 1] on ctx.device. Rules:
                           * draw all randomness with self.randn / self.rand / self.randint
-                            (global batch drawn, this rank's slice kept: a K-rank run with
-                            global batch B sees the same numbers as a 1-rank run with B);
+                            (from `self.draws`, a generator identical on every rank and saved
+                            in checkpoints; the global batch is drawn and this rank keeps its
+                            strided share, images r, r + K, ...: a K-rank run with global
+                            batch B sees the same numbers as a 1-rank run with B). Randomness
+                            inside modules (dropout) comes from torch's global generator,
+                            which the loop seeds from (seed, rank, step) before every step;
                           * run forward passes inside `with self.autocast():` (bf16 on GPU,
                             a no-op on CPU);
                           * update with `self.optimize(name, loss)` (zero grad, backward,
@@ -38,7 +42,7 @@ Implementers subclass `Objective` and provide:
 
 Distributed training does not wrap modules in DistributedDataParallel: `optimize`
 all-reduces the gradients of the parameters it steps (one flat buffer), and the loop
-broadcasts buffers (e.g. BatchNorm statistics) from rank 0 after every step. This keeps
+averages float buffers (running statistics) over the ranks after every step. This keeps
 alternating updates (GAN generator/discriminator steps, lazy regularizers) free of
 DDP's unused-parameter and double-forward restrictions.
 """
@@ -84,6 +88,7 @@ class Objective:
         self.ctx = ctx
         self.nets: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.draws = torch.Generator()  # seeded by the training loop
 
     # ------------------------------------------------------------ for implementers
     def add_net(self, name: str, net: nn.Module) -> nn.Module:
@@ -114,13 +119,13 @@ class Objective:
         optimizer.step()
 
     def randn(self, *local_shape: int) -> torch.Tensor:
-        return self._draw(lambda shape: torch.randn(shape), local_shape)
+        return self._draw(lambda shape: torch.randn(shape, generator=self.draws), local_shape)
 
     def rand(self, *local_shape: int) -> torch.Tensor:
-        return self._draw(lambda shape: torch.rand(shape), local_shape)
+        return self._draw(lambda shape: torch.rand(shape, generator=self.draws), local_shape)
 
     def randint(self, high: int, *local_shape: int) -> torch.Tensor:
-        return self._draw(lambda shape: torch.randint(high, shape), local_shape)
+        return self._draw(lambda shape: torch.randint(high, shape, generator=self.draws), local_shape)
 
     # ------------------------------------------------------------ to implement
     def train_step(self, real: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
@@ -134,21 +139,25 @@ class Objective:
 
     # ------------------------------------------------------------ internals
     def _draw(self, draw, local_shape: tuple[int, ...]) -> torch.Tensor:
-        """Draw for the global batch on the CPU from torch's global generator (identical
-        on every rank) and keep this rank's slice along the first dimension."""
+        """Draw for the global batch on the CPU (the same numbers on every rank) and keep
+        this rank's strided share along the first dimension, as the data stream does."""
         n = local_shape[0]
         full = draw((n * self.ctx.world_size, *local_shape[1:]))
-        return full[self.ctx.rank * n : (self.ctx.rank + 1) * n].to(self.ctx.device)
+        return full[self.ctx.rank :: self.ctx.world_size].to(self.ctx.device)
 
 
 def _average_gradients(params: list[torch.Tensor], world_size: int) -> None:
-    """Average .grad over ranks with one all-reduce of a flat buffer. Parameters without a
-    gradient on this step contribute zeros, so every rank reduces the same layout."""
+    """Average .grad over ranks with one all-reduce of a flat buffer, which ends with one
+    "has a gradient" flag per parameter. A rank without a gradient for a parameter adds
+    zeros; a parameter no rank has a gradient for keeps none, so the optimizer skips it as
+    one process would (Adam's moments and step count stay put)."""
     params = [p for p in params if p.requires_grad]
     if not params:
         return
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
+    has_grad = [p.grad is not None for p in params]
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params]
+                     + [torch.tensor(has_grad, dtype=params[0].dtype, device=params[0].device)])
     torch.distributed.all_reduce(flat)
-    flat /= world_size
-    for p, g in zip(params, flat.split([p.numel() for p in params])):
-        p.grad = g.view_as(p).clone()
+    grads, flags = flat[: -len(params)] / world_size, flat[-len(params):]
+    for p, g, flag in zip(params, grads.split([p.numel() for p in params]), flags.tolist()):
+        p.grad = g.view_as(p).clone() if flag > 0 else None
