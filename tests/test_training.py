@@ -238,3 +238,15 @@ def test_sigterm_ends_the_run_with_a_checkpoint(tmp_path, faces16, monkeypatch):
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
     monkeypatch.setattr(VAEObjective, "train_step", real_step)
     assert _train(tmp_path / "run", "vae", faces16, 5, resume=True)["step"] == 5
+
+
+def test_peak_memory_of_training_leaves_out_grids_and_snapshots():
+    from animegen.training.loop import PeakMemory
+
+    memory = PeakMemory(torch.device("cpu"))
+    before = memory.training_mb()
+    with memory.apart():  # what a FID snapshot's Inception passes would allocate
+        big = torch.ones(50_000_000)  # 200 MB
+        del big
+    assert memory.apart_mb > before + 150
+    assert memory.training_mb() < before + 50

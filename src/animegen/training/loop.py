@@ -266,6 +266,7 @@ class Trainer:
         self.saved_step = self.snapshot_step = self.grid_step = None
         self.start_step = 0
         self._writer = None
+        self.memory = PeakMemory(ctx.device)
         self._stop = False  # agreed by every rank at the end of each step and checkpoint
         self._signal = None  # the first SIGINT / SIGTERM received
         self._abandonable = False  # inside a grid or snapshot, which a signal gives up at once
@@ -382,14 +383,14 @@ class Trainer:
         text = "  ".join(f"{k} {v:.4g}" for k, v in losses.items())
         self._log_line(f"step {self.step:>7}  kimg {self.nimg / 1000:8.2f}  {rate:7.1f} img/s  {text}"
                        f"  ETA {_duration(remaining)}")
-        self._record({"event": "train", "img_per_s": rate, "peak_mem_mb": _peak_memory_mb(self.ctx.device),
-                      **losses}, {f"loss/{k}": v for k, v in losses.items()} | {"perf/img_per_s": rate})
+        self._record({"event": "train", "img_per_s": rate, "peak_mem_mb": self.memory.training_mb(), **losses},
+                     {f"loss/{k}": v for k, v in losses.items()} | {"perf/img_per_s": rate})
 
     def _grid(self) -> None:
         self.grid_step = self.step
         if self.ctx.rank != 0:
             return
-        with self._abandoned_on_signal("sample grid"), self._sampling_rng():
+        with self._abandoned_on_signal("sample grid"), self.memory.apart(), self._sampling_rng():
             grid = sample_grid(self.ema, range(self.tc.grid_seeds), batch_size=self._sample_batch)
             save_grid(grid, self.folder.samples / f"{runs.step_name(self.step)}.png")
             if self.tc.tensorboard:
@@ -401,7 +402,7 @@ class Trainer:
         with the checkpoint of this step. A signal abandons it; the checkpoint is still written."""
         snapshot = None
         if self.ctx.rank == 0:
-            with self._abandoned_on_signal("FID snapshot"):
+            with self._abandoned_on_signal("FID snapshot"), self.memory.apart():
                 snapshot = self._measure()
         if snapshot is not None or self.ctx.rank != 0:
             self.snapshot_step = self.step
@@ -428,13 +429,16 @@ class Trainer:
     def _finish(self, start: dict) -> dict:
         seconds = self.seconds - start["minutes"] * 60
         summary = {"event": "end", "img_per_s": (self.nimg - start["kimg"] * 1000) / (seconds or 1e-9),
-                   "peak_mem_mb": _peak_memory_mb(self.ctx.device), "stopped_early": self._stop,
+                   "peak_mem_mb": self.memory.training_mb(), "sampling_peak_mem_mb": self.memory.apart_mb,
+                   "stopped_early": self._stop,
                    "checkpoint": str(self.folder.checkpoints / runs.step_name(self.step))}
         self._record(summary, {})
         how = "done" if not self._stop else f"stopped{f' by {signal.Signals(self._signal).name}' if self._signal else ''}"
         self._log_line(f"{how}: step {self.step}, {self.nimg / 1000:.2f} kimg, "
                        f"{self.seconds / 60:.1f} min of training, {summary['img_per_s']:.1f} img/s, "
-                       f"peak memory {summary['peak_mem_mb']:.0f} MB; checkpoint {summary['checkpoint']}"
+                       f"peak memory {summary['peak_mem_mb']:.0f} MB in training steps "
+                       f"({summary['sampling_peak_mem_mb']:.0f} MB in grids and snapshots); "
+                       f"checkpoint {summary['checkpoint']}"
                        + (f"; continue with: animegen train --out {self.folder} --resume ..." if self._stop else ""))
         if self._writer is not None:
             self._writer.close()
@@ -531,7 +535,42 @@ def _count(n: int) -> str:
     return f"{n // 1000}k" if n % 1000 == 0 else str(n)
 
 
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+class PeakMemory:
+    """The peak memory of training steps, with grids and FID snapshots (the Inception network)
+    measured apart: the peak is read and reset around each of them. CUDA: the allocator's
+    peak; CPU on Linux: the process's peak resident size (VmHWM, reset through
+    /proc/self/clear_refs); elsewhere the lifetime peak, which includes everything. Memory
+    a snapshot keeps (the Inception weights stay loaded) counts towards later steps."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.training = self.apart_mb = 0.0
+
+    def training_mb(self) -> float:
+        return max(self.training, self._peak_mb())
+
+    @contextlib.contextmanager
+    def apart(self):
+        self.training = self.training_mb()
+        self._reset()
+        try:
+            yield
+        finally:
+            self.apart_mb = max(self.apart_mb, self._peak_mb())
+            self._reset()
+
+    def _peak_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        try:
+            status = Path("/proc/self/status").read_text()
+            return int(status.split("VmHWM:")[1].split()[0]) / 1024
+        except (OSError, IndexError, ValueError):
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def _reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        with contextlib.suppress(OSError):
+            Path("/proc/self/clear_refs").write_text("5")
