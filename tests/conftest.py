@@ -4,6 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from animegen.data.synth import synthesize_dataset
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_FACES = Path(os.environ.get("ANIMEGEN_SHARED_DATA", REPO.parent / "shared" / "data" / "anime-faces"))
 
@@ -24,3 +26,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def faces16(tmp_path_factory):
+    """40 procedural faces at 16 px (32 train, 8 test), once per test module."""
+    out = tmp_path_factory.mktemp("data") / "faces16"
+    synthesize_dataset(out, count=40, resolution=16, seed=0, test_fraction=0.2)
+    return out

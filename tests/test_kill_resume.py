@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from animegen import runs
-from animegen.data.synth import synthesize_dataset
 from animegen.training.loop import Target, train
 
 STEPS = 160
@@ -47,12 +46,6 @@ sys.argv[0] = "animegen"
 main()
 """
 
-
-@pytest.fixture(scope="module")
-def faces16(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "faces16"
-    synthesize_dataset(out, count=40, resolution=16, seed=0, test_fraction=0.2)
-    return out
 
 
 def _command(run, data):

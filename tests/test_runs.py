@@ -28,12 +28,6 @@ SMALL = {"batch": 8, "channels": 8, "max_channels": 16, "latent_dim": 8, "log_ev
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def faces16(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "faces16"
-    synthesize_dataset(out, count=40, resolution=16, seed=0, test_fraction=0.2)
-    return out
-
 
 def _train(run, data, steps, resume=False, lines=None, **sets):
     return train(str(run), model="vae", data=str(data), sets={**SMALL, **sets}, seed=3, resume=resume,

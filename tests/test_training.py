@@ -11,7 +11,6 @@ from click.testing import CliRunner
 
 from animegen import runs
 from animegen.cli import main
-from animegen.data.synth import synthesize_dataset
 from animegen.errors import UserError
 from animegen.generate import load_generator, sample_grid
 from animegen.models import registry
@@ -30,12 +29,6 @@ SMALLER = {"ddpm": {"base_channels": 16, "channel_mults": [1, 2], "attention_res
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(scope="module")
-def faces16(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "faces16"
-    synthesize_dataset(out, count=40, resolution=16, seed=0, test_fraction=0.2)
-    return out
 
 
 def _train(run, family, data, steps, resume=False, **sets):

@@ -80,8 +80,16 @@ def one_of(*choices) -> Limit:
     return Limit(choices=tuple(choices))
 
 
-def checked_by(check: Callable[[Any], str | None]) -> Limit:
-    return Limit(check=check)
+def parsed_by(parse: Callable[[Any], Any], accepted: str) -> Limit:
+    """Values that `parse` takes without a UserError; `accepted` says what they look like."""
+    def problem(value) -> str | None:
+        try:
+            parse(value)
+        except UserError:
+            return accepted
+        return None
+
+    return Limit(check=problem)
 
 
 FRACTION = between(0, 1)

@@ -29,8 +29,8 @@ from animegen.models.base import Model, Noise
 from animegen.models.ops.upfirdn2d import setup_filter, upfirdn2d, upsample2d
 from animegen.models.registry import ModelSpec
 from animegen.settings import (ADAM_BETA, CHANNEL_BASE, FRACTION, LATENT, LEARNING_RATE, RESOLUTION, SEED, TRUNCATION,
-                               WIDTH, Limit, at_least, between, checked_by, one_of, positive)
-from animegen.training.augment import OPS, AugmentPipe, augment_mode_problem
+                               WIDTH, Limit, at_least, between, one_of, parsed_by, positive)
+from animegen.training.augment import OPS, AugmentPipe, parse_mode
 from animegen.training.objective import Objective
 
 NOISE_MODES = ("random", "const", "none")
@@ -354,8 +354,8 @@ class StyleGANObjectiveConfig:
         "d_channel_max": WIDTH, "mbstd_group": between(1, 4096), "r1_gamma": at_least(0, 1e6),
         "r1_interval": between(1, 10**6), "pl_weight": at_least(0, 1e6), "pl_interval": between(1, 10**6),
         "pl_batch_shrink": between(1, 4096), "pl_decay": FRACTION, "style_mixing": FRACTION,
-        "augment": checked_by(augment_mode_problem), "augment_ops": one_of(*OPS), "ada_target": at_least(-1, 1),
-        "ada_interval": between(1, 10**6), "ada_kimg": positive(1e6)}
+        "augment": parsed_by(parse_mode, "'ada', 'off' or 'fixed:P' with 0 <= P <= 1"), "augment_ops": one_of(*OPS),
+        "ada_target": at_least(-1, 1), "ada_interval": between(1, 10**6), "ada_kimg": positive(1e6)}
 
 
 def r1_gamma_heuristic(resolution: int, batch: int) -> float:

@@ -45,7 +45,7 @@ from animegen.models.registry import ModelSpec
 from animegen.models.stylegan2 import (FullyConnected, MappingNetwork, StyleGANObjective, StyleGANObjectiveConfig,
                                        modulated_conv2d)
 from animegen.settings import (CHANNEL_BASE, FRACTION, LATENT, RESOLUTION, TRUNCATION, WIDTH, Limit, at_least, between,
-                               checked_by, positive)
+                               parsed_by, positive)
 
 
 @dataclass
@@ -276,14 +276,6 @@ def _parse_translate(translate) -> tuple[float, float]:
     return values
 
 
-def _translate_problem(translate) -> str | None:
-    try:
-        _parse_translate(translate)
-    except UserError:
-        return "two numbers X,Y in [-10, 10] (image widths)"
-    return None
-
-
 class StyleGAN3(Model):
     """The generator. Sampling options: `truncation` (psi; 1 = off), `translate` ((x, y) in
     image widths, or "x,y") and `rotate` (degrees, counterclockwise as displayed): the input
@@ -292,7 +284,7 @@ class StyleGAN3(Model):
     config_class = StyleGAN3Config
     sample_options = ("truncation", "translate", "rotate")
     sample_limits = {"truncation": TRUNCATION, "rotate": between(-3600, 3600),
-                     "translate": checked_by(_translate_problem)}
+                     "translate": parsed_by(_parse_translate, "two numbers X,Y in [-10, 10] (image widths)")}
 
     def __init__(self, config: StyleGAN3Config):
         super().__init__(config)
@@ -305,8 +297,8 @@ class StyleGAN3(Model):
     def resolve_sample_options(self, options: dict) -> dict:
         options = {"truncation": 1.0, "translate": (0.0, 0.0), "rotate": 0.0,
                    **super().resolve_sample_options(options)}
-        return {**options, "translate": _parse_translate(options["translate"]), "truncation": float(options["truncation"]),
-                "rotate": float(options["rotate"])}
+        return {**options, "translate": _parse_translate(options["translate"]),
+                "truncation": float(options["truncation"]), "rotate": float(options["rotate"])}
 
     def sample(self, noise: Noise, truncation: float = 1.0, translate=(0.0, 0.0), rotate: float = 0.0) -> torch.Tensor:
         ws = self.mapping(noise.randn(self.z_dim), truncation=truncation)

@@ -67,15 +67,6 @@ def parse_mode(mode: str) -> tuple[str, float]:
     return kind, p
 
 
-def augment_mode_problem(mode: str) -> str | None:
-    """For the settings check: what a bad `augment` value should be, or None."""
-    try:
-        parse_mode(mode)
-    except UserError:
-        return "'ada', 'off' or 'fixed:P' with 0 <= P <= 1"
-    return None
-
-
 class AugmentPipe(nn.Module):
     def __init__(self, mode: str = "ada", ops: tuple[str, ...] = OPS, target: float = 0.6, speed_kimg: float = 500):
         super().__init__()

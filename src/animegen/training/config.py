@@ -17,18 +17,10 @@ from typing import Any, ClassVar
 from animegen.errors import UserError
 from animegen.models import registry
 from animegen.models.registry import PRESETS, ModelSpec
-from animegen.settings import FRACTION, SEED, Limit, at_least, between, build, checked_by, field_names
+from animegen.settings import FRACTION, SEED, Limit, at_least, between, build, field_names, parsed_by
 
-
-def _interval_problem(text) -> str | None:
-    try:
-        Every(text)
-    except UserError:
-        return "a number of steps ('500'), 'Nkimg', 'Nmin', or 0 for off"
-    return None
-
-
-INTERVAL = checked_by(_interval_problem)
+# (a lambda: Every is defined below)
+INTERVAL = parsed_by(lambda text: Every(text), "a number of steps ('500'), 'Nkimg', 'Nmin', or 0 for off")
 
 
 @dataclass
