@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from animegen.errors import UserError
-from animegen.models.stylegan2 import SPEC, StyleGAN2
+from animegen.models.stylegan2 import StyleGAN2
 from animegen.training.augment import OPS, AugmentPipe, _rotation_matrix, parse_mode, resample
 from animegen.training.config import make_config
+from animegen.training.objectives.stylegan2 import SPEC
 from animegen.training.objective import TrainContext
 
 

@@ -17,9 +17,9 @@ from animegen.errors import UserError
 from animegen.metrics.equivariance import (PSNR_CAP, equivariance, fractional_translate, integer_translate, psnr,
                                            rotate)
 from animegen.models.base import Model, Noise
-from animegen.models.stylegan3 import SPEC_T
 from animegen.training.config import make_config
 from animegen.training.loop import Target, train
+from animegen.training.objectives.stylegan3 import SPEC_T
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -70,7 +70,7 @@ def test_the_checkpoint_just_written_is_never_pruned(tmp_path):
 
 # ---------------------------------------------------------------- runs that never reached a checkpoint
 def test_a_run_that_failed_before_its_first_checkpoint_starts_again(tmp_path, faces16, monkeypatch):
-    from animegen.models.vae import VAEObjective
+    from animegen.training.objectives.vae import VAEObjective
 
     real_step = VAEObjective.train_step
 

@@ -12,9 +12,9 @@ from animegen.errors import UserError
 from animegen.models import registry
 from animegen.models.base import Noise
 from animegen.models.ops.upfirdn2d import setup_filter, upsample2d
-from animegen.models.stylegan2 import (SPEC, Conv2dLayer, Discriminator, StyleGAN2, minibatch_stddev,
-                                       modulated_conv2d, r1_gamma_heuristic)
+from animegen.models.stylegan2 import Conv2dLayer, Discriminator, StyleGAN2, minibatch_stddev, modulated_conv2d
 from animegen.training.config import make_config
+from animegen.training.objectives.stylegan2 import SPEC, r1_gamma_heuristic
 from animegen.training.objective import TrainContext
 
 

@@ -10,9 +10,9 @@ import torch
 from animegen.errors import UserError
 from animegen.models import registry
 from animegen.models.base import Noise
-from animegen.models.stylegan3 import (SPEC_R, SPEC_T, StyleGAN3Config, StyleGAN3RConfig, band_schedule,
-                                       content_transform, gaussian_blur)
+from animegen.models.stylegan3 import StyleGAN3Config, StyleGAN3RConfig, band_schedule, content_transform
 from animegen.training.config import make_config
+from animegen.training.objectives.stylegan3 import SPEC_R, SPEC_T, gaussian_blur
 from animegen.training.objective import TrainContext
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -214,7 +214,7 @@ def test_sigterm_ends_the_run_with_a_checkpoint(tmp_path, faces16, monkeypatch):
     checkpoint, grid, summary; resuming continues from there."""
     import signal
 
-    from animegen.models.vae import VAEObjective
+    from animegen.training.objectives.vae import VAEObjective
 
     real_step = VAEObjective.train_step
 

@@ -18,7 +18,7 @@ from animegen.training.config import make_config
 from animegen.training.ema import make_ema
 from animegen.training.objective import TrainContext
 from animegen.training.transfer import init_from
-from animegen.models.stylegan2 import SPEC
+from animegen.training.objectives.stylegan2 import SPEC
 
 QUIET = {"batch": 8, "sample_every": "0", "log_every": "0", "grid_seeds": 4}
 

@@ -51,8 +51,8 @@ def load_generator(path: str | os.PathLike, device: torch.device | str = "cpu", 
     if weights not in WEIGHTS:
         raise UserError(f"unknown weights {weights!r}; choose ema or model.")
     tensors, state = runs.load_checkpoint(path, checkpoint)
-    spec = registry.get(state["model"])
-    model = spec.model(build(spec.model.config_class, state["config"]["model_config"]))
+    family = registry.model_class(state["model"])
+    model = family(build(family.config_class, state["config"]["model_config"]))
     model.load_state_dict(runs.module_state(tensors, weights), strict=True)
     return model.to(resolve_device(device)).eval().requires_grad_(False), state
 

@@ -1,8 +1,10 @@
-"""Model families by name. Adding a family = one new module defining a `ModelSpec`, plus
-one line in `FAMILIES` below.
+"""Model families by name. A family is two modules and one line in `FAMILIES` below:
 
-A family module (e.g. animegen/models/vae.py) holds, top to bottom: its config
-dataclasses, its networks, its `Model` subclass, its `Objective` subclass, and its spec:
+  animegen/models/<family>.py                what generates: the model config dataclass, the
+                                             networks, the `Model` subclass (models.base)
+  animegen/training/objectives/<family>.py   how it is trained: the objective config
+                                             dataclass, the `Objective` subclass
+                                             (training.objective) and the family's spec:
 
     SPEC = ModelSpec(
         name="vae",
@@ -11,6 +13,10 @@ dataclasses, its networks, its `Model` subclass, its `Objective` subclass, and i
         objective=VAEObjective,          # a training.objective.Objective subclass
         presets={"tiny": {...}, "paper64": {...}},
     )
+
+The split keeps the layers pointing one way: loading a generator to sample from it
+(`model_class`) imports the model module only, never the training code (optimizers, ADA);
+training (`get`) imports both.
 
 Presets are flat {field: value} overrides of the three config dataclasses' defaults
 (model.config_class, objective.config_class, training.config.TrainConfig). Every family
@@ -29,14 +35,14 @@ from animegen.errors import UserError
 
 PRESETS = ("tiny", "paper64")
 
-# name -> "module:attribute" of its ModelSpec; imported only when asked for.
-FAMILIES: dict[str, str] = {
-    "vae": "animegen.models.vae:SPEC",
-    "dcgan": "animegen.models.dcgan:SPEC",
-    "ddpm": "animegen.models.ddpm:SPEC",
-    "stylegan2": "animegen.models.stylegan2:SPEC",
-    "stylegan3-t": "animegen.models.stylegan3:SPEC_T",
-    "stylegan3-r": "animegen.models.stylegan3:SPEC_R",
+# name -> ("module:attribute" of its Model class, "module:attribute" of its ModelSpec); imported when asked for.
+FAMILIES: dict[str, tuple[str, str]] = {
+    "vae": ("animegen.models.vae:VAE", "animegen.training.objectives.vae:SPEC"),
+    "dcgan": ("animegen.models.dcgan:DCGAN", "animegen.training.objectives.dcgan:SPEC"),
+    "ddpm": ("animegen.models.ddpm:DDPM", "animegen.training.objectives.ddpm:SPEC"),
+    "stylegan2": ("animegen.models.stylegan2:StyleGAN2", "animegen.training.objectives.stylegan2:SPEC"),
+    "stylegan3-t": ("animegen.models.stylegan3:StyleGAN3", "animegen.training.objectives.stylegan3:SPEC_T"),
+    "stylegan3-r": ("animegen.models.stylegan3:StyleGAN3R", "animegen.training.objectives.stylegan3:SPEC_R"),
 }
 
 
@@ -53,8 +59,18 @@ def names() -> list[str]:
     return list(FAMILIES)
 
 
+def model_class(name: str) -> type:
+    """The family's Model class, importing nothing of its training."""
+    return _load(name, 0)
+
+
 def get(name: str) -> ModelSpec:
+    """The family's whole spec (model, objective, presets), for training."""
+    return _load(name, 1)
+
+
+def _load(name: str, which: int):
     if name not in FAMILIES:
         raise UserError(f"unknown model {name!r}; choose one of {', '.join(FAMILIES)}.")
-    module, attribute = FAMILIES[name].split(":")
+    module, attribute = FAMILIES[name][which].split(":")
     return getattr(importlib.import_module(module), attribute)

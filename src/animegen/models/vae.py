@@ -17,9 +17,7 @@ import torch
 from torch import nn
 
 from animegen.models.base import Model, Noise
-from animegen.models.registry import ModelSpec
-from animegen.settings import ADAM_BETA, LATENT, LEARNING_RATE, RESOLUTION, WIDTH, Limit, at_least
-from animegen.training.objective import Objective
+from animegen.settings import LATENT, RESOLUTION, WIDTH, Limit
 
 
 @dataclass
@@ -31,15 +29,6 @@ class VAEConfig:
 
     limits: ClassVar[dict[str, Limit]] = {"resolution": RESOLUTION, "latent_dim": LATENT, "channels": WIDTH,
                                          "max_channels": WIDTH}
-
-
-@dataclass
-class VAEObjectiveConfig:
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    kl_weight: float = 1.0  # 1 is the ELBO; <1 trades prior fit for sharper reconstructions
-
-    limits: ClassVar[dict[str, Limit]] = {"lr": LEARNING_RATE, "betas": ADAM_BETA, "kl_weight": at_least(0, 1e6)}
 
 
 def widths(resolution: int, channels: int, max_channels: int) -> list[int]:
@@ -71,37 +60,3 @@ class VAE(Model):
 
     def sample(self, noise: Noise, **options) -> torch.Tensor:
         return self.decoder(noise.randn(self.config.latent_dim)).float()
-
-
-class VAEObjective(Objective):
-    config_class = VAEObjectiveConfig
-
-    def __init__(self, model: VAE, config: VAEObjectiveConfig, ctx):
-        super().__init__(model, config, ctx)
-        self.add_optimizer("vae", torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas))
-
-    def train_step(self, real: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
-        with self.autocast():
-            mean, logvar = self.model.encode(real)
-            z = mean + (0.5 * logvar).exp() * self.randn(*mean.shape)
-            recon = self.model.decoder(z)
-        mean, logvar = mean.float(), logvar.float()
-        squared_error = (recon.float() - real).square().flatten(1).sum(1)
-        kl = 0.5 * (mean.square() + logvar.exp() - 1 - logvar).sum(1)
-        loss = (squared_error + self.config.kl_weight * kl).mean()
-        self.optimize("vae", loss)
-        return {"loss": loss.detach(), "mse": squared_error.detach().mean() / real[0].numel(), "kl": kl.detach().mean()}
-
-
-SPEC = ModelSpec(
-    name="vae",
-    description="vanilla convolutional VAE (ELBO, configurable KL weight)",
-    model=VAE,
-    objective=VAEObjective,
-    presets={
-        "tiny": {"channels": 32, "max_channels": 128, "latent_dim": 64, "batch": 32, "lr": 1e-3,
-                 "ema_kimg": 2.0},
-        "paper64": {"channels": 64, "max_channels": 512, "latent_dim": 128, "batch": 64, "lr": 5e-4,
-                    "ema_kimg": 10.0},
-    },
-)
