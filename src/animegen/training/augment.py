@@ -123,6 +123,7 @@ class AugmentPipe(nn.Module):
         return x
 
     def _geometric(self, x: torch.Tensor, rng: RandomSource) -> torch.Tensor:
+        """Resample each image once, through the combined transform of its enabled ops."""
         if not set(GEOMETRIC_OPS) & set(self.ops):
             return x
         g_inv, active = self.geometric_transform(x.shape[0], rng, x.device)
