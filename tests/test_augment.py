@@ -9,10 +9,10 @@ import torch
 
 from animegen.errors import UserError
 from animegen.models.stylegan2 import StyleGAN2
-from animegen.training.augment import OPS, AugmentPipe, _rotation_matrix, parse_mode, resample
+from animegen.training.augment import GEOMETRIC_OPS, OPS, AugmentPipe, _rotation_matrix, parse_mode, resample
 from animegen.training.config import make_config
-from animegen.training.objectives.stylegan2 import SPEC
 from animegen.training.objective import TrainContext
+from animegen.training.objectives.stylegan2 import SPEC
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -125,6 +125,102 @@ def test_resampling_geometry():
     quarter = resample(x, _rotation_matrix(torch.full((2,), math.pi / 2)), f)
     turned = [torch.rot90(x, k, dims=(2, 3)) for k in (1, 3)]
     assert min((quarter - t)[..., 8:-8, 8:-8].abs().max() for t in turned) < 4e-3
+
+
+class Constant:
+    """A RandomSource whose every draw is one number (rand -> u, randn -> z): at p = 1 each
+    geometric op is then applied with a parameter the test knows."""
+
+    def __init__(self, u, z):
+        self.u, self.z = u, z
+
+    def rand(self, *shape):
+        return torch.full(shape, float(self.u))
+
+    def randn(self, *shape):
+        return torch.full(shape, float(self.z))
+
+
+def band_limited(x, y):
+    """A smooth, asymmetric image as a function of [-1, 1] coordinates (x right, y down): two
+    plane waves of under one cycle per unit and an off-center blob, far below the band limit
+    at 32 px, so it can be evaluated exactly at any transformed coordinate."""
+    waves = 0.4 * torch.sin(2 * math.pi * (0.6 * x + 0.3 * y) + 0.4) + 0.3 * torch.cos(2 * math.pi * (-0.4 * x + 0.7 * y) + 1.1)
+    return waves + 0.3 * torch.exp(-((x - 0.25) ** 2 + (y + 0.15) ** 2) / (2 * 0.3**2))
+
+
+def rotation(angle):
+    c, s = math.cos(angle), math.sin(angle)
+    return lambda x, y: (c * x - s * y, s * x + c * y)
+
+
+U, Z = 13 / 24, 1.3  # the Constant draws: angle (2u - 1) pi = pi / 12, z = 1.3 standard deviations
+# Each op's inverse map (output -> input coordinates) for the draws U, Z, from the paper's
+# strengths (log2 std 0.2 for both scalings, translation std 0.125 image widths = 0.25 units).
+# Rotation turns twice (before and after aniso), both times by the same drawn angle here.
+KNOWN_INVERSE = {
+    "scale": lambda x, y: (x / 2 ** (0.2 * Z), y / 2 ** (0.2 * Z)),
+    "rotate": rotation(-2 * (2 * U - 1) * math.pi),
+    "aniso": lambda x, y: (x / 2 ** (0.2 * Z), y * 2 ** (0.2 * Z)),
+    "xfrac": lambda x, y: (x - 0.25 * Z, y - 0.25 * Z),
+}
+
+
+@pytest.mark.parametrize("op", GEOMETRIC_OPS)
+def test_geometric_ops_match_the_known_transform(op):
+    """Forcing an op's parameter, the pipeline's output is the test image evaluated at the
+    analytically transformed coordinates, in the interior (away from mirrored borders)."""
+    size = 32
+    centers = (torch.arange(size) + 0.5) / size * 2 - 1
+    y, x = torch.meshgrid(centers, centers, indexing="ij")
+    image = band_limited(x, y).expand(1, 3, size, size)
+    out = only(op)(image, Constant(U, Z))
+    sx, sy = KNOWN_INVERSE[op](x, y)
+    interior = (torch.stack([x, y, sx, sy]).abs() < 0.6).all(0)
+    error = (out - band_limited(sx, sy))[..., interior]
+    assert error.abs().max() < 0.01
+
+
+def test_geometric_strengths_follow_the_paper():
+    """At p = 1, over many draws: log2 of the isotropic scale and of the anisotropic x scale
+    are N(0, 0.2) (y scale = 1 / x scale); the rotation is uniform on the full circle; the
+    fractional translation is N(0, 0.125) image widths per axis. Tolerances: 5 standard errors."""
+    n = 20_000
+    se_mean, se_std = 1 / math.sqrt(n), 1 / math.sqrt(2 * (n - 1))  # per unit standard deviation
+
+    def forward(op):  # the transforms as applied (image -> output), the inverse of what is drawn
+        g_inv, active = only(op).geometric_transform(n, Rng(1))
+        assert active.all()
+        return torch.linalg.inv(g_inv.double())
+
+    def assert_normal(t, std):
+        assert abs(t.mean()) < 5 * std * se_mean and abs(t.std() - std) < 5 * std * se_std
+
+    scale = forward("scale")
+    torch.testing.assert_close(scale[:, 1, 1], scale[:, 0, 0])
+    assert_normal(scale[:, 0, 0].log2(), 0.2)
+    aniso = forward("aniso")
+    torch.testing.assert_close(aniso[:, 1, 1], 1 / aniso[:, 0, 0])
+    assert_normal(aniso[:, 0, 0].log2(), 0.2)
+    shift = forward("xfrac")[:, :2, 2] / 2  # [-1, 1] units -> image widths
+    assert_normal(shift[:, 0], 0.125)
+    assert_normal(shift[:, 1], 0.125)
+    assert abs(np.corrcoef(shift.T.numpy())[0, 1]) < 5 * se_mean
+    turn = forward("rotate")
+    torch.testing.assert_close(turn[:, :2, :2] @ turn[:, :2, :2].transpose(1, 2), torch.eye(2, dtype=torch.float64).expand(n, 2, 2),
+                               atol=1e-6, rtol=0)
+    angle = torch.atan2(turn[:, 1, 0], turn[:, 0, 0])
+    uniform_cdf = (angle.sort().values + math.pi) / (2 * math.pi)
+    ks = (uniform_cdf - torch.arange(1, n + 1) / n).abs().max()  # Kolmogorov-Smirnov statistic
+    assert ks < 1.95 / math.sqrt(n)  # its 0.1% critical value
+
+
+@pytest.mark.parametrize("op", GEOMETRIC_OPS)
+def test_each_geometric_op_is_applied_with_probability_p(op):
+    """The fraction of images an op moves is p (for rotate: either of its two turns)."""
+    n, p = 20_000, 0.3
+    _, active = only(op, p).geometric_transform(n, Rng(2))
+    assert abs(active.float().mean() - p) < 5 * math.sqrt(p * (1 - p) / n)
 
 
 def test_augmentations_are_differentiable():

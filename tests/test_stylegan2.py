@@ -14,8 +14,8 @@ from animegen.models.base import Noise
 from animegen.models.ops.upfirdn2d import setup_filter, upsample2d
 from animegen.models.stylegan2 import Conv2dLayer, Discriminator, StyleGAN2, minibatch_stddev, modulated_conv2d
 from animegen.training.config import make_config
-from animegen.training.objectives.stylegan2 import SPEC, r1_gamma_heuristic
 from animegen.training.objective import TrainContext
+from animegen.training.objectives.stylegan2 import SPEC, r1_gamma_heuristic
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -161,6 +161,69 @@ def test_objective_lazy_regularization_and_state():
     _, other, _ = build(16)
     other.load_extra_state(state)
     assert other.extra_state() == state
+
+
+def optimized_losses(objective, step):
+    """Run `step` (one of the objective's pieces) with `optimize` recording the loss it is
+    given instead of stepping: (what step returns, {optimizer name: loss})."""
+    losses = {}
+    objective.optimize = lambda name, loss, clip_grad_norm=None: losses.setdefault(name, loss)
+    try:
+        return step(), losses
+    finally:
+        del objective.optimize
+
+
+def assert_same_loss_and_gradients(loss, direct, params):
+    params = [p for p in params if p.requires_grad]
+    torch.testing.assert_close(loss, direct)
+    for a, b in zip(torch.autograd.grad(loss, params, allow_unused=True), torch.autograd.grad(direct, params, allow_unused=True)):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("augment", ["off", "fixed:0.5"])
+def test_r1_penalty_matches_direct_autograd(augment):
+    """R1 = gamma/2 * E|grad_x D(x)|^2, the gradient taken with respect to the reals before
+    augmentation (as NVIDIA's code does), D's loss weighted by r1_interval (lazy
+    regularization): loss value and its gradients on D match a direct computation."""
+    gamma, interval = 1.5, 4
+    _, objective, _ = build(16, batch=8, augment=augment, r1_gamma=gamma, r1_interval=interval)
+    real = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    objective.draws.manual_seed(5)
+    penalty, losses = optimized_losses(objective, lambda: objective._r1_step(real))
+    objective.draws.manual_seed(5)  # the same augmentations
+    x = real.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(objective.D(objective.augment_pipe(x, objective)).sum(), x, create_graph=True)
+    direct = grad.square().flatten(1).sum(1).mean()
+    torch.testing.assert_close(penalty, direct.detach())
+    assert_same_loss_and_gradients(losses["D"], gamma / 2 * direct * interval, objective.D.parameters())
+
+
+def test_path_length_penalty_matches_nvidia_formula():
+    """StyleGAN2's path length regularization, as NVIDIA computes it: on n / pl_batch_shrink
+    images, y = randn / sqrt(H W), J^T y = d sum(img * y) / d ws, length = sqrt(mean over
+    layers of |J^T y|^2 summed over w), target a = EMA of the mean length (rate pl_decay),
+    penalty = E (length - a)^2, G's loss = penalty * pl_weight * pl_interval. Two steps, so
+    the EMA moves from 0 and then from its first value."""
+    weight, interval, decay = 2.0, 4, 0.01
+    model, objective, _ = build(16, batch=8, pl_weight=weight, pl_interval=interval, pl_decay=decay, pl_batch_shrink=2)
+    target = torch.zeros([])
+    for seed in (1, 2):
+        objective.draws.manual_seed(seed)
+        penalty, losses = optimized_losses(objective, lambda: objective._path_length_step(8))
+        objective.draws.manual_seed(seed)  # the same latents, style mixing and noise
+        ws = objective.generate_ws(4)
+        images = objective.synthesize(ws)
+        y = objective.randn(*images.shape) / math.sqrt(16 * 16)
+        (grad,) = torch.autograd.grad((images * y).sum(), ws, create_graph=True)
+        lengths = grad.square().sum(2).mean(1).sqrt()
+        target = target + decay * (lengths.detach().mean() - target)
+        direct = (lengths - target).square().mean()
+        torch.testing.assert_close(objective.pl_mean, target)
+        torch.testing.assert_close(penalty, direct.detach())
+        assert_same_loss_and_gradients(losses["G"], direct * weight * interval, model.parameters())
 
 
 def test_registered():

@@ -114,12 +114,23 @@ class AugmentPipe(nn.Module):
         return x
 
     def _geometric(self, x: torch.Tensor, rng: RandomSource) -> torch.Tensor:
-        """Compose the inverse transforms (output -> input coordinates, in [-1, 1] units) of
-        the enabled ops, in the order they are applied, and resample once."""
-        n = x.shape[0]
+        """Resample each image once, through the combined transform of its enabled ops."""
         if not set(GEOMETRIC_OPS) & set(self.ops):
             return x
-        device = x.device
+        g_inv, active = self.geometric_transform(x.shape[0], rng, x.device)
+        # Resample only the images that were transformed: the others stay exactly as they are,
+        # and the cost follows p.
+        index = active.nonzero().squeeze(1)
+        if len(index) == 0:
+            return x
+        return x.index_copy(0, index, resample(x[index], g_inv[index], self.resample_filter).to(x.dtype))
+
+    def geometric_transform(self, n: int, rng: RandomSource, device: torch.device | str = "cpu"
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw the geometric ops for n images: (N, 3, 3) inverse transforms (output -> input
+        coordinates, in [-1, 1] units), composed from the enabled ops in the order they are
+        applied, and (N,) bool, which images any op moves. What `forward` resamples with; on
+        its own, it shows the distribution of the transforms."""
         g_inv = torch.eye(3, device=device).repeat(n, 1, 1)
         active = torch.zeros(n, dtype=torch.bool, device=device)
         p_rotate = 1 - math.sqrt(1 - self.p)  # rotating before and after aniso: P(either) = p
@@ -136,12 +147,7 @@ class AugmentPipe(nn.Module):
         apply("aniso", _scale_matrix(torch.stack([1 / aniso, aniso])))
         apply("rotate", _rotation_matrix(-(rng.rand(n) * 2 - 1).to(device) * math.pi), p_rotate)
         apply("xfrac", _translation_matrix(-rng.randn(n, 2).to(device) * XFRAC_STD * 2))
-        # Resample only the images that were transformed: the others stay exactly as they are,
-        # and the cost follows p.
-        index = active.nonzero().squeeze(1)
-        if len(index) == 0:
-            return x
-        return x.index_copy(0, index, resample(x[index], g_inv[index], self.resample_filter).to(x.dtype))
+        return g_inv, active
 
     def _color(self, x: torch.Tensor, rng: RandomSource) -> torch.Tensor:
         """Compose affine color transforms of [-1, 1] RGB (gray = 0), as 4x4 matrices, and
