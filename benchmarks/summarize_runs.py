@@ -48,13 +48,15 @@ def summarize(run: Path, device: str, commit: str) -> str:
 
 
 def equivariance(events: list[dict]) -> str:
-    """EQ-T / EQ-T_frac / EQ-R in dB, and the sample count, from the newest eval event that has them."""
+    """EQ-T / EQ-T_frac / EQ-R in dB, the sample count and, where recorded, the transform
+    count, from the newest eval event that has them."""
     evals = [e for e in events if e["event"] == "eval" and any(k in e for k in EQ_METRICS)]
     if not evals:
         return "—"
     last = evals[-1]
     values = " / ".join(f"{last[k]:.1f}" if k in last else "—" for k in EQ_METRICS)
-    return f"{values} ({last['protocol']['images']})"
+    transforms = f", {last['eq_transforms']} transforms" if "eq_transforms" in last else ""
+    return f"{values} ({last['protocol']['images']}{transforms})"
 
 
 def main() -> None:
@@ -64,7 +66,7 @@ def main() -> None:
     parser.add_argument("--commit", default="?")
     args = parser.parse_args()
     print("| model | preset | device | training | kimg | img/s | peak mem | FID-1k per snapshot | KID×10³ (last) "
-          "| P / R (last) | EQ-T / EQ-T_frac / EQ-R, dB (samples) | loss first → last 10% | commit |")
+          "| P / R (last) | EQ-T / EQ-T_frac / EQ-R, dB (samples, transforms) | loss first → last 10% | commit |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for run in args.runs:
         print(summarize(run, args.device, args.commit))

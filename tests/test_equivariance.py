@@ -14,9 +14,11 @@ from click.testing import CliRunner
 from animegen.cli import main
 from animegen.data.synth import synthesize_dataset
 from animegen.errors import UserError
-from animegen.metrics.equivariance import (PSNR_CAP, equivariance, fractional_translate, integer_translate, psnr,
-                                           rotate)
+from animegen.metrics import evaluate_generator
+from animegen.metrics.equivariance import (EQ_METRICS, PSNR_CAP, equivariance, fractional_translate, integer_translate,
+                                           psnr, rotate)
 from animegen.models.base import Model, Noise
+from animegen.models.stylegan3 import content_transform
 from animegen.training.config import make_config
 from animegen.training.loop import Target, train
 from animegen.training.objectives.stylegan3 import SPEC_T
@@ -35,7 +37,6 @@ class PlaneWaves(Model):
     and rotation. `sticky` adds a fixed pattern glued to the pixel grid, which is not."""
 
     config_class = ToyConfig
-    sample_options = ("translate", "rotate")
 
     def __init__(self, config, max_freq=0.2, sticky=0.0, waves=16):
         super().__init__(config)
@@ -49,17 +50,32 @@ class PlaneWaves(Model):
     def device(self):
         return torch.device("cpu")
 
-    def sample(self, noise, translate=(0.0, 0.0), rotate=0.0):
+    def raw_sample(self, noise, transform=None):
         r = self.resolution
         amplitude = noise.randn(3, self.freqs.shape[1]).double() * 0.1
         phase = noise.randn(3, self.freqs.shape[1]).double()
-        c = torch.arange(r, dtype=torch.float64) - (r - 1) / 2
-        py, px = torch.meshgrid(c - translate[1] * r, c - translate[0] * r, indexing="ij")
-        a = math.radians(rotate)  # content turned counterclockwise as displayed: inverse-rotate the pixels
-        qx, qy = math.cos(a) * px - math.sin(a) * py, math.sin(a) * px + math.cos(a) * py
+        m = (torch.eye(3) if transform is None else transform).double().expand(len(noise), 3, 3)
+        c = (torch.arange(r, dtype=torch.float64) - (r - 1) / 2) / r  # pixel centres in image widths
+        py, px = torch.meshgrid(c, c, indexing="ij")
+        # The transform maps output to input coordinates: q = A p + b, back in pixels.
+        qx, qy = ((m[:, k, 0, None, None] * px + m[:, k, 1, None, None] * py + m[:, k, 2, None, None]) * r
+                  for k in (0, 1))
         arg = 2 * math.pi * (qx[..., None, None] * self.freqs[..., 0] + qy[..., None, None] * self.freqs[..., 1])
-        waves = amplitude[:, None, None] * torch.cos(arg[None] + phase[:, None, None])  # (N, H, W, 3, waves)
+        waves = amplitude[:, None, None] * torch.cos(arg + phase[:, None, None])  # (N, H, W, 3, waves)
         return (waves.sum(-1).permute(0, 3, 1, 2) + self.pattern).float()
+
+
+class Recording(PlaneWaves):
+    """PlaneWaves that records, per call, the transform each image was rendered with (None:
+    the untransformed render)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.calls = []
+
+    def raw_sample(self, noise, transform=None):
+        self.calls.append(None if transform is None else transform.expand(len(noise), 3, 3).clone())
+        return super().raw_sample(noise, transform)
 
 
 # ---------------------------------------------------------------- references
@@ -132,7 +148,7 @@ def test_exactly_equivariant_toy_scores_the_maximum():
 def test_pixel_glued_toy_scores_low():
     """The same waves plus a fixed pattern of std 0.1 (measured: about 23 dB on all three)."""
     scores = equivariance(PlaneWaves(ToyConfig(32), sticky=0.1), num=16, batch_size=4)
-    assert all(v < 30 for v in scores.values()), scores
+    assert all(scores[m] < 30 for m in EQ_METRICS), scores
 
 
 def naive_resampling(model):
@@ -143,23 +159,84 @@ def naive_resampling(model):
     return model
 
 
-def test_alias_free_filters_keep_stylegan3_t_equivariant():
-    """tiny StyleGAN3-T at 32 px, random init: measured EQ-T 73-80 dB against 31-33 dB with
-    naive resampling (seeds 0-4, 16 latents in 8 transforms)."""
+def tiny_stylegan3_t():
     torch.manual_seed(0)
     config = make_config(SPEC_T, "data", 32, "tiny", {}, seed=0)
-    model = SPEC_T.model(config.model_config).eval()
+    return SPEC_T.model(config.model_config).eval()
+
+
+def test_alias_free_filters_keep_stylegan3_t_equivariant():
+    """tiny StyleGAN3-T at 32 px, random init: measured EQ-T 78 dB against 31 dB with naive
+    resampling (16 latents in 4 transforms)."""
+    model = tiny_stylegan3_t()
     alias_free = equivariance(model, ("eqt",), num=16, batch_size=2)["eqt"]
     naive = equivariance(naive_resampling(model), ("eqt",), num=16, batch_size=2)["eqt"]
     assert alias_free > 65 and naive < 40 and alias_free - naive > 30, (alias_free, naive)
+
+
+def test_one_transform_per_four_latents_whatever_the_batch():
+    """10 latents: 3 transforms (latents 0-3, 4-7, 8-9) for every rendering batch, the same
+    ones, hence the same score; recorded in the result."""
+    transforms, scores = [], []
+    for batch_size in (1, 3, 10):
+        model = Recording(ToyConfig(32))
+        result = equivariance(model, ("eqt_frac",), num=10, batch_size=batch_size)
+        assert result["eq_transforms"] == 3 and result["eq_images_per_transform"] == 4 and result["eq_images"] == 10
+        per_image = torch.cat([t for t in model.calls if t is not None])
+        assert len(per_image) == 10 and len(torch.unique(per_image, dim=0)) == 3
+        for group in (per_image[0:4], per_image[4:8], per_image[8:10]):
+            assert (group == group[0]).all()
+        transforms.append(per_image)
+        scores.append(result["eqt_frac"])
+    for other in transforms[1:]:
+        torch.testing.assert_close(other, transforms[0], rtol=0, atol=0)
+    assert scores[1] == pytest.approx(scores[0], abs=1e-6) and scores[2] == pytest.approx(scores[0], abs=1e-6)
+
+
+def test_all_three_metrics_share_one_untransformed_render_per_batch():
+    """Through the metrics registry, as `animegen eval --metrics eqt,eqt_frac,eqr` calls it."""
+    model = Recording(ToyConfig(32))
+    result = evaluate_generator(iter(()), real="unused", metrics=("eqt", "eqt_frac", "eqr"), num=8, batch_size=4,
+                                generator=model)
+    assert [t is None for t in model.calls] == [True, False, False, False] * 2
+    assert set(EQ_METRICS) <= set(result) and result["eq_transforms"] == 2
+
+
+def test_stylegan3_is_measured_on_its_raw_output():
+    """The generator's output scaled by 10 (its raw output then leaves [-1, 1]) must score
+    exactly 20 dB lower: the error scales with the output. Measured on clamped images, the
+    scaled generator's errors would be bounded by the clamp instead."""
+    model = tiny_stylegan3_t()
+    before = equivariance(model, ("eqt", "eqr"), num=4, batch_size=4)
+    model.synthesis.output_scale *= 10
+    assert model.raw_sample(Noise(range(4))).abs().max() > 1.5
+    after = equivariance(model, ("eqt", "eqr"), num=4, batch_size=4)
+    assert before["eq_output"] == "raw"
+    for name in ("eqt", "eqr"):
+        assert after[name] == pytest.approx(before[name] - 20, abs=1e-3), (name, before, after)
+
+
+def test_stylegan3_renders_a_transform_per_image():
+    """The metric renders a batch with one transform per image; that equals rendering each
+    image alone with its own transform."""
+    model = tiny_stylegan3_t()
+    matrices = torch.stack([content_transform((0.1, -0.05), 30.0), content_transform((-0.2, 0.0), -90.0)])
+    with torch.no_grad():
+        batched = model.raw_sample(Noise([5, 6]), matrices)
+        alone = torch.cat([model.raw_sample(Noise([seed]), m) for seed, m in zip([5, 6], matrices)])
+    torch.testing.assert_close(batched, alone, rtol=0, atol=1e-5)
+    assert not torch.allclose(batched[0], model.raw_sample(Noise([5]), matrices[1])[0], atol=1e-3)
 
 
 def test_bad_requests():
     with pytest.raises(UserError, match="unknown equivariance"):
         equivariance(PlaneWaves(ToyConfig(32)), ("eqx",))
 
-    class Fixed(PlaneWaves):
-        sample_options = ()
+    class Fixed(Model):
+        config_class = ToyConfig
+
+        def sample(self, noise):
+            return torch.zeros(len(noise), 3, 32, 32)
 
     with pytest.raises(UserError, match="no input transform"):
         equivariance(Fixed(ToyConfig(32)), num=2)

@@ -246,8 +246,8 @@ def test_a_changed_dataset_never_reuses_cached_features(tmp_path, net, monkeypat
 
 
 def test_generator_based_metrics_get_the_generator(monkeypatch, folders):
-    def frames(generator, num, batch_size):
-        return {"frames": float(generator["frames"] * num)}
+    def frames(generator, names, num, batch_size):
+        return {name: float(generator["frames"] * num) for name in names}
 
     monkeypatch.setitem(registry, "frames", Metric("frames", "generator", frames))
     assert evaluate_generator(iter(()), real=folders[0], metrics=["frames"], num=4, generator={"frames": 2}) == {"frames": 8.0}

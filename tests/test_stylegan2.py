@@ -228,3 +228,7 @@ def test_path_length_penalty_matches_nvidia_formula():
 
 def test_registered():
     assert registry.get("stylegan2") is SPEC
+    # paper64 is StyleGAN2-ADA's "auto" config at 64 px: 2 mapping layers, channel_base 16384.
+    config = make_config(SPEC, "data", 64, "paper64", {}, seed=0)
+    assert config.model_config.mapping_layers == 2 and config.model_config.channel_base == 16384
+    assert config.objective_config.d_channel_base == 16384 and config.train.batch == 32

@@ -181,6 +181,21 @@ def test_gaussian_blur_has_the_requested_width_and_keeps_constants():
     assert torch.equal(gaussian_blur(x, 0.05), x)
 
 
+@pytest.mark.parametrize("name, beta", [("stylegan2", 0.995), ("stylegan3-t", 0.998), ("stylegan3-r", 0.998)])
+def test_w_avg_tracks_with_each_familys_beta(name, beta):
+    """NVlabs' codes track w_avg with beta 0.995 in StyleGAN2(-ADA) and 0.998 in StyleGAN3: in
+    every preset, and in the update the training step makes (two updates from zero)."""
+    spec = registry.get(name)
+    assert all(make_config(spec, "data", 64, preset, {}, 0).model_config.w_avg_beta == beta for preset in spec.presets)
+    torch.manual_seed(0)
+    model = spec.model(make_config(spec, "data", 16, "tiny", {}, seed=0).model_config)
+    z = torch.randn(8, model.z_dim)
+    w = model.mapping(z)[:, 0]
+    for _ in range(2):
+        model.mapping(z, update_w_avg=True)
+    torch.testing.assert_close(model.mapping.w_avg, (1 - beta) * (1 + beta) * w.mean(0))
+
+
 def test_registered_with_presets():
     assert registry.get("stylegan3-t") is SPEC_T and registry.get("stylegan3-r") is SPEC_R
     for spec in (SPEC_T, SPEC_R):
@@ -190,6 +205,8 @@ def test_registered_with_presets():
         assert config.objective_config.pl_weight == 0 and config.objective_config.style_mixing == 0
         assert config.train.batch == 32 and config.objective_config.r1_gamma is None
         assert config.model_config.magnitude_ema_beta == pytest.approx(0.5 ** (32 / 20000))
+        # NVlabs' StyleGAN3 D: StyleGAN2's residual D with G's channel_base (32768; R doubles G's only).
+        assert config.objective_config.d_channel_base == 32768 and config.objective_config.d_channel_max == 512
     assert make_config(SPEC_R, "data", 64, "paper64", {}, 0).model_config.channel_max == 1024
     with pytest.raises(UserError, match="power-of-two"):
         band_schedule(StyleGAN3Config(resolution=48))

@@ -2,21 +2,24 @@
 
   inputs="features"   fn(real, generated) -> dict; both float32 Inception features (N, 2048),
                       extracted once per evaluation and shared by every such metric
-  inputs="generator"  fn(generator, num=..., batch_size=...) -> dict; metrics that render
-                      the model themselves (StyleGAN3's EQ-T / EQ-R); `check(generator)`
-                      refuses a generator they do not apply to, before any work
+  inputs="generator"  fn(generator, names, num=..., batch_size=...) -> dict; metrics that
+                      render the model themselves (StyleGAN3's EQ-T / EQ-R); the requested
+                      metrics that share one fn are computed in one call, `names` listing
+                      them (the EQ metrics share their untransformed renders);
+                      `check(generator)` refuses a generator they do not apply to, before
+                      any work
 
-Every fn returns a dict of plain floats, merged into the result.
+Every fn returns a dict of plain values (scores, and the protocol they were measured
+with), merged into the result.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from typing import Callable, Iterable, Literal
 
 from animegen.errors import UserError
-from animegen.metrics.equivariance import EQ_METRICS, check_generator, equivariance_metric
+from animegen.metrics.equivariance import EQ_METRICS, check_generator, equivariance_metrics
 from animegen.metrics.fid import fid
 from animegen.metrics.kid import kid
 from animegen.metrics.precision_recall import precision_recall
@@ -34,7 +37,7 @@ registry: dict[str, Metric] = {m.name: m for m in (
     Metric("fid", "features", fid),
     Metric("kid", "features", kid),
     Metric("pr", "features", precision_recall),
-    *(Metric(name, "generator", partial(equivariance_metric, name), check_generator) for name in EQ_METRICS),
+    *(Metric(name, "generator", equivariance_metrics, check_generator) for name in EQ_METRICS),
 )}
 
 

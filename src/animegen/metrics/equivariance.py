@@ -6,7 +6,7 @@ its input transformed. The first image, transformed by an image-space operator, 
 reference for the second. The score is a PSNR in dB over the pixels both images actually
 determine (a mask drops what was shifted or rotated in from outside the frame):
 
-    EQ = 10 log10(peak^2 / MSE),  peak = 2 (raw outputs in [-1, 1]),
+    EQ = 10 log10(peak^2 / MSE),  peak = 2 (the images' nominal range [-1, 1]),
 
 with the MSE pooled over all samples, channels and unmasked pixels, as in the paper (the
 mean sits inside the log). An exact match is capped at `PSNR_CAP` dB so results stay
@@ -23,71 +23,84 @@ finite numbers in JSON.
             rotated positions), and the transformed image is filtered through the same
             band in its own frame before comparing (the paper's pseudo-rotation).
 
-One transform is drawn per batch, as in the paper. The generator is any `Model` whose
-`sample(noise, translate=(x, y), rotate=degrees)` moves the image content by (x, y)
-fractions of the image (x right, y down) and rotates it counterclockwise as displayed by
-`degrees`, returning raw float images (N, C, R, R); others raise a UserError.
+One random transform is drawn per `IMAGES_PER_TRANSFORM` (4) latents, as in the paper's
+code, whatever the rendering batch: N latents give ceil(N / 4) transforms per metric. The
+images measured are the raw synthesis output, not `sample()`'s clamp to [-1, 1] (clamping
+would hide errors beyond the range). EQ-T, EQ-T_frac and EQ-R are computed in one pass
+that renders each untransformed batch once. The generator is any `Model` with
+`raw_sample(noise, transform)`: float images (N, C, R, R) before any clamp, `transform` a
+`content_transform` matrix (3, 3) or one per image (N, 3, 3); others raise a UserError.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from animegen.errors import UserError
 from animegen.models.base import Noise
+from animegen.models.stylegan3 import content_transform
 
 EQ_METRICS = ("eqt", "eqt_frac", "eqr")
 DEFAULT_NUM = 1000  # latents per metric (the paper: 50,000)
+IMAGES_PER_TRANSFORM = 4  # the paper's protocol (NVlabs' metrics: batch_size=4, one draw per batch)
 PSNR_CAP = 100.0  # dB: an MSE below 4e-10 counts as exact
 TRANSLATE_MAX = 0.125  # of the image, per axis
 ROTATE_MAX = 180.0  # degrees
 LANCZOS_A = 3  # lobes of the windowed sincs
 ROTATION_UP = 4  # oversampling of the rotation reference
 ROTATION_EXTENT = 2 * LANCZOS_A  # half-size of the rotation filters, input pixels
+# Uniform draws per transform group, one column each: EQ-T's shift (x, y), EQ-T_frac's shift
+# (x, y), EQ-R's angle; drawn for all metrics, so one metric's transforms do not depend on
+# which others are requested.
+_DRAWS = 5
 
 
 # ---------------------------------------------------------------- the metric
-def equivariance_metric(name: str, generator, num: int | None = None, batch_size: int = 64) -> dict[str, float]:
-    """One EQ metric in the metrics registry's generator form; `num` defaults to DEFAULT_NUM."""
-    return equivariance(generator, (name,), num=num or DEFAULT_NUM, batch_size=batch_size)
+def equivariance_metrics(generator, names, num: int | None = None, batch_size: int = 64) -> dict:
+    """The metrics registry's generator form: the EQ metrics `names` in one pass; `num`
+    defaults to DEFAULT_NUM."""
+    return equivariance(generator, tuple(names), num=num or DEFAULT_NUM, batch_size=batch_size)
 
 
 def check_generator(model) -> None:
-    """The EQ metrics need an input transform (translate/rotate): StyleGAN3's."""
-    if not {"translate", "rotate"} <= set(getattr(model, "sample_options", ())):
+    """The EQ metrics need an input transform and the raw output: StyleGAN3's `raw_sample`."""
+    if not callable(getattr(model, "raw_sample", None)):
         raise UserError(f"{type(model).__name__} has no input transform (translate/rotate), so EQ-T and EQ-R "
                         "are undefined for it; they apply to StyleGAN3 models.")
 
 
-def equivariance(model, metrics=EQ_METRICS, num: int = DEFAULT_NUM, batch_size: int = 32, seed: int = 0
-                 ) -> dict[str, float]:
-    """The requested EQ metrics (dB) of `model` over `num` latents (seeds 0..num-1); the
-    transforms are drawn from `seed`."""
+def equivariance(model, metrics=EQ_METRICS, num: int = DEFAULT_NUM, batch_size: int = 32, seed: int = 0) -> dict:
+    """The requested EQ metrics (dB) of `model` over `num` latents (seeds 0..num-1), and the
+    protocol they were measured with (`eq_*` keys). The transforms are drawn from `seed`,
+    one per IMAGES_PER_TRANSFORM latents: the same for any `batch_size` and any choice of
+    metrics."""
     unknown = [m for m in metrics if m not in EQ_METRICS]
     if unknown:
         raise UserError(f"unknown equivariance metric(s) {', '.join(unknown)}; choose from {', '.join(EQ_METRICS)}.")
     check_generator(model)
     if num < 1:
         raise UserError(f"the equivariance metrics need at least one sample, not {num}.")
-    draws = torch.Generator().manual_seed(seed)
+    groups = math.ceil(num / IMAGES_PER_TRANSFORM)
+    draws = torch.rand(groups, _DRAWS, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 2 - 1
     sums = {m: torch.zeros(2, dtype=torch.float64) for m in metrics}  # squared error, mask
     with torch.no_grad(), _without_tf32():
         for start in range(0, num, batch_size):
             seeds = range(start, min(start + batch_size, num))
-            original = model.sample(Noise(seeds, model.device)).float()
+            original = model.raw_sample(Noise(seeds, model.device)).float()
             for name in metrics:
-                error, mask = _MEASURES[name](model, seeds, original, draws)
-                mask = mask.expand_as(error)
-                sums[name] += torch.stack([(error.square() * mask).sum().double().cpu(), mask.sum().double().cpu()])
+                sums[name] += _measure_batch(_MEASURES[name], model, seeds, original, draws)
     empty = [m for m, s in sums.items() if s[1] == 0]
     if empty:
         raise UserError(f"{', '.join(empty)}: no pixel survived the masks at {original.shape[-1]} px; "
                         "use larger images or more samples.")
-    return {m: psnr(s[0] / s[1]) for m, s in sums.items()}
+    return {**{m: psnr(s[0] / s[1]) for m, s in sums.items()}, "eq_images": num, "eq_transforms": groups,
+            "eq_images_per_transform": IMAGES_PER_TRANSFORM, "eq_output": "raw"}
 
 
 @contextlib.contextmanager
@@ -107,36 +120,74 @@ def psnr(mse: float | torch.Tensor) -> float:
     return min(10 * math.log10(4 / max(float(mse), 4 * 10 ** (-PSNR_CAP / 10))), PSNR_CAP)
 
 
-def _translation(draws: torch.Generator) -> tuple[float, float]:
-    tx, ty = ((torch.rand(2, generator=draws) * 2 - 1) * TRANSLATE_MAX).tolist()
-    return tx, ty
+Transform = tuple[tuple[float, float], float]  # (translate (x, y) in image widths, rotate in degrees)
 
 
-def _eqt(model, seeds, original, draws):
+@dataclass(frozen=True)
+class _Measure:
+    """One EQ metric: `transform(draws, size)` turns a group's uniform draws in [-1, 1] into its
+    input transform; `compare(original, transformed, transform)` returns the error against
+    the image-space reference and its mask."""
+    transform: Callable[[torch.Tensor, int], Transform]
+    compare: Callable[[torch.Tensor, torch.Tensor, Transform], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _measure_batch(measure: _Measure, model, seeds: range, original: torch.Tensor, draws: torch.Tensor
+                   ) -> torch.Tensor:
+    """(squared error, mask) sums of one rendering batch: every image rendered with its
+    group's transform in one call, then compared group by group (a group may straddle two
+    rendering batches; both halves get its transform)."""
     size = original.shape[-1]
-    shift = [round(t * size) for t in _translation(draws)]
-    moved = model.sample(Noise(seeds, model.device), translate=(shift[0] / size, shift[1] / size)).float()
-    reference, mask = integer_translate(original, *shift)
-    return moved - reference, mask
+    group_of = [i // IMAGES_PER_TRANSFORM for i in seeds]
+    transforms = {g: measure.transform(draws[g], size) for g in dict.fromkeys(group_of)}
+    matrices = torch.stack([content_transform(*transforms[g]) for g in group_of])
+    transformed = model.raw_sample(Noise(seeds, model.device), matrices).float()
+    sums = torch.zeros(2, dtype=torch.float64)
+    for g, transform in transforms.items():
+        rows = [i for i, h in enumerate(group_of) if h == g]
+        error, mask = measure.compare(original[rows], transformed[rows], transform)
+        mask = mask.expand_as(error)
+        sums += torch.stack([(error.square() * mask).sum().double().cpu(), mask.sum().double().cpu()])
+    return sums
 
 
-def _eqt_frac(model, seeds, original, draws):
-    tx, ty = _translation(draws)
-    moved = model.sample(Noise(seeds, model.device), translate=(tx, ty)).float()
+def _integer_shift(draws: torch.Tensor, size: int) -> Transform:
+    shift = [round(float(d) * TRANSLATE_MAX * size) / size for d in draws[0:2]]
+    return (shift[0], shift[1]), 0.0
+
+
+def _compare_integer(original, transformed, transform: Transform):
     size = original.shape[-1]
+    (tx, ty), _ = transform
+    reference, mask = integer_translate(original, round(tx * size), round(ty * size))
+    return transformed - reference, mask
+
+
+def _fractional_shift(draws: torch.Tensor, size: int) -> Transform:
+    return (float(draws[2]) * TRANSLATE_MAX, float(draws[3]) * TRANSLATE_MAX), 0.0
+
+
+def _compare_fractional(original, transformed, transform: Transform):
+    size = original.shape[-1]
+    (tx, ty), _ = transform
     reference, mask = fractional_translate(original, tx * size, ty * size)
-    return moved - reference, mask
+    return transformed - reference, mask
 
 
-def _eqr(model, seeds, original, draws):
-    degrees = float((torch.rand((), generator=draws) * 2 - 1) * ROTATE_MAX)
-    turned = model.sample(Noise(seeds, model.device), rotate=degrees).float()
+def _rotation(draws: torch.Tensor, size: int) -> Transform:
+    return (0.0, 0.0), float(draws[4]) * ROTATE_MAX
+
+
+def _compare_rotated(original, transformed, transform: Transform):
+    _, degrees = transform
     reference, reference_mask = rotate(original, degrees)
-    filtered, filtered_mask = pseudo_rotate(turned, degrees)
+    filtered, filtered_mask = pseudo_rotate(transformed, degrees)
     return filtered - reference, reference_mask * filtered_mask
 
 
-_MEASURES = {"eqt": _eqt, "eqt_frac": _eqt_frac, "eqr": _eqr}
+_MEASURES = {"eqt": _Measure(_integer_shift, _compare_integer),
+             "eqt_frac": _Measure(_fractional_shift, _compare_fractional),
+             "eqr": _Measure(_rotation, _compare_rotated)}
 
 
 # ---------------------------------------------------------------- image-space references

@@ -48,7 +48,7 @@ def evaluate_generator(sample_batches: Iterable[torch.Tensor], real: str | os.Pa
     PNGs are) against a real image set (usually a prepared dataset's test split, whole).
 
     `num` caps the generated images taken from `sample_batches`. Generator-based metrics
-    (registry inputs="generator") are given `generator` itself.
+    (registry inputs="generator") are given `generator` itself, one call per shared fn.
     """
     chosen = lookup(metrics)
     by_features = [m for m in chosen if m.inputs == "features"]
@@ -67,10 +67,18 @@ def evaluate_generator(sample_batches: Iterable[torch.Tensor], real: str | os.Pa
                                 progress=progress, label="generated")
         result = {**_scores(by_features, real_features, generated), "num_real": len(real_features),
                   "num_generated": len(generated), "real": source.label, **_protocol(net, split)}
-    for metric in chosen:
-        if metric.inputs == "generator":
-            result.update(metric.fn(generator, num=num, batch_size=batch_size))
+    for fn, names in _generator_passes(chosen).items():
+        result.update(fn(generator, names, num=num, batch_size=batch_size))
     return result
+
+
+def _generator_passes(metrics: list[Metric]) -> dict:
+    """The generator metrics grouped by their fn: one call (one pass over the generator) each."""
+    passes = {}
+    for metric in metrics:
+        if metric.inputs == "generator":
+            passes.setdefault(metric.fn, []).append(metric.name)
+    return passes
 
 
 def _require_features(metrics: list[Metric]) -> None:

@@ -298,8 +298,13 @@ class StyleGAN3(Model):
                 "truncation": float(options["truncation"]), "rotate": float(options["rotate"])}
 
     def sample(self, noise: Noise, truncation: float = 1.0, translate=(0.0, 0.0), rotate: float = 0.0) -> torch.Tensor:
+        return self.raw_sample(noise, content_transform(translate, rotate), truncation).clamp(-1, 1)
+
+    def raw_sample(self, noise: Noise, transform: torch.Tensor | None = None, truncation: float = 1.0) -> torch.Tensor:
+        """The synthesis output before `sample`'s clamp to [-1, 1], which the equivariance
+        metrics measure; `transform`: a `content_transform` matrix, or one per image (N, 3, 3)."""
         ws = self.mapping(noise.randn(self.z_dim), truncation=truncation)
-        return self.synthesis(ws, transform=content_transform(translate, rotate)).float().clamp(-1, 1)
+        return self.synthesis(ws, transform=transform).float()
 
 
 class StyleGAN3R(StyleGAN3):

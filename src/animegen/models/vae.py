@@ -3,8 +3,10 @@
 The encoder halves the resolution with strided 4x4 convolutions down to 4x4, doubling the
 width each time (capped), and maps to the mean and log-variance of a diagonal Gaussian
 q(z|x); the decoder mirrors it with transposed convolutions and ends in tanh. Training
-maximizes the ELBO with a Gaussian likelihood of fixed variance (sum of squared errors)
-and a configurable KL weight; sampling decodes z ~ N(0, I).
+minimizes, per image, the sum of squared errors plus `kl_weight` times the KL divergence
+(logged as `loss`, with `mse` and `kl`). With kl_weight 1 that is the negative ELBO of a
+Gaussian likelihood with variance 1/2 less its constant (D/2) ln(pi), D = 3 R^2 values:
+the negative ELBO itself is loss + (D/2) ln(pi). Sampling decodes z ~ N(0, I).
 """
 
 from __future__ import annotations

@@ -81,7 +81,8 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
 def _presets(r_config: bool) -> dict[str, dict]:
     """`tiny`: CPU, 4 layers with 6-pixel margins, the fastest setting we found that keeps EQ-T
     high (docs/stylegan.md: margin 10 costs 30% more per step). `paper64`: the paper's
-    architecture. R1 gamma is left to `StyleGAN3Objective.default_r1_gamma`. Config R doubles
+    architecture, and NVlabs' D (channel_base 32768 as G's, also for config R, whose G alone
+    doubles it). R1 gamma is left to `StyleGAN3Objective.default_r1_gamma`. Config R doubles
     the channels; its D blur starts at the paper's 10 px of 256 (as a fraction of the image
     width) and fades over about the first 2% of the images a 10-minute run sees (the paper:
     200 of 5,000-25,000 kimg)."""
@@ -89,7 +90,7 @@ def _presets(r_config: bool) -> dict[str, dict]:
     tiny = {"z_dim": 64, "w_dim": 64, "num_layers": 4, "margin": 6, "channel_base": 1024 * double,
             "channel_max": 32 * double, "d_channel_base": 512, "d_channel_max": 64, "batch": 16,
             "magnitude_ema_beta": 0.5 ** (16 / 20000), "ada_kimg": 20.0, "ema_kimg": 5.0}
-    paper64 = {"d_channel_base": 16384, "d_channel_max": 512, "batch": 32,
+    paper64 = {"d_channel_base": 32768, "d_channel_max": 512, "batch": 32,
                "magnitude_ema_beta": 0.5 ** (32 / 20000), "ada_kimg": 100.0, "ema_kimg": 10.0}
     if r_config:
         sigma = 10 / 256 / math.sqrt(2 * math.log(2))  # the paper's kernel exp2(-(x / 10px)^2) at 256 px

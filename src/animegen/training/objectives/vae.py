@@ -18,7 +18,7 @@ from animegen.training.objective import Objective
 class VAEObjectiveConfig:
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
-    kl_weight: float = 1.0  # 1 is the ELBO; <1 trades prior fit for sharper reconstructions
+    kl_weight: float = 1.0  # 1: the ELBO (up to a constant); <1 trades prior fit for sharper reconstructions
 
     limits: ClassVar[dict[str, Limit]] = {"lr": LEARNING_RATE, "betas": ADAM_BETA, "kl_weight": at_least(0, 1e6)}
 
@@ -45,7 +45,7 @@ class VAEObjective(Objective):
 
 SPEC = ModelSpec(
     name="vae",
-    description="vanilla convolutional VAE (ELBO, configurable KL weight)",
+    description="vanilla convolutional VAE (squared error + KL, configurable KL weight)",
     model=VAE,
     objective=VAEObjective,
     presets={
