@@ -65,8 +65,8 @@ def main() -> None:
     parser.add_argument("--device", default="CPU")
     parser.add_argument("--commit", default="?")
     args = parser.parse_args()
-    print("| model | preset | device | training | kimg | img/s | peak mem | FID-1k per snapshot | KID×10³ (last) "
-          "| P / R (last) | EQ-T / EQ-T_frac / EQ-R, dB (samples, transforms) | loss first → last 10% | commit |")
+    print("| model | preset | device | training | kimg | img/s | peak mem (training steps) | FID-1k per snapshot "
+          "| KID×10³ (last) | P / R (last) | EQ-T / EQ-T_frac / EQ-R, dB (samples, transforms) | loss first → last 10% | commit |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for run in args.runs:
         print(summarize(run, args.device, args.commit))
