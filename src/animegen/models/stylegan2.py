@@ -39,6 +39,12 @@ def lrelu(x: torch.Tensor) -> torch.Tensor:
     return F.leaky_relu(x, 0.2) * math.sqrt(2)
 
 
+def clamp(x: torch.Tensor, limit: float | None) -> torch.Tensor:
+    """NVIDIA's conv_clamp: activations limited to +-limit (None: unlimited), which keeps
+    their fp16 layers in range; an imported network needs it to compute the same function."""
+    return x if limit is None else x.clamp(-limit, limit)
+
+
 def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
     return min(channel_base // resolution, channel_max)
 
@@ -74,15 +80,16 @@ class FullyConnected(nn.Module):
 
 class Conv2dLayer(nn.Module):
     """Equalized-lr convolution; `down=True` low-passes with [1,3,3,1] and then strides by 2.
-    `gain` scales the output (after the activation)."""
+    `gain` scales the output (after the activation); `conv_clamp` then limits it to +-conv_clamp * gain."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True,
-                 activation: bool = True, down: bool = False, gain: float = 1.0):
+                 activation: bool = True, down: bool = False, gain: float = 1.0, conv_clamp: float | None = None):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self.weight_gain = 1 / math.sqrt(in_channels * kernel_size**2)
         self.activation, self.down, self.gain = activation, down, gain
+        self.limit = None if conv_clamp is None else conv_clamp * gain
         self.register_buffer("resample_filter", setup_filter([1, 3, 3, 1]), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,7 +102,7 @@ class Conv2dLayer(nn.Module):
         else:
             x = F.conv2d(x, w, self.bias, padding=k // 2)
         x = lrelu(x) if self.activation else x
-        return x * self.gain
+        return clamp(x * self.gain, self.limit)
 
 
 def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool = True,
@@ -125,9 +132,10 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
 
 # ---------------------------------------------------------------- generator
 class StyleConv(nn.Module):
-    """Modulated 3x3 convolution (optionally upsampling by 2), + scaled noise, + bias, lrelu."""
+    """Modulated 3x3 convolution (optionally upsampling by 2), + scaled noise, + bias, lrelu, clamp."""
 
-    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, up: bool = False):
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, up: bool = False,
+                 conv_clamp: float | None = None):
         super().__init__()
         self.affine = FullyConnected(w_dim, in_channels, bias_init=1.0)
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 3, 3))
@@ -135,7 +143,7 @@ class StyleConv(nn.Module):
         self.noise_strength = nn.Parameter(torch.zeros([]))
         self.register_buffer("noise_const", torch.randn(1, resolution, resolution))
         self.register_buffer("resample_filter", setup_filter([1, 3, 3, 1]), persistent=False)
-        self.up = up
+        self.up, self.conv_clamp = up, conv_clamp
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str, randn: Randn | None) -> torch.Tensor:
         x = modulated_conv2d(x, self.weight, self.affine(w), up=self.up, resample_filter=self.resample_filter)
@@ -143,22 +151,24 @@ class StyleConv(nn.Module):
             x = x + randn(*self.noise_const.shape).to(x.dtype) * self.noise_strength
         elif noise_mode == "const":
             x = x + self.noise_const * self.noise_strength
-        return lrelu(x + self.bias[None, :, None, None])
+        return clamp(lrelu(x + self.bias[None, :, None, None]), self.conv_clamp)
 
 
 class ToRGB(nn.Module):
     """Modulated 1x1 convolution to RGB, not demodulated (the output keeps its scale)."""
 
-    def __init__(self, in_channels: int, w_dim: int):
+    def __init__(self, in_channels: int, w_dim: int, conv_clamp: float | None = None):
         super().__init__()
         self.affine = FullyConnected(w_dim, in_channels, bias_init=1.0)
         self.weight = nn.Parameter(torch.randn(3, in_channels, 1, 1))
         self.bias = nn.Parameter(torch.zeros(3))
         self.weight_gain = 1 / math.sqrt(in_channels)
+        self.conv_clamp = conv_clamp
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         styles = self.affine(w) * self.weight_gain
-        return modulated_conv2d(x, self.weight, styles, demodulate=False) + self.bias[None, :, None, None]
+        x = modulated_conv2d(x, self.weight, styles, demodulate=False) + self.bias[None, :, None, None]
+        return clamp(x, self.conv_clamp)
 
 
 class SynthesisNetwork(nn.Module):
@@ -166,16 +176,18 @@ class SynthesisNetwork(nn.Module):
     toRGB added to the upsampled sum of the coarser ones (the "skip" generator). A block's
     toRGB shares its w with the next block's first convolution, as in the paper."""
 
-    def __init__(self, w_dim: int, resolution: int, channel_base: int, channel_max: int):
+    def __init__(self, w_dim: int, resolution: int, channel_base: int, channel_max: int,
+                 conv_clamp: float | None = None):
         super().__init__()
         resolutions = block_resolutions(resolution)
         ch = [channels_at(r, channel_base, channel_max) for r in resolutions]
         self.const = nn.Parameter(torch.randn(ch[0], 4, 4))
-        self.convs = nn.ModuleList([StyleConv(ch[0], ch[0], w_dim, 4)])
-        self.torgbs = nn.ModuleList([ToRGB(ch[0], w_dim)])
+        self.convs = nn.ModuleList([StyleConv(ch[0], ch[0], w_dim, 4, conv_clamp=conv_clamp)])
+        self.torgbs = nn.ModuleList([ToRGB(ch[0], w_dim, conv_clamp)])
         for c_in, c_out, r in zip(ch, ch[1:], resolutions[1:]):
-            self.convs.extend([StyleConv(c_in, c_out, w_dim, r, up=True), StyleConv(c_out, c_out, w_dim, r)])
-            self.torgbs.append(ToRGB(c_out, w_dim))
+            self.convs.extend([StyleConv(c_in, c_out, w_dim, r, up=True, conv_clamp=conv_clamp),
+                               StyleConv(c_out, c_out, w_dim, r, conv_clamp=conv_clamp)])
+            self.torgbs.append(ToRGB(c_out, w_dim, conv_clamp))
         self.register_buffer("resample_filter", setup_filter([1, 3, 3, 1]), persistent=False)
         self.num_ws = len(self.convs) + 1
 
@@ -229,10 +241,12 @@ class StyleGAN2Config:
     w_avg_beta: float = 0.995
     channel_base: int = 16384  # channels at resolution r: min(channel_base // r, channel_max)
     channel_max: int = 512
+    conv_clamp: float | None = None  # NVIDIA's activation clamp (their configs: 256); None: off
 
     limits: ClassVar[dict[str, Limit]] = {
         "resolution": RESOLUTION, "z_dim": LATENT, "w_dim": LATENT, "mapping_layers": between(1, 64),
-        "mapping_lr_mult": positive(1e3), "w_avg_beta": FRACTION, "channel_base": CHANNEL_BASE, "channel_max": WIDTH}
+        "mapping_lr_mult": positive(1e3), "w_avg_beta": FRACTION, "channel_base": CHANNEL_BASE, "channel_max": WIDTH,
+        "conv_clamp": positive(1e9)}
 
 
 class StyleGAN2(Model):
@@ -248,7 +262,8 @@ class StyleGAN2(Model):
 
     def __init__(self, config: StyleGAN2Config):
         super().__init__(config)
-        self.synthesis = SynthesisNetwork(config.w_dim, config.resolution, config.channel_base, config.channel_max)
+        self.synthesis = SynthesisNetwork(config.w_dim, config.resolution, config.channel_base, config.channel_max,
+                                          config.conv_clamp)
         self.num_ws = self.synthesis.num_ws
         self.z_dim = config.z_dim
         self.mapping = MappingNetwork(config.z_dim, config.w_dim, self.num_ws, config.mapping_layers,
@@ -292,12 +307,12 @@ class DiscriminatorBlock(nn.Module):
     """Two 3x3 convolutions (the second halving the size) plus a 1x1 downsampling skip, each
     branch scaled by sqrt(1/2) so the sum keeps unit variance."""
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, conv_clamp: float | None = None):
         super().__init__()
-        self.conv0 = Conv2dLayer(in_channels, in_channels, 3)
-        self.conv1 = Conv2dLayer(in_channels, out_channels, 3, down=True, gain=math.sqrt(0.5))
+        self.conv0 = Conv2dLayer(in_channels, in_channels, 3, conv_clamp=conv_clamp)
+        self.conv1 = Conv2dLayer(in_channels, out_channels, 3, down=True, gain=math.sqrt(0.5), conv_clamp=conv_clamp)
         self.skip = Conv2dLayer(in_channels, out_channels, 1, bias=False, activation=False, down=True,
-                                gain=math.sqrt(0.5))
+                                gain=math.sqrt(0.5))  # unclamped, as NVIDIA's
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.skip(x) + self.conv1(self.conv0(x))
@@ -307,14 +322,15 @@ class Discriminator(nn.Module):
     """images (N, 3, R, R) -> logits (N,): fromRGB, residual blocks down to 4x4, then minibatch
     stddev, a 3x3 convolution and two fully connected layers."""
 
-    def __init__(self, resolution: int, channel_base: int, channel_max: int, mbstd_group: int = 4):
+    def __init__(self, resolution: int, channel_base: int, channel_max: int, mbstd_group: int = 4,
+                 conv_clamp: float | None = None):
         super().__init__()
         resolutions = block_resolutions(resolution)[::-1]  # R, R/2, ..., 4
         ch = [channels_at(r, channel_base, channel_max) for r in resolutions]
-        self.fromrgb = Conv2dLayer(3, ch[0], 1)
-        self.blocks = nn.Sequential(*[DiscriminatorBlock(a, b) for a, b in zip(ch, ch[1:])])
+        self.fromrgb = Conv2dLayer(3, ch[0], 1, conv_clamp=conv_clamp)
+        self.blocks = nn.Sequential(*[DiscriminatorBlock(a, b, conv_clamp) for a, b in zip(ch, ch[1:])])
         self.mbstd_group = mbstd_group
-        self.conv = Conv2dLayer(ch[-1] + 1, ch[-1], 3)
+        self.conv = Conv2dLayer(ch[-1] + 1, ch[-1], 3, conv_clamp=conv_clamp)
         self.fc = FullyConnected(ch[-1] * 16, ch[-1], activation=True)
         self.out = FullyConnected(ch[-1], 1)
 

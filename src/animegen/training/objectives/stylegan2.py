@@ -31,6 +31,7 @@ class StyleGANObjectiveConfig:
     d_channel_base: int = 16384
     d_channel_max: int = 512
     mbstd_group: int = 4
+    d_conv_clamp: float | None = None  # D's activation clamp (NVIDIA's conv_clamp, kept by an import); None: off
     r1_gamma: float | None = None  # None: the family's rule (the objective's `default_r1_gamma`)
     r1_interval: int = 16  # lazy regularization: every this many steps, weighted by it
     pl_weight: float = 2.0  # path length regularization; 0: off (StyleGAN3)
@@ -46,7 +47,8 @@ class StyleGANObjectiveConfig:
 
     limits: ClassVar[dict[str, Limit]] = {
         "g_lr": LEARNING_RATE, "d_lr": LEARNING_RATE, "adam_betas": ADAM_BETA, "d_channel_base": CHANNEL_BASE,
-        "d_channel_max": WIDTH, "mbstd_group": between(1, 4096), "r1_gamma": at_least(0, 1e6),
+        "d_channel_max": WIDTH, "mbstd_group": between(1, 4096), "d_conv_clamp": positive(1e9),
+        "r1_gamma": at_least(0, 1e6),
         "r1_interval": between(1, 10**6), "pl_weight": at_least(0, 1e6), "pl_interval": between(1, 10**6),
         "pl_batch_shrink": between(1, 4096), "pl_decay": FRACTION, "style_mixing": FRACTION,
         "augment": parsed_by(parse_mode, "'ada', 'off' or 'fixed:P' with 0 <= P <= 1"), "augment_ops": one_of(*OPS),
@@ -73,7 +75,7 @@ class StyleGANObjective(Objective):
     def __init__(self, model: Model, config: StyleGANObjectiveConfig, ctx):
         super().__init__(model, config, ctx)
         self.D = self.add_net("D", Discriminator(model.resolution, config.d_channel_base, config.d_channel_max,
-                                                 config.mbstd_group))
+                                                 config.mbstd_group, config.d_conv_clamp))
         for name, net, lr, interval in (("G", model, config.g_lr, config.pl_interval if config.pl_weight else 0),
                                         ("D", self.D, config.d_lr, config.r1_interval)):
             # Lazy regularization: rescale lr and betas so the effective momentum per step is kept.
