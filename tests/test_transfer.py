@@ -67,6 +67,10 @@ def test_other_resolution_loads_what_matches_and_reports_the_rest(source_run):
     assert "model.synthesis.convs.5.weight (not in the source)" in report["skipped"]
     assert any(s.startswith("net.D.fromrgb.weight (shape") for s in report["skipped"])
     assert report["loaded"] > 0
+    # D blocks meet by resolution: the source's 16 px block (its first) is the target's second.
+    d = modules["net.D"].state_dict()
+    assert torch.equal(d["blocks.1.conv0.weight"], tensors["net.D.blocks.0.conv0.weight"])
+    assert torch.equal(d["blocks.2.conv1.weight"], tensors["net.D.blocks.1.conv1.weight"])
 
 
 def test_cli_init_from_errors_and_sampling_flags(source_run, tmp_path):

@@ -296,6 +296,35 @@ def train_command(model, data, run, preset, sets, steps, kimg, minutes, resume, 
         sys.exit(128 + result["signal"])  # as if killed by it, after the checkpoint: 130 for Ctrl-C, 143 for SIGTERM
 
 
+@main.command("import")
+@click.argument("pkl", type=_NonEmptyPath())
+@click.option("--out", required=True, type=_NonEmptyPath(), help="New run folder (must not exist).")
+@click.option("--data", required=True, type=_NonEmptyPath(),
+              help="Prepared dataset at the network's resolution, for fine-tuning and eval.")
+@click.option("--preset", type=click.Choice(["tiny", "paper64"]), default="tiny", show_default=True,
+              help="Training hyperparameters (the architecture comes from the pickle).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one training setting (repeatable).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the run's data order and noise.")
+def import_command(pkl, out, data, preset, sets, seed):
+    """Import an NVIDIA StyleGAN2-ADA / StyleGAN3 snapshot pickle as a run folder at step 0.
+
+    Nothing in the pickle is executed. Continue with sample, eval, train --resume or
+    train --init-from. See docs/stylegan.md.
+
+    \b
+    Example:
+      animegen import network-snapshot-001000.pkl --out runs/imported --data data/faces256
+      animegen sample runs/imported --count 6 --out samples/ --seed-convention nvlabs --noise-mode const
+    """
+    from animegen.training.config import parse_sets
+    from animegen.training.nvimport import import_run
+
+    info = import_run(pkl, out, data, preset=preset, sets=parse_sets(list(sets)), seed=seed, echo=click.echo)
+    click.echo(f"{info['run']}: {info['model']} at {info['resolution']} px imported from {pkl}"
+               + ("" if info["discriminator"] else " (no D in the pickle: a fresh one)")
+               + (f"; ADA p {info['ada_p']:.4f}" if info["ada_p"] is not None else "") + f"; grid {info['grid']}")
+
+
 def _sampling_options(f):
     f = click.option("--sampler", type=click.Choice(["ddpm", "ddim", "dpm-solver++"]), default=None,
                      help="Diffusion sampler [default: the run's].")(f)
@@ -324,8 +353,10 @@ def _sampling_options(f):
 @click.option("--out", required=True, type=_NonEmptyPath(), help="Output folder of PNGs (must not exist).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Image i comes from seed SEED+i.")
 @click.option("--grid", type=_NonEmptyPath(), default=None, help="Also write all images as one grid PNG.")
+@click.option("--seed-convention", type=click.Choice(["animegen", "nvlabs"]), default="animegen", show_default=True,
+              help="nvlabs: a seed's latent is NVIDIA's, np.random.RandomState(seed).randn(z_dim).")
 @_sampling_options
-def sample_command(run, count, out, seed, grid, batch_size, device, checkpoint, **options):
+def sample_command(run, count, out, seed, grid, seed_convention, batch_size, device, checkpoint, **options):
     """Generate images from RUN's newest checkpoint (EMA weights); the same seed gives the same images.
 
     \b
@@ -335,7 +366,7 @@ def sample_command(run, count, out, seed, grid, batch_size, device, checkpoint, 
     from animegen.generate import write_samples
 
     info = write_samples(run, out, count, seed=seed, batch_size=batch_size, options=options, grid=grid, device=device,
-                         checkpoint=checkpoint, progress=True)
+                         checkpoint=checkpoint, progress=True, seed_convention=seed_convention)
     click.echo(f"{out}: {count} images (seeds {info['seeds'][0]}..{info['seeds'][1]}) from {info['checkpoint']}"
                + (f"; grid {grid}" if grid else ""))
 

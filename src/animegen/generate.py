@@ -21,7 +21,7 @@ from animegen.errors import UserError
 from animegen.io import atomic_dir, save_grid, to_uint8
 from animegen.metrics import evaluate_generator
 from animegen.models import registry
-from animegen.models.base import Model, Noise
+from animegen.models.base import SEED_CONVENTIONS, Model
 from animegen.settings import MAX_SEED, build
 
 WEIGHTS = ("ema", "model")
@@ -29,13 +29,15 @@ MAX_COUNT = 10**8  # images one `sample` writes
 MAX_GRID = 1024  # images in one grid PNG
 
 
-def sample_batches(model: Model, seeds: Iterable[int], batch_size: int, options: dict | None = None
-                   ) -> Iterator[torch.Tensor]:
-    """Images for `seeds`, in order, `batch_size` at a time: float N x 3 x R x R in [-1, 1]."""
+def sample_batches(model: Model, seeds: Iterable[int], batch_size: int, options: dict | None = None,
+                   seed_convention: str = "animegen") -> Iterator[torch.Tensor]:
+    """Images for `seeds`, in order, `batch_size` at a time: float N x 3 x R x R in [-1, 1].
+    `seed_convention` "nvlabs": a seed's latent is NVIDIA's (models.base.NvlabsNoise)."""
+    noise = SEED_CONVENTIONS[seed_convention]
     seeds = list(seeds) if not isinstance(seeds, range) else seeds
     for start in range(0, len(seeds), batch_size):
         with torch.no_grad():
-            yield model.sample(Noise(seeds[start : start + batch_size], model.device), **(options or {}))
+            yield model.sample(noise(seeds[start : start + batch_size], model.device), **(options or {}))
 
 
 def sample_grid(model: Model, seeds: Iterable[int], batch_size: int, options: dict | None = None) -> np.ndarray:
@@ -74,7 +76,7 @@ def check_batch_size(batch_size: int) -> int:
 
 def write_samples(run: str, out: str, count: int, seed: int = 0, batch_size: int = 64,
                   options: dict | None = None, grid: str | None = None, device: str = "auto",
-                  checkpoint: str | int = "last", progress: bool = False) -> dict:
+                  checkpoint: str | int = "last", progress: bool = False, seed_convention: str = "animegen") -> dict:
     """Write images of seeds seed..seed+count-1 as OUT/seed<NNNNNN>.png, batch by batch as they
     are made (OUT appears only when complete), and optionally all of them as one grid PNG."""
     seeds = check_seeds(seed, count)
@@ -88,7 +90,8 @@ def write_samples(run: str, out: str, count: int, seed: int = 0, batch_size: int
     options = model.resolve_sample_options(options or {})
     shown = []
     with atomic_dir(out) as tmp, tqdm(total=count, unit="img", disable=not progress, leave=False) as bar:
-        for start, batch in zip(range(0, count, batch_size), sample_batches(model, seeds, batch_size, options)):
+        batches = sample_batches(model, seeds, batch_size, options, seed_convention)
+        for start, batch in zip(range(0, count, batch_size), batches):
             images = to_uint8(batch)
             for s, image in zip(seeds[start : start + batch_size], images):
                 Image.fromarray(image).save(tmp / f"seed{s:06d}.png")
@@ -98,7 +101,8 @@ def write_samples(run: str, out: str, count: int, seed: int = 0, batch_size: int
         if grid:
             save_grid(np.concatenate(shown), grid)
     return {"out": str(out), "count": count, "seeds": [seed, seed + count - 1], "checkpoint": state["checkpoint"],
-            "step": state["step"], "sample_options": options, **({"grid": str(grid)} if grid else {})}
+            "step": state["step"], "sample_options": options, "seed_convention": seed_convention,
+            **({"grid": str(grid)} if grid else {})}
 
 
 def evaluate_run(run: str, metrics: list[str], num: int, split: str = "test", options: dict | None = None,

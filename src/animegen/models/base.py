@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -55,6 +56,25 @@ class Noise:
         """Noise of shape (len(self), *shape) on `self.device`."""
         draws = [torch.randn(shape, generator=g) for g in self.generators]
         return torch.stack(draws).to(self.device)
+
+
+class NvlabsNoise(Noise):
+    """NVIDIA's seed convention (their gen_images.py): each image's first draw, its latent z,
+    is np.random.RandomState(seed).randn(*shape); later draws (noise inputs) are as `Noise`'s."""
+
+    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu"):
+        super().__init__(seeds, device)
+        self.drawn_latent = False
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        if self.drawn_latent:
+            return super().randn(*shape)
+        self.drawn_latent = True
+        latents = np.stack([np.random.RandomState(s).randn(*shape) for s in self.seeds])
+        return torch.from_numpy(latents).float().to(self.device)
+
+
+SEED_CONVENTIONS = {"animegen": Noise, "nvlabs": NvlabsNoise}
 
 
 class Model(nn.Module):

@@ -12,7 +12,9 @@ checked against ours instead of copied. fp16 layers load as fp32 (NVIDIA runs th
 from __future__ import annotations
 
 import math
+import os
 import re
+from dataclasses import dataclass
 
 import torch
 
@@ -20,7 +22,7 @@ from animegen.errors import UserError
 from animegen.models.base import Model
 from animegen.models.stylegan2 import Discriminator, StyleGAN2, StyleGAN2Config
 from animegen.models.stylegan3 import StyleGAN3, StyleGAN3Config, StyleGAN3R, StyleGAN3RConfig
-from animegen.nvlabs.unpickle import Persistent
+from animegen.nvlabs.unpickle import Persistent, read_snapshot
 from animegen.settings import build
 
 FILTER_TOLERANCE = 1e-6  # our Kaiser / jinc filters vs NVIDIA's recorded ones
@@ -281,3 +283,48 @@ def load_discriminator(record: Persistent, what: str = "D") -> tuple[dict, Discr
              if (ours := _discriminator_name(theirs, settings["resolution"])) is not None}
     _load(d, state, what)
     return settings, d.eval()
+
+
+# ---------------------------------------------------------------- a whole snapshot
+@dataclass
+class Snapshot:
+    """The networks of one NVIDIA snapshot, ours. A snapshot may hold only some of G, G_ema and
+    D: a missing generator is taken from the other one; `d` is None when D is missing."""
+
+    path: str
+    family: str
+    model_config: StyleGAN2Config | StyleGAN3Config
+    g: Model
+    g_ema: Model
+    d: Discriminator | None
+    d_settings: dict
+    ada_p: float | None
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Named as in our checkpoints: model., ema. and net.D."""
+        modules = {"model": self.g, "ema": self.g_ema, **({"net.D": self.d} if self.d is not None else {})}
+        return {f"{prefix}.{k}": v for prefix, m in modules.items() for k, v in m.state_dict().items()}
+
+
+def import_snapshot(path: str | os.PathLike) -> Snapshot:
+    snapshot = read_snapshot(path)
+    generators = {name: snapshot[name] for name in ("G", "G_ema") if isinstance(snapshot.get(name), Persistent)}
+    if not generators:
+        raise UserError(f"{path} holds no generator (neither G nor G_ema).")
+    loaded = {name: load_generator(record, name) for name, record in generators.items()}
+    (family, _), *_ = loaded.values()
+    if len({f for f, _ in loaded.values()}) > 1:
+        raise UserError(f"{path}: G and G_ema are different architectures.")
+    g = loaded.get("G", loaded.get("G_ema"))[1]
+    g_ema = loaded.get("G_ema", loaded.get("G"))[1]
+    d_settings, d = load_discriminator(snapshot["D"]) if isinstance(snapshot.get("D"), Persistent) else ({}, None)
+    if d is not None and d_settings["resolution"] != g.resolution:
+        raise refuse("D", "img_resolution", d_settings["resolution"], f"G is {g.resolution} px")
+    return Snapshot(str(path), family, g.config, g, g_ema, d, d_settings, _ada_p(snapshot.get("augment_pipe")))
+
+
+def _ada_p(record) -> float | None:
+    if not isinstance(record, Persistent):
+        return None
+    p = record.state["_buffers"].get("p")
+    return None if p is None else float(p)

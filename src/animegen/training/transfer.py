@@ -7,22 +7,36 @@ Every tensor of the new run's model, EMA copy and auxiliary nets (e.g. the discr
 is taken from the source checkpoint when a tensor of the same name and shape is there;
 the others keep their fresh initialization and are reported. Optimizer states, step counts
 and the objective's statistics (e.g. ADA's p) start fresh.
+
+The source may also be an NVIDIA snapshot pickle, imported on the fly (nvlabs.networks; its
+discriminator included). StyleGAN discriminator blocks are matched by the resolution they
+work at, not by their index, so that a source at another resolution lends each block the
+weights of its counterpart.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 import torch
 
 from animegen import runs
 from animegen.errors import UserError
+from animegen.models.stylegan2 import Discriminator
+from animegen.nvlabs.networks import import_snapshot
+
+D_BLOCK = re.compile(r"net\.D\.blocks\.(\d+)\.(.+)")  # block i of a StyleGAN D works at R / 2^i
 
 
 def init_from(source: str | os.PathLike, modules: dict[str, torch.nn.Module]) -> dict:
     """Load matching tensors of `source` into `modules` ({checkpoint prefix: module}) and
     return a report: the source, how many tensors were loaded, and each skipped one with why."""
-    tensors, state = runs.load_checkpoint(source)
+    tensors, state = _read_source(source)
+    target = modules.get("net.D")
+    if isinstance(target, Discriminator) and state["model"].startswith("stylegan"):
+        tensors = _blocks_by_resolution(tensors, len(target.blocks))
     loaded, skipped = [], []
     for prefix, module in modules.items():
         matching = {}
@@ -42,6 +56,30 @@ def init_from(source: str | os.PathLike, modules: dict[str, torch.nn.Module]) ->
                         f"it cannot initialize it.")
     return {"checkpoint": state["checkpoint"], "model": state["model"], "step": state["step"],
             "loaded": len(loaded), "skipped": skipped}
+
+
+def _read_source(source: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and state of a run or checkpoint, or of an NVIDIA pickle."""
+    if Path(source).is_file() and Path(source).suffix == ".pkl":
+        snapshot = import_snapshot(source)
+        return snapshot.tensors(), {"checkpoint": str(Path(source).resolve()), "model": snapshot.family, "step": 0}
+    return runs.load_checkpoint(source)
+
+
+def _blocks_by_resolution(tensors: dict[str, torch.Tensor], target_blocks: int) -> dict[str, torch.Tensor]:
+    """D block tensors renumbered so that each lands on the target's block of its resolution.
+    Both discriminators end with their 8 px block, so the numbers shift by the difference in
+    block counts; source blocks above the target's resolution are dropped."""
+    source_blocks = len({m[1] for key in tensors if (m := D_BLOCK.fullmatch(key))})
+    shift = target_blocks - source_blocks
+    renamed = {}
+    for key, value in tensors.items():
+        m = D_BLOCK.fullmatch(key)
+        if m is None:
+            renamed[key] = value
+        elif int(m[1]) + shift >= 0:
+            renamed[f"net.D.blocks.{int(m[1]) + shift}.{m[2]}"] = value
+    return renamed
 
 
 def describe(report: dict) -> str:
