@@ -11,6 +11,7 @@ import torch
 
 from animegen.errors import UserError
 from animegen.models.stylegan2 import StyleGAN2
+from animegen.nvlabs import networks
 from animegen.nvlabs.networks import load_discriminator, load_generator
 from animegen.nvlabs.unpickle import read_snapshot
 
@@ -100,3 +101,20 @@ def test_a_stored_stylegan3_transform_is_refused():
     synthesis_input.state["_buffers"]["transform"][0, 2] = 0.1
     with pytest.raises(UserError, match="synthesis.input.transform"):
         load_generator(snapshot["G_ema"], "G_ema")
+
+
+def test_a_snapshot_with_g_ema_only_imports_it_as_both_generators_and_no_d(monkeypatch):
+    snapshot, _, _ = fixture_files("sg2-32")
+    monkeypatch.setattr(networks, "read_snapshot", lambda path: {"G_ema": snapshot["G_ema"]})
+    imported = networks.import_snapshot("only-g-ema.pkl")
+    assert imported.d is None and imported.ada_p is None
+    assert imported.g is imported.g_ema and imported.family == "stylegan2"
+    assert not any(k.startswith("net.D.") for k in imported.tensors())
+
+
+def test_a_snapshot_without_network_structure_is_refused_in_one_line(monkeypatch):
+    snapshot, _, _ = fixture_files("sg2-32")
+    del snapshot["G_ema"].state["_modules"]["mapping"]
+    monkeypatch.setattr(networks, "read_snapshot", lambda path: {"G_ema": snapshot["G_ema"]})
+    with pytest.raises(UserError, match="does not hold StyleGAN networks as NVIDIA's code writes them"):
+        networks.import_snapshot("broken.pkl")

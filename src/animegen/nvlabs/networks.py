@@ -34,6 +34,10 @@ SG3_DEFAULTS = {"channel_base": 32768, "channel_max": 512, "num_layers": 14, "nu
 SG3_TO_OURS = {"margin_size": "margin", "use_radial_filters": "radial_filters"}
 # constructor arguments that change how fast NVIDIA's code runs, not what it computes
 PERFORMANCE_ONLY = {"num_fp16_res", "fp16_channels_last", "fused_modconv_default", "channels_last"}
+GENERATOR_KWARGS = {"z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "mapping_kwargs"}
+# StyleGAN2 synthesis arguments (both repos); their effect is read from the layers' recorded values
+SG2_SYNTHESIS_KWARGS = {"channel_base", "channel_max", "architecture", "resample_filter", "conv_clamp", "use_noise",
+                        "activation", *PERFORMANCE_ONLY}
 
 
 def refuse(what: str, setting: str, value, why: str = "animegen has no exact equivalent") -> UserError:
@@ -63,16 +67,19 @@ def flat_tensors(record: Persistent, prefix: str = "") -> dict[str, torch.Tensor
     return out
 
 
-def layer_values(record: Persistent, attribute: str) -> set:
-    """The values of `attribute` over the record and all its submodules that have it."""
+def layer_values(record: Persistent, attribute: str, exclude: tuple[str, ...] = ()) -> set:
+    """The values of `attribute` over the record and all its submodules that have it, but
+    for the submodules named in `exclude`."""
     found = {record.state[attribute]} if attribute in record.state else set()
-    for child in children(record).values():
-        found |= layer_values(child, attribute)
+    for name, child in children(record).items():
+        if name not in exclude:
+            found |= layer_values(child, attribute, exclude)
     return found
 
 
-def one_value(record: Persistent, attribute: str, what: str):
-    values = layer_values(record, attribute) - {None} if attribute == "conv_clamp" else layer_values(record, attribute)
+def one_value(record: Persistent, attribute: str, what: str, exclude: tuple[str, ...] = ()):
+    """The one value all layers record for `attribute` (None when none does)."""
+    values = layer_values(record, attribute, exclude)
     if len(values) > 1:
         raise refuse(what, attribute, sorted(values, key=str), "it differs between layers")
     return next(iter(values), None)
@@ -80,8 +87,14 @@ def one_value(record: Persistent, attribute: str, what: str):
 
 def _check(what: str, settings: dict, accepted: dict) -> None:
     for name, ok in accepted.items():
-        if settings.get(name, ok[0]) not in ok:
+        if settings[name] not in ok:
             raise refuse(what, name, settings[name])
+
+
+def _check_known(what: str, kwargs: dict, known: set) -> None:
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise refuse(what, unknown[0], kwargs[unknown[0]], "a setting this importer does not know")
 
 
 def _check_common(what: str, kwargs: dict) -> None:
@@ -122,6 +135,7 @@ def stylegan2_config(record: Persistent, what: str = "G") -> StyleGAN2Config:
     """StyleGAN2 (either repo): skip architecture, [1,3,3,1] filters, noise inputs."""
     kwargs = record.state["_init_kwargs"]
     synthesis = {**kwargs, **kwargs.get("synthesis_kwargs", {})}  # stylegan2-ada nests them
+    _check_known(what, synthesis, GENERATOR_KWARGS | SG2_SYNTHESIS_KWARGS | {"synthesis_kwargs"})
     synth = submodule(record, "synthesis")
     _check(what, {"architecture": one_value(synth, "architecture", what),
                   "use_noise": one_value(synth, "use_noise", what),
@@ -136,13 +150,13 @@ def stylegan2_config(record: Persistent, what: str = "G") -> StyleGAN2Config:
 
 def stylegan3_config(record: Persistent, what: str = "G") -> StyleGAN3Config:
     kwargs = record.state["_init_kwargs"]
-    known = {"z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "mapping_kwargs", *SG3_DEFAULTS}
-    unknown = sorted(set(kwargs) - known)
-    if unknown:
-        raise refuse(what, unknown[0], kwargs[unknown[0]], "a StyleGAN3 setting this importer does not know")
+    _check_known(what, kwargs, GENERATOR_KWARGS | set(SG3_DEFAULTS))
     settings = {**SG3_DEFAULTS, **kwargs}
     config_class = StyleGAN3RConfig if settings["use_radial_filters"] else StyleGAN3Config
     values = {SG3_TO_OURS.get(k, k): settings[k] for k in SG3_DEFAULTS if k not in PERFORMANCE_ONLY}
+    synth = submodule(record, "synthesis")
+    for recorded in ("conv_clamp", "magnitude_ema_beta"):  # as the layers have them
+        values[recorded] = one_value(synth, recorded, what)
     return build(config_class, {**_common_config(record, what), **values}, what)
 
 
@@ -259,7 +273,7 @@ def discriminator_settings(record: Persistent, what: str = "D") -> dict:
             "activations": [["linear", "lrelu"]], "resample_filter": [[(1, 3, 3, 1)]]})
     return {"resolution": int(record.state["img_resolution"]), "d_channel_base": int(kwargs.get("channel_base", 32768)),
             "d_channel_max": int(kwargs.get("channel_max", 512)), "mbstd_group": int(mbstd.state["group_size"]),
-            "d_conv_clamp": one_value(record, "conv_clamp", what)}
+            "d_conv_clamp": one_value(record, "conv_clamp", what, exclude=("skip",))}  # NVIDIA's skips never clamp
 
 
 def _discriminator_name(name: str, resolution: int) -> str | None:
@@ -307,7 +321,14 @@ class Snapshot:
 
 
 def import_snapshot(path: str | os.PathLike) -> Snapshot:
-    snapshot = read_snapshot(path)
+    try:
+        return _import_snapshot(path, read_snapshot(path))
+    except (KeyError, AttributeError, TypeError) as e:  # a record without what NVIDIA's networks hold
+        raise UserError(f"{path} does not hold StyleGAN networks as NVIDIA's code writes them "
+                        f"({type(e).__name__}: {e}).") from None
+
+
+def _import_snapshot(path, snapshot: dict) -> Snapshot:
     generators = {name: snapshot[name] for name in ("G", "G_ema") if isinstance(snapshot.get(name), Persistent)}
     if not generators:
         raise UserError(f"{path} holds no generator (neither G nor G_ema).")

@@ -58,8 +58,7 @@ def _rebuild_parameter(data: torch.Tensor, requires_grad=False, hooks=None) -> t
     return data
 
 
-def _numpy(name: str):
-    return {"_reconstruct": np._core.multiarray._reconstruct, "scalar": np._core.multiarray.scalar}[name]
+MULTIARRAY = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray  # numpy 2 / numpy 1
 
 
 OUTER_GLOBALS = {
@@ -71,7 +70,7 @@ OUTER_GLOBALS = {
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
     # numpy 2 writes numpy._core, numpy 1 numpy.core
-    **{(f"numpy.{core}.multiarray", name): _numpy(name) for core in ("_core", "core")
+    **{(f"numpy.{core}.multiarray", name): getattr(MULTIARRAY, name) for core in ("_core", "core")
        for name in ("_reconstruct", "scalar")},
 }
 
@@ -141,7 +140,8 @@ def read_snapshot(path: str | os.PathLike) -> dict:
             snapshot = _SnapshotUnpickler(f).load()
     except FileNotFoundError:
         raise UserError(f"{path} does not exist.") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, struct.error) as e:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
+            RuntimeError, struct.error) as e:
         raise UserError(f"{path} is not a readable NVIDIA snapshot pickle ({type(e).__name__}: {e}).") from None
     if not isinstance(snapshot, dict):
         raise UserError(f"{path} holds a {type(snapshot).__name__}, not an NVIDIA snapshot dict.")
