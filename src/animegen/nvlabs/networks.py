@@ -305,7 +305,6 @@ class Snapshot:
     """The networks of one NVIDIA snapshot, ours. A snapshot may hold only some of G, G_ema and
     D: a missing generator is taken from the other one; `d` is None when D is missing."""
 
-    path: str
     family: str
     model_config: StyleGAN2Config | StyleGAN3Config
     g: Model
@@ -333,15 +332,16 @@ def _import_snapshot(path, snapshot: dict) -> Snapshot:
     if not generators:
         raise UserError(f"{path} holds no generator (neither G nor G_ema).")
     loaded = {name: load_generator(record, name) for name, record in generators.items()}
-    (family, _), *_ = loaded.values()
-    if len({f for f, _ in loaded.values()}) > 1:
+    family = next(iter(loaded.values()))[0]
+    models = {name: model for name, (_, model) in loaded.items()}
+    g = models.get("G", models.get("G_ema"))
+    g_ema = models.get("G_ema", g)
+    if type(g) is not type(g_ema) or g.config != g_ema.config:
         raise UserError(f"{path}: G and G_ema are different architectures.")
-    g = loaded.get("G", loaded.get("G_ema"))[1]
-    g_ema = loaded.get("G_ema", loaded.get("G"))[1]
     d_settings, d = load_discriminator(snapshot["D"]) if isinstance(snapshot.get("D"), Persistent) else ({}, None)
     if d is not None and d_settings["resolution"] != g.resolution:
         raise refuse("D", "img_resolution", d_settings["resolution"], f"G is {g.resolution} px")
-    return Snapshot(str(path), family, g.config, g, g_ema, d, d_settings, _ada_p(snapshot.get("augment_pipe")))
+    return Snapshot(family, g.config, g, g_ema, d, d_settings, _ada_p(snapshot.get("augment_pipe")))
 
 
 def _ada_p(record) -> float | None:
