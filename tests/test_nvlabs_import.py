@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from animegen.errors import UserError
 from animegen.models.stylegan2 import StyleGAN2
@@ -25,8 +26,6 @@ def fixture_files(name: str) -> tuple[dict, dict, dict]:
     """(snapshot, expected arrays, NAME.json), or a clear skip when the shared folder is absent."""
     if not (FIXTURES / f"{name}.pkl").is_file():
         pytest.skip(f"NVIDIA fixtures not found at {FIXTURES} (set ANIMEGEN_NVLABS_FIXTURES)")
-    from safetensors.torch import load_file
-
     return (read_snapshot(FIXTURES / f"{name}.pkl"), load_file(FIXTURES / f"{name}.expected.safetensors"),
             json.loads((FIXTURES / f"{name}.json").read_text()))
 

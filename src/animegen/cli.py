@@ -268,8 +268,9 @@ def demo(out, minutes):
 @click.option("--seed", type=int, default=None, help="Seed of initialization, data order and noise [default: 0].")
 @click.option("--fid-every", default=None, help="FID snapshot interval: steps, 'Nkimg' or 'Nmin' [default: off].")
 @click.option("--fid-num", type=int, default=None, help="Generated images per FID snapshot [default: 1000].")
-@click.option("--init-from", type=_NonEmptyPath(), default=None, metavar="RUN_OR_CHECKPOINT",
-              help="Start a new run from another run's weights (matching names and shapes; the rest stay fresh).")
+@click.option("--init-from", type=_NonEmptyPath(), default=None, metavar="RUN_OR_CHECKPOINT_OR_PKL",
+              help="Start a new run from another run's (or an NVIDIA snapshot pickle's) weights (matching names and "
+                   "shapes; the rest stay fresh).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and parameter counts; train nothing.")
 def train_command(model, data, run, preset, sets, steps, kimg, minutes, resume, device, seed, fid_every, fid_num,
                   init_from, dry_run):
