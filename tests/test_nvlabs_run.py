@@ -98,3 +98,22 @@ def test_import_refuses_a_dataset_at_another_resolution(tmp_path):
                                        "--data", str(tmp_path / "faces16")])
     assert result.exit_code == 2 and "prepare the data at 32 px" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_an_import_without_a_dataset_samples_and_takes_one_when_it_trains(tmp_path, faces32):
+    fixture_files("sg2-32")
+    run = tmp_path / "run"
+    invoke("import", FIXTURES / "sg2-32.pkl", "--out", run, *SMALL)
+    invoke("sample", run, "--count", 2, "--out", tmp_path / "s", "--device", "cpu")
+    assert "none yet" in invoke("runs", "info", run).output
+    for command in (["eval", run, "--num", 2], ["train", "--out", run, "--resume", "--steps", 1]):
+        result = CliRunner().invoke(main, [str(a) for a in command])
+        assert result.exit_code == 2 and "has no dataset" in result.output and "--data" in result.output
+    synthesize_dataset(tmp_path / "faces16", count=10, resolution=16, seed=0, test_fraction=0.2)
+    result = CliRunner().invoke(main, ["train", "--out", str(run), "--resume", "--steps", "1",
+                                       "--data", str(tmp_path / "faces16")])
+    assert result.exit_code == 2 and "prepare the data at 32 px" in result.output
+    invoke("train", "--out", run, "--resume", "--steps", 1, "--device", "cpu", "--data", faces32)
+    config = runs.Run(run).read_config()  # the first dataset became the run's
+    assert config["data"] == str(faces32.resolve()) and config["data_hash"]
+    invoke("train", "--out", run, "--resume", "--steps", 2, "--device", "cpu")

@@ -300,8 +300,9 @@ def train_command(model, data, run, preset, sets, steps, kimg, minutes, resume, 
 @main.command("import")
 @click.argument("pkl", type=_NonEmptyPath())
 @click.option("--out", required=True, type=_NonEmptyPath(), help="New run folder (must not exist).")
-@click.option("--data", required=True, type=_NonEmptyPath(),
-              help="Prepared dataset at the network's resolution, for fine-tuning and eval.")
+@click.option("--data", type=_NonEmptyPath(), default=None,
+              help="Prepared dataset at the network's resolution, for fine-tuning and eval [default: none yet; "
+                   "eval and train --resume then take --data].")
 @click.option("--preset", type=click.Choice(["tiny", "paper64"]), default="tiny", show_default=True,
               help="Training hyperparameters (the architecture comes from the pickle).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one training setting (repeatable).")
@@ -314,8 +315,9 @@ def import_command(pkl, out, data, preset, sets, seed):
 
     \b
     Example:
-      animegen import network-snapshot-001000.pkl --out runs/imported --data data/faces256
+      animegen import network-snapshot-001000.pkl --out runs/imported
       animegen sample runs/imported --count 6 --out samples/ --seed-convention nvlabs --noise-mode const
+      animegen train --out runs/imported --resume --data data/faces256 --kimg 100
     """
     from animegen.training.config import parse_sets
     from animegen.training.nvimport import import_run

@@ -255,8 +255,11 @@ class Run:
     # ------------------------------------------------------------ dataset
     def dataset(self, config: dict, data: str | os.PathLike | None = None) -> str:
         """The run's dataset folder, checked to hold the content the run was trained on;
-        `data` points at a moved copy (same content hash)."""
+        `data` points at a moved copy (same content hash), or gives a run imported without a
+        dataset one (then at the run's resolution)."""
         path = str(Path(data).resolve()) if data is not None else config["data"]
+        if path is None:
+            raise UserError(f"{self.path} has no dataset (it was imported without --data); pass --data DIR.")
         if not Path(path).exists():
             raise UserError(f"the run's dataset {path} is missing; pass --data to a copy of it.")
         manifest = read_manifest(path)
@@ -266,6 +269,9 @@ class Run:
                             f"{str(manifest.get('content_hash'))[:12]}, the run's {expected[:12]} (at "
                             f"{manifest.get('resolution')} px, the run's at {config.get('resolution', '?')} px); "
                             "it was prepared again or replaced. Pass --data to a copy of the original.")
+        if manifest.get("resolution") != config.get("resolution", manifest.get("resolution")):
+            raise UserError(f"{path} is at {manifest.get('resolution')} px and {self.path} at "
+                            f"{config['resolution']} px; prepare the data at {config['resolution']} px.")
         return path
 
 
@@ -303,6 +309,8 @@ def _read_state(folder: Path) -> dict | None:
 
 
 def _dataset_status(run: Run, config: dict) -> str:
+    if config.get("data") is None:
+        return "none yet (imported without --data)"
     try:
         run.dataset(config)
     except UserError as e:

@@ -50,7 +50,7 @@ class TrainConfig:
 @dataclass
 class RunConfig:
     model: str
-    data: str
+    data: str | None  # None: an import that has no dataset yet
     seed: int
     model_config: Any
     objective_config: Any

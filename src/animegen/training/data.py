@@ -20,11 +20,15 @@ from animegen.errors import UserError
 
 
 class TrainStream:
-    def __init__(self, path: str, batch: int, seed: int, xflip: bool = False, rank: int = 0, world_size: int = 1):
+    """`path` None: a run without a dataset yet (an import, `animegen import` without --data);
+    its position can be saved, and asking it for a batch says how to give it one."""
+
+    def __init__(self, path: str | None, batch: int, seed: int, xflip: bool = False, rank: int = 0,
+                 world_size: int = 1):
         if batch % world_size:
             raise UserError(f"the global batch {batch} does not divide among {world_size} processes.")
-        self.dataset = ImageDataset(path, "train", xflip=xflip)
-        if len(self.dataset) < batch:
+        self.dataset = ImageDataset(path, "train", xflip=xflip) if path is not None else None
+        if self.dataset is not None and len(self.dataset) < batch:
             raise UserError(f"{path} has {self.dataset.num_images} training images, too few for a batch of {batch}.")
         self.batch, self.seed = batch, seed
         self.rank, self.world_size = rank, world_size
@@ -39,6 +43,8 @@ class TrainStream:
 
     def next(self, device: torch.device) -> torch.Tensor:
         """This rank's share of the next global batch: float32 N x 3 x R x R in [-1, 1]."""
+        if self.dataset is None:
+            raise UserError("this run has no dataset yet; give it one with --data DIR.")
         if self.offset + self.batch > len(self.dataset):
             self.epoch, self.offset, self._order = self.epoch + 1, 0, None
         if self._order is None:

@@ -124,8 +124,8 @@ def _train(trainer: Trainer, mode: str, line: str | None, init_from, target: Tar
         if ctx.rank == 0:
             folder.write_init_from(report)
     trainer.forget_later_history()
-    if ctx.rank == 0 and mode != "resume":
-        folder.write_config(trainer.config.to_json())
+    if ctx.rank == 0 and (mode != "resume" or folder.read_config().get("data") is None):
+        folder.write_config(trainer.config.to_json())  # a new run's; or an import's, with its first dataset
     distributed.barrier(ctx)
     return trainer.run(target)
 
@@ -194,6 +194,7 @@ def _resume_config(folder: runs.Run, stored: dict, request: dict) -> RunConfig:
             raise UserError(f"{name} {value} differs from the run's {saved}; a resumed run keeps its settings "
                             "(start a new run to change them).")
     config.data = folder.dataset(stored, request["data"])
+    config.data_hash = config.data_hash or read_manifest(config.data)["content_hash"]  # an import's first dataset
     return config
 
 

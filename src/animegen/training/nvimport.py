@@ -1,10 +1,12 @@
-"""`animegen import PKL --out RUN --data DATA`: an NVIDIA snapshot pickle as an ordinary run
+"""`animegen import PKL --out RUN [--data DATA]`: an NVIDIA snapshot pickle as an ordinary run
 folder at step 0 (config.json, a checkpoint written by the training loop's own `save`, a
 sample grid), which sample, eval, `train --resume` and `train --init-from` accept.
 
 The architecture comes from the pickle (nvlabs.networks); the hyperparameters from `preset`
 and `sets`, as for a new run; the dataset is the one the import will be fine-tuned and
-evaluated on, and must be at the network's resolution. ADA's p is carried over, so
+evaluated on, and must be at the network's resolution. Without one, the run samples as it
+is, and `eval --data` / `train --resume --data` give it one later (the first becomes the
+run's, recorded in config.json). ADA's p is carried over, so
 fine-tuning continues with the augmentation strength the snapshot had reached.
 """
 
@@ -29,7 +31,8 @@ from animegen.training.loop import Trainer
 from animegen.training.objective import TrainContext
 
 
-def import_run(pkl: str | os.PathLike, out: str | os.PathLike, data: str | os.PathLike, preset: str = "tiny",
+def import_run(pkl: str | os.PathLike, out: str | os.PathLike, data: str | os.PathLike | None = None,
+               preset: str = "tiny",
                sets: dict | None = None, seed: int = 0, echo=print) -> dict:
     check_new_folder("--out", out)
     snapshot = import_snapshot(pkl)
@@ -63,11 +66,12 @@ def _config(snapshot: Snapshot, data, preset: str, sets: dict, seed: int):
     if clash:
         raise UserError(f"--set {clash[0]}: the imported network's architecture fixes it "
                         f"({clash[0]}={fixed[clash[0]]!r}).")
-    manifest = read_manifest(data)
+    manifest = read_manifest(data) if data is not None else {"resolution": snapshot.g.resolution}
     if manifest.get("resolution") != snapshot.g.resolution:
         raise UserError(f"{data} is at {manifest.get('resolution')} px and the imported network at "
                         f"{snapshot.g.resolution} px; prepare the data at {snapshot.g.resolution} px.")
     if snapshot.d is None:
         fixed = {k: v for k, v in fixed.items() if not k.startswith(("d_", "mbstd"))}
-    return make_config(registry.get(snapshot.family), str(Path(data).resolve()), snapshot.g.resolution, preset,
-                       {**fixed, **sets}, seed, data_hash=manifest.get("content_hash"))
+    path = str(Path(data).resolve()) if data is not None else None
+    return make_config(registry.get(snapshot.family), path, snapshot.g.resolution, preset, {**fixed, **sets}, seed,
+                       data_hash=manifest.get("content_hash"))
