@@ -10,6 +10,7 @@ import subprocess
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
 
@@ -109,3 +110,17 @@ def test_persistent_ids_in_the_outer_pickle_are_refused(tmp_path):
     path.write_bytes(buffer.getvalue())
     with pytest.raises(UserError, match="persistent id"):
         read_snapshot(path)
+
+
+@pytest.mark.parametrize("value", [
+    {"kwargs": np.zeros(2, dtype=[("a", "<f8")])},  # an array whose field offsets the pickle sets
+    {"kwargs": np.zeros(2, dtype=[("a", "<f8")])[0]},  # a structured scalar
+    {"kwargs": np.array(["x", object()], dtype=object)},
+])
+def test_numpy_values_other_than_plain_numbers_are_refused(tmp_path, value):
+    path = tmp_path / "structured.pkl"
+    path.write_bytes(pickle.dumps(value))
+    with pytest.raises(UserError, match="refusing|only plain numbers"):
+        read_snapshot(path)
+    path.write_bytes(pickle.dumps({"kwargs": np.arange(3, dtype=np.int64), "p": np.float32(0.25)}))
+    assert read_snapshot(path)["p"] == np.float32(0.25)  # plain numbers still read

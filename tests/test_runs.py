@@ -135,6 +135,7 @@ def test_a_garbled_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, fa
     summary = _train(run.path, faces16, 6, resume=True, lines=lines)
     assert any("skipping an unreadable checkpoint" in line and "step-00000004" in line for line in lines)
     assert any("resuming from the newest readable one, step 2" in line for line in lines)
+    assert (run.checkpoints / runs.DAMAGED / "step-00000004" / runs.TENSORS).is_file()  # set aside, not counted
     # From step 2 to 6 equals a straight run: the damaged step 4 was trained and written again.
     _train(tmp_path / "straight", faces16, 6)
     a, b = runs.load_checkpoint(run.path)[0], runs.load_checkpoint(tmp_path / "straight")[0]

@@ -45,6 +45,7 @@ class Example:
     ({"rate": 0}, r"rate=0 is out of range: it must be in \(0, 1\]"),
     ({"rate": float("nan")}, r"rate=nan is out of range: it must be a finite number"),
     ({"rate": float("inf")}, r"rate=inf is out of range"),
+    ({"rate": 10**400}, r"is out of range: it must be a finite number"),  # too large for a float
     ({"betas": [0.5]}, r"betas=\[0.5\] should be a list of 2"),
     ({"betas": [0.5, 1.0]}, r"betas=\[0.5, 1.0\] is out of range: it must be in \[0, 1\)"),
     ({"mode": "c"}, r"mode='c' is not accepted: it must be one of a, b"),

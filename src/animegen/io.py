@@ -32,12 +32,25 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the folder normal permissions
     try:
         yield tmp
-        if final.exists():
-            shutil.rmtree(final)
+        old = _set_aside(final) if final.exists() else None
         os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_tree(path: str | os.PathLike) -> None:
+    """Delete a folder so that a kill midway leaves only a hidden temporary (which the run
+    folder's cleanup removes), never a half-deleted folder under its real name."""
+    shutil.rmtree(_set_aside(Path(path)))
+
+
+def _set_aside(path: Path) -> Path:
+    aside = path.with_name(f".{path.name}.tmp-del-{os.getpid()}")
+    os.replace(path, aside)
+    return aside
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -40,7 +40,7 @@ from safetensors.torch import save as save_safetensors
 
 from animegen.data.store import read_manifest
 from animegen.errors import UserError
-from animegen.io import append_json_line, atomic_dir, atomic_write_bytes, atomic_write_json, read_json
+from animegen.io import append_json_line, atomic_dir, atomic_write_bytes, atomic_write_json, read_json, remove_tree
 
 try:
     import fcntl
@@ -51,6 +51,7 @@ FORMAT = "animegen-checkpoint/1"
 CONFIG, INIT_FROM, METRICS = "config.json", "init_from.json", "metrics.jsonl"
 CHECKPOINTS, SAMPLES, TENSORBOARD = "checkpoints", "samples", "tb"
 TENSORS, STATE = "tensors.safetensors", "state.json"
+DAMAGED = "damaged"  # checkpoints/damaged/: checkpoints a resume found unreadable and skipped
 STEP_NAME = re.compile(r"step-(\d{8,})(\.png)?")
 TEMPORARY = re.compile(r"\..*\.tmp-.*")  # what io.atomic_* and the link swap name their temporaries
 
@@ -164,19 +165,27 @@ class Run:
         kept = set(steps[-keep:]) | {newest, best}
         for s in steps:
             if s not in kept:
-                shutil.rmtree(self.checkpoints / step_name(s))
+                remove_tree(self.checkpoints / step_name(s))
         if best is not None:
             _point(self.checkpoints / "best", step_name(best))
 
-    def load_newest_readable(self) -> tuple[dict[str, torch.Tensor], dict, list[str]]:
+    def load_newest_readable(self, set_aside: bool = True) -> tuple[dict[str, torch.Tensor], dict, list[str]]:
         """The newest checkpoint that reads back intact, and one line for each newer one that
-        does not (what is wrong with it)."""
+        does not (what is wrong with it). Those are moved to checkpoints/damaged/, kept for a
+        look but no longer counted by `keep` or taken for `last` (with `set_aside`: rank 0 alone
+        moves them)."""
         problems = []
         for step in reversed(self.steps()):
+            folder = self.checkpoints / step_name(step)
             try:
-                return (*read_checkpoint(self.checkpoints / step_name(step)), problems)
+                tensors, state = read_checkpoint(folder)
             except CheckpointError as e:
-                problems.append(str(e))
+                problems.append(f"{e} (moved to {DAMAGED}/)")
+                continue
+            for damaged in self.steps()[self.steps().index(step) + 1:] if set_aside else ():
+                (self.checkpoints / DAMAGED).mkdir(exist_ok=True)
+                os.replace(self.checkpoints / step_name(damaged), self.checkpoints / DAMAGED / step_name(damaged))
+            return tensors, state, problems
         raise CheckpointError(f"{self.path} has no readable checkpoint: " + "; ".join(problems))
 
     # ------------------------------------------------------------ lifecycle

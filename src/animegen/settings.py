@@ -165,7 +165,12 @@ def _coerce(value, hint):
     if hint is int:
         return value if isinstance(value, int) and not isinstance(value, bool) else _WRONG
     if hint is float:
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _WRONG
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return _WRONG
+        try:
+            return float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            return float("inf") if value > 0 else float("-inf")
     if hint is str:  # a number given for a text setting (an interval "500" read as JSON) is its text
         text = str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
         return text if isinstance(text, str) and text.strip() else _WRONG

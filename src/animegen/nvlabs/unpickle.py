@@ -10,6 +10,7 @@ refused with one line naming it.
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
 import struct
@@ -51,6 +52,8 @@ def _rebuild_tensor(storage: torch.Tensor, offset: int, size, stride, requires_g
                     metadata=None) -> torch.Tensor:
     if not isinstance(storage, torch.Tensor):
         raise UserError("the pickle rebuilds a tensor from something that is not a storage; refusing it.")
+    if math.prod(size) > MAX_TENSOR_ELEMENTS:  # as_strided checks the bounds; this, the copy's size
+        raise UserError(f"the pickle holds a tensor of {math.prod(size)} elements; refusing it.")
     return storage.as_strided(tuple(size), tuple(stride), int(offset)).clone()
 
 
@@ -59,6 +62,38 @@ def _rebuild_parameter(data: torch.Tensor, requires_grad=False, hooks=None) -> t
 
 
 MULTIARRAY = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray  # numpy 2 / numpy 1
+MAX_TENSOR_ELEMENTS = 2**31  # far above any StyleGAN tensor; a pickle asking for more is refused
+
+
+def _check_dtype(dtype) -> None:
+    """Plain numbers only: a structured dtype's field offsets come from the pickle itself
+    (numpy's dtype.__setstate__), and could point outside the array's memory."""
+    if not isinstance(dtype, np.dtype) or dtype.fields is not None or dtype.subdtype is not None \
+            or dtype.kind not in "biufc":
+        raise UserError(f"the pickle holds a numpy value of dtype {dtype!r}; only plain numbers are read.")
+
+
+def _scalar(dtype, *args):
+    _check_dtype(dtype)
+    return MULTIARRAY.scalar(dtype, *args)
+
+
+def _check_numpy_values(obj, seen: set) -> None:
+    """Refuse any array the pickle built with a dtype other than plain numbers."""
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, (np.ndarray, np.generic)):
+        _check_dtype(obj.dtype)
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            _check_numpy_values(key, seen)
+            _check_numpy_values(value, seen)
+    elif isinstance(obj, (list, tuple, set)):
+        for item in obj:
+            _check_numpy_values(item, seen)
+    elif isinstance(obj, Persistent):
+        _check_numpy_values(obj.state, seen)
 
 
 OUTER_GLOBALS = {
@@ -70,8 +105,8 @@ OUTER_GLOBALS = {
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
     # numpy 2 writes numpy._core, numpy 1 numpy.core
-    **{(f"numpy.{core}.multiarray", name): getattr(MULTIARRAY, name) for core in ("_core", "core")
-       for name in ("_reconstruct", "scalar")},
+    **{(f"numpy.{core}.multiarray", name): value for core in ("_core", "core")
+       for name, value in (("_reconstruct", MULTIARRAY._reconstruct), ("scalar", _scalar))},
 }
 
 
@@ -141,8 +176,9 @@ def read_snapshot(path: str | os.PathLike) -> dict:
     except FileNotFoundError:
         raise UserError(f"{path} does not exist.") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
-            RuntimeError, struct.error) as e:
+            RuntimeError, struct.error, MemoryError, OverflowError) as e:
         raise UserError(f"{path} is not a readable NVIDIA snapshot pickle ({type(e).__name__}: {e}).") from None
     if not isinstance(snapshot, dict):
         raise UserError(f"{path} holds a {type(snapshot).__name__}, not an NVIDIA snapshot dict.")
+    _check_numpy_values(snapshot, set())
     return snapshot

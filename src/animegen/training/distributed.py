@@ -73,11 +73,15 @@ def average_buffers(ctx: TrainContext, modules) -> None:
     if ctx.distributed:
         for module in modules:
             for buffer in module.buffers():
+                reference = buffer.clone()
+                dist.broadcast(reference, 0)
                 if buffer.is_floating_point():
-                    dist.all_reduce(buffer)
-                    buffer /= ctx.world_size
-                else:
-                    dist.broadcast(buffer, 0)
+                    # rank 0's value plus the mean difference: a buffer equal on every rank (a
+                    # filter, constant noise) stays exactly as it is, whatever the rank count
+                    delta = buffer - reference
+                    dist.all_reduce(delta)
+                    reference += delta / ctx.world_size
+                buffer.copy_(reference)
 
 
 def check_in_sync(ctx: TrainContext, modules) -> None:

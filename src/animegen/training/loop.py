@@ -111,7 +111,7 @@ def _train(trainer: Trainer, mode: str, line: str | None, init_from, target: Tar
             trainer._log_line(line)
     distributed.barrier(ctx)
     if mode == "resume" and folder.steps():
-        tensors, state, problems = folder.load_newest_readable()
+        tensors, state, problems = folder.load_newest_readable(set_aside=ctx.rank == 0)
         for problem in problems:
             trainer._log_line(f"skipping an unreadable checkpoint: {problem}")
         if problems:
@@ -322,19 +322,22 @@ class Trainer:
                        f" x{self.ctx.world_size} | from step {self.step} to {target.describe()}")
         window = dict(self.clock)
         with self._signals_stop_the_run():
-            while not target.reached(self.clock) and not self._stop:
-                before = dict(self.clock)
-                losses = self._train_step()
-                after = self.clock
-                if self.every["log"].due(before, after):
-                    self._progress(losses, window, target)
-                    window = dict(after)
-                if self.every["sample"].due(before, after):
-                    self._grid()
-                if self.every["fid"].due(before, after):
-                    self._snapshot()
-                elif self.every["ckpt"].due(before, after):
-                    self.save()
+            try:
+                while not target.reached(self.clock) and not self._stop:
+                    before = dict(self.clock)
+                    losses = self._train_step()
+                    after = self.clock
+                    if self.every["log"].due(before, after):
+                        self._progress(losses, window, target)
+                        window = dict(after)
+                    if self.every["sample"].due(before, after):
+                        self._grid()
+                    if self.every["fid"].due(before, after):
+                        self._snapshot()
+                    elif self.every["ckpt"].due(before, after):
+                        self.save()
+            except _Abandon:  # a signal in the instant a grid or snapshot enters or leaves its block
+                self._stop = True
             if not self.every["fid"].off and self.snapshot_step != self.step and not self._stop:
                 self._snapshot()
             if self.saved_step != self.step:
@@ -387,15 +390,19 @@ class Trainer:
         self._record({"event": "train", "img_per_s": rate, "peak_mem_mb": self.memory.training_mb(), **losses},
                      {f"loss/{k}": v for k, v in losses.items()} | {"perf/img_per_s": rate})
 
-    def _grid(self) -> None:
-        self.grid_step = self.step
-        if self.ctx.rank != 0:
-            return
+    def _write_grid(self) -> None:
         with self._abandoned_on_signal("sample grid"), self.memory.apart(), self._sampling_rng():
             grid = sample_grid(self.ema, range(self.tc.grid_seeds), batch_size=self._sample_batch)
             save_grid(grid, self.folder.samples / f"{runs.step_name(self.step)}.png")
             if self.tc.tensorboard:
                 self._tensorboard().add_image("samples", image_grid(grid), self.step, dataformats="HWC")
+
+    def _grid(self) -> None:
+        """The grid on rank 0, then every rank agrees whether a signal stopped it."""
+        self.grid_step = self.step
+        if self.ctx.rank == 0:
+            self._write_grid()
+        self._agree_on_stop()
 
     def _snapshot(self) -> None:
         """FID (with KID and precision/recall, which come nearly free from the same Inception
@@ -405,6 +412,9 @@ class Trainer:
         if self.ctx.rank == 0:
             with self._abandoned_on_signal("FID snapshot"), self.memory.apart():
                 snapshot = self._measure()
+            if snapshot is not None:  # recorded only once complete, so a log line always has its checkpoint
+                self._record({"event": "fid", **snapshot}, {f"metrics/{k}": v for k, v in snapshot.items()
+                                                            if isinstance(v, (int, float)) and not k.startswith("num")})
         if snapshot is not None or self.ctx.rank != 0:
             self.snapshot_step = self.step
         self.save(snapshot)
@@ -423,8 +433,6 @@ class Trainer:
         self._log_line(f"step {self.step:>7}  {name} {result['fid']:.2f}  "
                        + "  ".join(f"{k} {numbers[k]:.4g}" for k in ("kid", "precision", "recall") if k in numbers)
                        + f"  ({time.perf_counter() - t0:.0f} s)")
-        self._record({"event": "fid", **snapshot}, {f"metrics/{k}": numbers[k] for k in numbers
-                                                    if not k.startswith("num")})
         return snapshot
 
     def _finish(self, start: dict) -> dict:
