@@ -297,9 +297,7 @@ def describe_run(path: str | os.PathLike) -> dict:
     best = min(scored, key=scored.get) if scored else None
     return {
         "run": str(run.path), "family": config["model"], "preset": config.get("preset"),
-        "dataset": f"{config['data']} (content hash {str(config.get('data_hash'))[:12]}, "
-                   f"{config.get('resolution', config['model_config'].get('resolution'))} px; "
-                   f"{_dataset_status(run, config)})",
+        "dataset": _describe_dataset(run, config),
         "step": newest.get("step", 0), "kimg": round(newest.get("nimg", 0) / 1000, 3),
         "training_minutes": round(newest.get("train_seconds", 0) / 60, 2),
         "checkpoints": [f"step {s}" + (f"  FID {fids[s]:.2f}" if fids.get(s) is not None else "")
@@ -317,14 +315,16 @@ def _read_state(folder: Path) -> dict | None:
     return state if isinstance(state, dict) else None
 
 
-def _dataset_status(run: Run, config: dict) -> str:
+def _describe_dataset(run: Run, config: dict) -> str:
     if config.get("data") is None:
         return "none yet (imported without --data)"
     try:
         run.dataset(config)
+        status = "present, unchanged"
     except UserError as e:
-        return "missing" if "missing" in str(e) else "changed since training"
-    return "present, unchanged"
+        status = "missing" if "missing" in str(e) else "changed since training"
+    resolution = config.get("resolution", config["model_config"].get("resolution"))
+    return f"{config['data']} (content hash {str(config.get('data_hash'))[:12]}, {resolution} px; {status})"
 
 
 # ---------------------------------------------------------------- reading checkpoints
