@@ -15,7 +15,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from animegen import runs
-from animegen.data.limits import check_file_output, check_new_folder
+from animegen.data.limits import check_file_output, check_int, check_new_folder
 from animegen.devices import resolve_device
 from animegen.errors import UserError
 from animegen.io import atomic_dir, save_grid, to_uint8
@@ -61,17 +61,14 @@ def load_generator(path: str | os.PathLike, device: torch.device | str = "cpu", 
 
 def check_seeds(seed: int, count: int, name: str = "--count") -> range:
     """Seeds seed..seed+count-1, all of them valid seeds."""
-    if not 1 <= count <= MAX_COUNT:
-        raise UserError(f"{name} {count} is out of range: it must be in [1, {MAX_COUNT}].")
+    check_int(name, count, 1, MAX_COUNT)
     if not 0 <= seed or seed + count - 1 > MAX_SEED:
         raise UserError(f"seeds {seed}..{seed + count - 1} are out of range: seeds must be in [0, {MAX_SEED}].")
     return range(seed, seed + count)
 
 
 def check_batch_size(batch_size: int) -> int:
-    if batch_size < 1 or batch_size > 65536:
-        raise UserError(f"--batch-size {batch_size} is out of range: it must be in [1, 65536].")
-    return batch_size
+    return check_int("--batch-size", batch_size, 1, 65536)
 
 
 def write_samples(run: str, out: str, count: int, seed: int = 0, batch_size: int = 64,
