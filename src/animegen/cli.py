@@ -350,28 +350,63 @@ def _sampling_options(f):
     return f
 
 
+def _parse_strengths(ctx, param, value):
+    if value is None:
+        return ()
+    from animegen.latent.directions import parse_strength
+
+    strengths = [parse_strength(v, "--strengths") for v in value.split(",") if v.strip()]
+    if not 1 <= len(strengths) <= 32:
+        raise click.BadParameter("give 1 to 32 comma-separated strengths, e.g. -3,-1.5,0,1.5,3.")
+    return strengths
+
+
 @main.command("sample")
 @click.argument("run", type=_NonEmptyPath())
-@click.option("--count", type=int, required=True, help="Number of images.")
+@click.option("--count", type=int, default=None, help="Number of images [default with --z/--w: the file's].")
 @click.option("--out", required=True, type=_NonEmptyPath(), help="Output folder of PNGs (must not exist).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Image i comes from seed SEED+i.")
 @click.option("--grid", type=_NonEmptyPath(), default=None, help="Also write all images as one grid PNG.")
 @click.option("--seed-convention", type=click.Choice(["animegen", "nvlabs"]), default="animegen", show_default=True,
               help="nvlabs: a seed's latent is NVIDIA's, np.random.RandomState(seed).randn(z_dim).")
+@click.option("--z", "z_file", type=_NonEmptyPath(), default=None,
+              help="Latents z from a .npy (N x z) or latent .npz file instead of drawing them from seeds.")
+@click.option("--w", "w_file", type=_NonEmptyPath(), default=None,
+              help="StyleGAN: W (N x w_dim) or W+ (N x layers x w_dim) from a .npy or .npz file (e.g. `project`'s).")
+@click.option("--save-latents", is_flag=True, help="Also write OUT/latents.npz: the z, w and noise of every image.")
+@click.option("--npy", is_flag=True, help="Also write each image's float values before quantization (.npy).")
+@click.option("--directions", "directions_files", multiple=True, type=_NonEmptyPath(),
+              help="A directions file (from `animegen directions`); repeatable.")
+@click.option("--edit", "edits", multiple=True, metavar="NAME=STRENGTH",
+              help="Move along a direction by STRENGTH standard deviations; repeatable. NAME alone with --strengths: a strip.")
+@click.option("--strengths", callback=_parse_strengths, default=None, metavar="S1,S2,...",
+              help="Render the --edit NAME strip at these strengths: one grid row per seed.")
 @_sampling_options
-def sample_command(run, count, out, seed, grid, seed_convention, batch_size, device, checkpoint, **options):
+def sample_command(run, count, out, seed, grid, seed_convention, z_file, w_file, save_latents, npy, directions_files,
+                   edits, strengths, batch_size, device, checkpoint, **options):
     """Generate images from RUN's newest checkpoint (EMA weights); the same seed gives the same images.
 
     \b
-    Example:
+    Examples:
       animegen sample runs/ddpm32 --count 64 --out samples/ --grid grid.png --sampler ddim --steps 50
+      animegen sample runs/sg2 --count 8 --out a/ --save-latents      # then: --w a/latents.npz
+      animegen sample runs/sg2 --count 4 --out b/ --directions dirs.safetensors --edit pc0 --strengths -2,0,2 --grid b.png
     """
-    from animegen.generate import write_samples
+    from animegen.generate import Steering, write_samples
 
+    if z_file and w_file:
+        raise UserError("give --z or --w, not both.")
+    fixed = [e for e in edits if "=" in e]
+    strip = [e for e in edits if "=" not in e]
+    if len(strip) > 1:
+        raise UserError(f"one edit strip at a time: {', '.join(strip)} have no strength.")
+    source = ("z", z_file) if z_file else ("w", w_file) if w_file else None
+    steering = Steering(source, directions_files, fixed, strip[0] if strip else None, strengths)
     info = write_samples(run, out, count, seed=seed, batch_size=batch_size, options=options, grid=grid, device=device,
-                         checkpoint=checkpoint, progress=True, seed_convention=seed_convention)
-    click.echo(f"{out}: {count} images (seeds {info['seeds'][0]}..{info['seeds'][1]}) from {info['checkpoint']}"
-               + (f"; grid {grid}" if grid else ""))
+                         checkpoint=checkpoint, progress=True, seed_convention=seed_convention, steering=steering,
+                         save_latents=save_latents, npy=npy)
+    click.echo(f"{out}: {info['count']} images (seeds {info['seeds'][0]}..{info['seeds'][1]}) from {info['checkpoint']}"
+               + (f"; grid {grid}" if grid else "") + (f"; latents {info['latents']}" if save_latents else ""))
 
 
 @main.command("eval")

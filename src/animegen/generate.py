@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -21,7 +23,9 @@ from animegen.errors import UserError
 from animegen.io import atomic_dir, save_grid, to_uint8
 from animegen.metrics import evaluate_generator
 from animegen.models import registry
-from animegen.models.base import SEED_CONVENTIONS, Model
+from animegen.latent import codes
+from animegen.latent.directions import Direction, apply_edits, load_directions, parse_edits
+from animegen.models.base import SEED_CONVENTIONS, Latents, Model
 from animegen.settings import MAX_SEED, build
 
 WEIGHTS = ("ema", "model")
@@ -29,15 +33,31 @@ MAX_COUNT = 10**8  # images one `sample` writes
 MAX_GRID = 1024  # images in one grid PNG
 
 
-def sample_batches(model: Model, seeds: Iterable[int], batch_size: int, options: dict | None = None,
-                   seed_convention: str = "animegen") -> Iterator[torch.Tensor]:
+def sample_batches(model: Model, seeds: Sequence[int], batch_size: int, options: dict | None = None,
+                   seed_convention: str = "animegen", given: Latents | None = None,
+                   edits: list[tuple[Direction, float]] = (), drawn: list | None = None) -> Iterator[torch.Tensor]:
     """Images for `seeds`, in order, `batch_size` at a time: float N x 3 x R x R in [-1, 1].
-    `seed_convention` "nvlabs": a seed's latent is NVIDIA's (models.base.NvlabsNoise)."""
-    noise = SEED_CONVENTIONS[seed_convention]
+    `seed_convention` "nvlabs": a seed's latent is NVIDIA's (models.base.NvlabsNoise).
+    `given`: explicit latents for all the seeds (latent.codes), used instead of drawn ones;
+    `edits`: (direction, strength) pairs applied to every image; `drawn`: a list that
+    receives each batch's latents, edited, as they were rendered."""
+    noise_source, options = SEED_CONVENTIONS[seed_convention], options or {}
     seeds = list(seeds) if not isinstance(seeds, range) else seeds
     for start in range(0, len(seeds), batch_size):
         with torch.no_grad():
-            yield model.sample(noise(seeds[start : start + batch_size], model.device), **(options or {}))
+            noise = noise_source(seeds[start : start + batch_size], model.device)
+            latents = model.draw(noise, _rows(given, start, len(noise)), **options)
+            latents = apply_edits(model, latents, list(edits))
+            if drawn is not None:
+                drawn.append(latents)
+            yield model.render(latents, noise, **options)
+
+
+def _rows(given: Latents | None, start: int, count: int) -> Latents | None:
+    if given is None:
+        return None
+    return {k: [m[start : start + count] for m in v] if isinstance(v, list) else v[start : start + count]
+            for k, v in given.items()}
 
 
 def sample_grid(model: Model, seeds: Iterable[int], batch_size: int, options: dict | None = None) -> np.ndarray:
@@ -71,35 +91,103 @@ def check_batch_size(batch_size: int) -> int:
     return check_int("--batch-size", batch_size, 1, 65536)
 
 
-def write_samples(run: str, out: str, count: int, seed: int = 0, batch_size: int = 64,
+@dataclass
+class Steering:
+    """What `write_samples` draws beyond seeds: a latent file to start from (`latents`: its
+    kind "z" or "w" and path), directions files, edits "NAME=STRENGTH", and an edit strip
+    (`strip`: a direction name rendered at each of `strengths`)."""
+
+    latents: tuple[str, str] | None = None
+    directions: Sequence[str] = ()
+    edits: Sequence[str] = ()
+    strip: str | None = None
+    strengths: Sequence[float] = ()
+
+
+def write_samples(run: str, out: str, count: int | None, seed: int = 0, batch_size: int = 64,
                   options: dict | None = None, grid: str | None = None, device: str = "auto",
-                  checkpoint: str | int = "last", progress: bool = False, seed_convention: str = "animegen") -> dict:
-    """Write images of seeds seed..seed+count-1 as OUT/seed<NNNNNN>.png, batch by batch as they
-    are made (OUT appears only when complete), and optionally all of them as one grid PNG."""
-    seeds = check_seeds(seed, count)
+                  checkpoint: str | int = "last", progress: bool = False, seed_convention: str = "animegen",
+                  steering: Steering | None = None, save_latents: bool = False, npy: bool = False) -> dict:
+    """Write images of seeds seed..seed+count-1 (or of a latent file's latents) as
+    OUT/seed<NNNNNN>.png, batch by batch as they are made (OUT appears only when complete),
+    optionally all of them as one grid PNG, their latents as OUT/latents.npz (`save_latents`)
+    and their float values as OUT/seed<NNNNNN>.npy (`npy`). With an edit strip, every seed is
+    written once per strength (seed<NNNNNN>-NAME<strength>.png) and the grid has a row per
+    seed and a column per strength."""
+    steering = steering or Steering()
     check_batch_size(batch_size)
-    if grid and count > MAX_GRID:
-        raise UserError(f"a grid of {count} images is too large (at most {MAX_GRID}); drop --grid or sample fewer.")
     check_new_folder("--out", out)
     if grid:
         check_file_output("--grid", grid)
     model, state = load_generator(run, device, checkpoint=checkpoint)
     options = model.resolve_sample_options(options or {})
-    shown = []
-    with atomic_dir(out) as tmp, tqdm(total=count, unit="img", disable=not progress, leave=False) as bar:
-        batches = sample_batches(model, seeds, batch_size, options, seed_convention)
-        for start, batch in zip(range(0, count, batch_size), batches):
-            images = to_uint8(batch)
-            for s, image in zip(seeds[start : start + batch_size], images):
-                Image.fromarray(image).save(tmp / f"seed{s:06d}.png")
-            if grid:
-                shown.append(images)
-            bar.update(len(images))
+    seeds, given = _seeds_and_latents(model, steering.latents, count, seed, options)
+    variants = _variants(model, steering)
+    total = len(seeds) * len(variants)
+    if grid and total > MAX_GRID:
+        raise UserError(f"a grid of {total} images is too large (at most {MAX_GRID}); drop --grid or sample fewer.")
+    if save_latents and total > codes.MAX_LATENTS:
+        raise UserError(f"--save-latents keeps at most {codes.MAX_LATENTS} images' latents; sample fewer.")
+    shown, drawn = [], []
+    with atomic_dir(out) as tmp, tqdm(total=total, unit="img", disable=not progress, leave=False) as bar:
+        for suffix, edits in variants:
+            batches = sample_batches(model, seeds, batch_size, options, seed_convention, given, edits, drawn)
+            for start, batch in zip(range(0, len(seeds), batch_size), batches):
+                images = to_uint8(batch)
+                for s, image, values in zip(seeds[start : start + batch_size], images, batch):
+                    Image.fromarray(image).save(tmp / f"seed{s:06d}{suffix}.png")
+                    if npy:
+                        np.save(tmp / f"seed{s:06d}{suffix}.npy", values.cpu().numpy())
+                if grid:
+                    shown.append(images)
+                bar.update(len(images))
+        if save_latents:
+            codes.save_latents(tmp / "latents.npz", _joined(drawn), list(seeds) * len(variants), model, options)
         if grid:
-            save_grid(np.concatenate(shown), grid)
-    return {"out": str(out), "count": count, "seeds": [seed, seed + count - 1], "checkpoint": state["checkpoint"],
+            images = np.concatenate(shown).reshape(len(variants), len(seeds), *shown[0].shape[1:])
+            save_grid(images.transpose(1, 0, 2, 3, 4).reshape(total, *shown[0].shape[1:]), grid, columns=len(variants)
+                      if len(variants) > 1 else None)
+    first, last = seeds[0], seeds[-1]
+    return {"out": str(out), "count": total, "seeds": [first, last], "checkpoint": state["checkpoint"],
             "step": state["step"], "sample_options": options, "seed_convention": seed_convention,
-            **({"grid": str(grid)} if grid else {})}
+            **({"grid": str(grid)} if grid else {}), **({"latents": str(Path(out) / "latents.npz")} if save_latents else {})}
+
+
+def _seeds_and_latents(model: Model, source: tuple[str, str] | None, count: int | None, seed: int,
+                       options: dict) -> tuple[Sequence[int], Latents | None]:
+    """The seeds to draw and the explicit latents replacing what they would draw."""
+    if source is None:
+        if count is None:
+            raise UserError("--count is required unless the latents come from --z or --w.")
+        return check_seeds(seed, count), None
+    kind, path = source
+    if kind == "w" and (options.get("truncation", 1.0) != 1.0 or "mix_seed" in options):
+        raise UserError("--w is used as given: truncate or mix when drawing it, not with --truncation/--mix-seed.")
+    file = codes.load_latents(path, kind, model)
+    if count is not None and count != len(file):
+        raise UserError(f"--count {count}, but {Path(path).name} holds {len(file)} latents; drop --count.")
+    return file.seeds or check_seeds(seed, len(file)), file.given
+
+
+def _variants(model: Model, steering: Steering) -> list[tuple[str, list]]:
+    """(file name suffix, edits) for each image made per seed: one, or one per strip strength."""
+    directions = {}
+    for path in steering.directions:
+        directions.update(load_directions(path, model))
+    edits = parse_edits(list(steering.edits), directions)
+    if bool(steering.strip) != bool(steering.strengths):
+        raise UserError("an edit strip needs both --edit NAME (without a strength) and --strengths.")
+    if not steering.strip:
+        return [("", edits)]
+    strip = parse_edits([f"{steering.strip}=0"], directions)[0][0]
+    return [(f"-{strip.name}{s:+g}", [*edits, (strip, s)]) for s in steering.strengths]
+
+
+def _joined(batches: list[Latents]) -> Latents:
+    joined = {k: torch.cat([b[k] for b in batches]) for k in ("z", "w") if k in batches[0]}
+    if "noise" in batches[0]:
+        joined["noise"] = [torch.cat(maps) for maps in zip(*(b["noise"] for b in batches))]
+    return joined
 
 
 def evaluate_run(run: str, metrics: list[str], num: int, split: str = "test", options: dict | None = None,

@@ -50,16 +50,18 @@ def sample(
     dtype: torch.dtype = torch.float32,
     prediction: str = "eps",
     clip_x0: bool = True,
+    x_T: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Draw samples of `shape` (batch first). `steps`: number of denoiser calls, default all T
     (ancestral DDPM always takes all T). `generator`: one for the batch, or one per sample, so that
     sample i depends on its own seed only, whatever batch it is drawn in. `clip_x0` clamps every x0
-    prediction to [-1, 1], for images."""
+    prediction to [-1, 1], for images. `x_T`: the initial noise, when drawn already (from
+    `generator`, which has then advanced past it)."""
     steps = schedule.num_steps if steps is None else steps
     _check_request(schedule, sampler, steps, eta, prediction)
     if isinstance(generator, (list, tuple)) and len(generator) != shape[0]:
         raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}.")
-    x = _randn(shape, generator, device, dtype)
+    x = _randn(shape, generator, device, dtype) if x_T is None else x_T.to(device, dtype)
     predict = partial(_predict, denoiser, schedule, prediction, clip_x0)
     if sampler == "ddpm":
         return _ddpm(predict, schedule, x, generator)

@@ -13,12 +13,22 @@ Implementers subclass `Model` and provide:
                         `resolution` field (set from the dataset, never from a preset).
     __init__(config)    build every submodule from `config` alone (plain constructor,
                         no I/O), and call `super().__init__(config)` first.
-    sample(noise, **options) -> Tensor
+    z_shape             the per-image shape of the Gaussian latent z each image draws
+                        first from its seed (the DDPM's z is its initial noise x_T).
+    render(latents, noise, **options) -> Tensor
                         len(noise) images, N x 3 x R x R, float32 in [-1, 1], on the
-                        model's device. All randomness comes from `noise.randn(...)`,
-                        so image i depends only on its seed (not on batch size or on
-                        its position in the batch). Called under torch.no_grad() on the
-                        EMA copy in eval mode.
+                        model's device, from the explicit latents `draw` returned
+                        (differentiable in them, for projection).
+    draw(noise, given, **options) -> dict   (StyleGAN overrides it to add "w" and noise maps)
+                        every latent of the batch that the image depends on: "z", and
+                        for StyleGAN "w" (N, num_ws, w_dim, W+) and "noise" (the noise
+                        maps, in the order the synthesis uses them). All randomness comes
+                        from `noise.randn(...)`, so image i depends only on its seed (not
+                        on batch size or on its position in the batch). `given` replaces
+                        drawn latents with explicit ones; the seed's stream still advances
+                        past them, so what follows is drawn as if they had been.
+    sample(noise, **options) = render(draw(noise), noise): called under torch.no_grad()
+                        on the EMA copy in eval mode.
     sample_options      the option names `sample` accepts (e.g. ("sampler", "steps")),
                         and `resolve_sample_options` to fill in their defaults, so that
                         `animegen eval` can record exactly how images were made.
@@ -76,6 +86,8 @@ class NvlabsNoise(Noise):
 
 SEED_CONVENTIONS = {"animegen": Noise, "nvlabs": NvlabsNoise}
 
+Latents = dict[str, Any]  # "z", "w": tensors (N, ...); "noise": a list of tensors (N, 1, r, r)
+
 
 class Model(nn.Module):
     """Base class of every generator family; see the module docstring for the contract."""
@@ -125,8 +137,19 @@ class Model(nn.Module):
                 raise UserError(f"--{key.replace('_', '-')} {value!r} {limit.verdict}: it must be {problem}.")
         return given
 
-    def sample(self, noise: Noise, **options) -> torch.Tensor:
+    @property
+    def z_shape(self) -> tuple[int, ...]:
         raise NotImplementedError
+
+    def draw(self, noise: Noise, given: Latents | None = None, **options) -> Latents:
+        z = noise.randn(*self.z_shape)
+        return {"z": z if given is None or "z" not in given else given["z"].to(z)}
+
+    def render(self, latents: Latents, noise: Noise, **options) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sample(self, noise: Noise, **options) -> torch.Tensor:
+        return self.render(self.draw(noise, **options), noise, **options)
 
 
 def _ranges(values: list[int]) -> str:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from animegen.models.base import Model, Noise
+from animegen.models.base import Latents, Model, Noise
 from animegen.settings import LATENT, RESOLUTION, WIDTH, Limit
 
 
@@ -64,8 +64,12 @@ class DCGAN(Model):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.generator(z[:, :, None, None])
 
-    def sample(self, noise: Noise, **options) -> torch.Tensor:
-        return self(noise.randn(self.config.latent_dim)).float()
+    @property
+    def z_shape(self) -> tuple[int, ...]:
+        return (self.config.latent_dim,)
+
+    def render(self, latents: Latents, noise: Noise, **options) -> torch.Tensor:
+        return self(latents["z"]).float()
 
 
 class Discriminator(nn.Module):

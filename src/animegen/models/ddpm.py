@@ -16,7 +16,7 @@ from animegen.diffusion import samplers
 from animegen.diffusion.samplers import SAMPLERS
 from animegen.diffusion.schedule import PREDICTIONS, SCHEDULES, NoiseSchedule, check_prediction
 from animegen.errors import UserError
-from animegen.models.base import Model, Noise
+from animegen.models.base import Latents, Model, Noise
 from animegen.models.unet import UNet, UNetConfig
 from animegen.settings import FRACTION, Limit, at_least, between, one_of
 
@@ -70,9 +70,15 @@ class DDPM(Model):
             raise UserError(f"eta applies to the ddim sampler only, not to {sampler}.")
         return resolved
 
-    def sample(self, noise: Noise, **options) -> torch.Tensor:
+    @property
+    def z_shape(self) -> tuple[int, ...]:
+        return (self.unet.config.in_channels, self.resolution, self.resolution)
+
+    def render(self, latents: Latents, noise: Noise, **options) -> torch.Tensor:
+        """Denoise from z = x_T; stochastic samplers draw their step noise from each seed's
+        stream after x_T."""
         o = self.resolve_sample_options(options)
-        shape = (len(noise), self.unet.config.in_channels, self.resolution, self.resolution)
-        return samplers.sample(self.unet, self.schedule, shape, sampler=o["sampler"], steps=o["steps"],
+        z = latents["z"]
+        return samplers.sample(self.unet, self.schedule, z.shape, sampler=o["sampler"], steps=o["steps"],
                                eta=o.get("eta", 0.0), generator=noise.generators, device=self.device,
-                               prediction=self.config.prediction).float()
+                               prediction=self.config.prediction, x_T=z).float()

@@ -69,6 +69,12 @@ def get(name: str) -> ModelSpec:
     return _load(name, 1)
 
 
+def name_of(model) -> str:
+    """The family name of a Model instance."""
+    path = f"{type(model).__module__}:{type(model).__qualname__}"
+    return next(name for name, (model_path, _) in FAMILIES.items() if model_path == path)
+
+
 def _load(name: str, which: int):
     if name not in FAMILIES:
         raise UserError(f"unknown model {name!r}; choose one of {', '.join(FAMILIES)}.")

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from animegen.errors import UserError
-from animegen.models.base import Model, Noise
+from animegen.models.base import Latents, Model, Noise
 from animegen.models.ops.upfirdn2d import setup_filter, upfirdn2d, upsample2d
 from animegen.settings import (CHANNEL_BASE, FRACTION, LATENT, RESOLUTION, SEED, TRUNCATION, WIDTH, Limit, at_least, between,
                                one_of, positive)
@@ -282,13 +282,35 @@ class StyleGAN2(Model):
                 raise UserError(f"mix_layer must be in 0..{self.num_ws - 1} (this generator has {self.num_ws} style inputs).")
         return options
 
-    def sample(self, noise: Noise, truncation: float = 1.0, noise_mode: str = "random", mix_seed: int | None = None,
-               mix_layer: int | None = None) -> torch.Tensor:
-        ws = self.mapping(noise.randn(self.z_dim), truncation=truncation)
-        if mix_seed is not None:
-            other = self.mapping(Noise([mix_seed] * len(noise), noise.device).randn(self.z_dim), truncation=truncation)
-            ws = torch.cat([ws[:, :mix_layer], other[:, mix_layer:]], dim=1)
-        return self.synthesis(ws, noise_mode, randn=noise.randn).float().clamp(-1, 1)
+    @property
+    def z_shape(self) -> tuple[int, ...]:
+        return (self.z_dim,)
+
+    def draw(self, noise: Noise, given: Latents | None = None, truncation: float = 1.0, noise_mode: str = "random",
+             mix_seed: int | None = None, mix_layer: int | None = None, **options) -> Latents:
+        """z, its w (W+: one per style input, truncated and mixed), and the random noise maps."""
+        given = given or {}
+        latents = super().draw(noise, given)
+        latents["w"] = given["w"].to(latents["z"]) if "w" in given else draw_w(self.mapping, latents["z"], noise, truncation,
+                                                                               mix_seed, mix_layer)
+        if noise_mode == "random":
+            maps = [noise.randn(*conv.noise_const.shape) for conv in self.synthesis.convs]
+            latents["noise"] = [m.to(n) for m, n in zip(given["noise"], maps)] if "noise" in given else maps
+        return latents
+
+    def render(self, latents: Latents, noise: Noise, noise_mode: str = "random", **options) -> torch.Tensor:
+        maps = iter(latents.get("noise", ()))
+        return self.synthesis(latents["w"], noise_mode, randn=lambda *shape: next(maps)).float().clamp(-1, 1)
+
+
+def draw_w(mapping: MappingNetwork, z: torch.Tensor, noise: Noise, truncation: float, mix_seed: int | None = None,
+           mix_layer: int | None = None) -> torch.Tensor:
+    """W+ of z: mapped and truncated; with `mix_seed`, layers `mix_layer`.. from that seed's w."""
+    ws = mapping(z, truncation=truncation)
+    if mix_seed is not None:
+        other = mapping(Noise([mix_seed] * len(noise), noise.device).randn(z.shape[1]), truncation=truncation)
+        ws = torch.cat([ws[:, :mix_layer], other[:, mix_layer:]], dim=1)
+    return ws
 
 
 # ---------------------------------------------------------------- discriminator

@@ -37,10 +37,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from animegen.errors import UserError
-from animegen.models.base import Model, Noise
+from animegen.models.base import Latents, Model, Noise
 from animegen.models.ops.filtered_lrelu import filtered_lrelu
 from animegen.models.ops.filters import design_lowpass
-from animegen.models.stylegan2 import FullyConnected, MappingNetwork, modulated_conv2d
+from animegen.models.stylegan2 import FullyConnected, MappingNetwork, draw_w, modulated_conv2d
 from animegen.settings import (CHANNEL_BASE, FRACTION, LATENT, RESOLUTION, TRUNCATION, WIDTH, Limit, between, parsed_by,
                                positive)
 
@@ -297,14 +297,25 @@ class StyleGAN3(Model):
         return {**options, "translate": _parse_translate(options["translate"]),
                 "truncation": float(options["truncation"]), "rotate": float(options["rotate"])}
 
-    def sample(self, noise: Noise, truncation: float = 1.0, translate=(0.0, 0.0), rotate: float = 0.0) -> torch.Tensor:
-        return self.raw_sample(noise, content_transform(translate, rotate), truncation).clamp(-1, 1)
+    @property
+    def z_shape(self) -> tuple[int, ...]:
+        return (self.z_dim,)
+
+    def draw(self, noise: Noise, given: Latents | None = None, truncation: float = 1.0, **options) -> Latents:
+        """z and its w (W+: one per style input, truncated)."""
+        given = given or {}
+        latents = super().draw(noise, given)
+        latents["w"] = given["w"].to(latents["z"]) if "w" in given else draw_w(self.mapping, latents["z"], noise, truncation)
+        return latents
+
+    def render(self, latents: Latents, noise: Noise, translate=(0.0, 0.0), rotate: float = 0.0,
+               **options) -> torch.Tensor:
+        return self.synthesis(latents["w"], transform=content_transform(translate, rotate)).float().clamp(-1, 1)
 
     def raw_sample(self, noise: Noise, transform: torch.Tensor | None = None, truncation: float = 1.0) -> torch.Tensor:
-        """The synthesis output before `sample`'s clamp to [-1, 1], which the equivariance
+        """The synthesis output before `render`'s clamp to [-1, 1], which the equivariance
         metrics measure; `transform`: a `content_transform` matrix, or one per image (N, 3, 3)."""
-        ws = self.mapping(noise.randn(self.z_dim), truncation=truncation)
-        return self.synthesis(ws, transform=transform).float()
+        return self.synthesis(self.draw(noise, truncation=truncation)["w"], transform=transform).float()
 
 
 class StyleGAN3R(StyleGAN3):

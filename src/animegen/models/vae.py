@@ -18,7 +18,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from animegen.models.base import Model, Noise
+from animegen.models.base import Latents, Model, Noise
 from animegen.settings import LATENT, RESOLUTION, WIDTH, Limit
 
 
@@ -60,5 +60,9 @@ class VAE(Model):
         """Mean and log-variance of q(z|x)."""
         return self.encoder(x).chunk(2, dim=1)
 
-    def sample(self, noise: Noise, **options) -> torch.Tensor:
-        return self.decoder(noise.randn(self.config.latent_dim)).float()
+    @property
+    def z_shape(self) -> tuple[int, ...]:
+        return (self.config.latent_dim,)
+
+    def render(self, latents: Latents, noise: Noise, **options) -> torch.Tensor:
+        return self.decoder(latents["z"]).float()
