@@ -180,3 +180,23 @@ def test_sample_cli_refuses_bad_steering(sg2_run, tmp_path, args, message):
     result = runner.invoke(main, ["sample", str(sg2_run), "--out", str(tmp_path / "out"), *args])
     assert result.exit_code == 2 and message in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_seed_plane_blends_the_four_corner_seeds():
+    from animegen.latent.plane import STEP, corners, plane_latents
+
+    model = tiny_model("stylegan3-t")
+    point = corners(2.25, 1.5)
+    assert [s for s, _ in point] == [2 + STEP, 3 + STEP, 2 + 2 * STEP, 3 + 2 * STEP]
+    assert sum(w for _, w in point) == pytest.approx(1.0)
+    seed, given = plane_latents(model, 3.0, 0.0, {})
+    # An integer point is its seed (to float rounding: the corners are mapped as one batch).
+    at_corner, alone = next(sample_batches(model, [3], 1, given=given)), next(sample_batches(model, [3], 1))
+    assert seed == 3 and torch.allclose(at_corner, alone, atol=1e-5)
+    _, half = plane_latents(model, 3.5, 0.0, {})
+    with torch.no_grad():
+        ws = model.draw(Noise([3, 4]))["w"]
+    assert torch.allclose(half["w"][0], ws.mean(0), atol=1e-6)
+    for bad in ((-1, 0), (0, float("nan")), (1e7, 0)):
+        with pytest.raises(UserError, match="seed plane point"):
+            corners(*bad)

@@ -373,6 +373,8 @@ def _parse_strengths(ctx, param, value):
               help="Latents z from a .npy (N x z) or latent .npz file instead of drawing them from seeds.")
 @click.option("--w", "w_file", type=_NonEmptyPath(), default=None,
               help="StyleGAN: W (N x w_dim) or W+ (N x layers x w_dim) from a .npy or .npz file (e.g. `project`'s).")
+@click.option("--plane", type=(float, float), default=None, metavar="X Y",
+              help="One image at point X Y of the seed plane: the latents of the four seeds around it blended.")
 @click.option("--save-latents", is_flag=True, help="Also write OUT/latents.npz: the z, w and noise of every image.")
 @click.option("--npy", is_flag=True, help="Also write each image's float values before quantization (.npy).")
 @click.option("--directions", "directions_files", multiple=True, type=_NonEmptyPath(),
@@ -382,7 +384,7 @@ def _parse_strengths(ctx, param, value):
 @click.option("--strengths", callback=_parse_strengths, default=None, metavar="S1,S2,...",
               help="Render the --edit NAME strip at these strengths: one grid row per seed.")
 @_sampling_options
-def sample_command(run, count, out, seed, grid, seed_convention, z_file, w_file, save_latents, npy, directions_files,
+def sample_command(run, count, out, seed, grid, seed_convention, z_file, w_file, plane, save_latents, npy, directions_files,
                    edits, strengths, batch_size, device, checkpoint, **options):
     """Generate images from RUN's newest checkpoint (EMA weights); the same seed gives the same images.
 
@@ -401,7 +403,7 @@ def sample_command(run, count, out, seed, grid, seed_convention, z_file, w_file,
     if len(strip) > 1:
         raise UserError(f"one edit strip at a time: {', '.join(strip)} have no strength.")
     source = ("z", z_file) if z_file else ("w", w_file) if w_file else None
-    steering = Steering(source, directions_files, fixed, strip[0] if strip else None, strengths)
+    steering = Steering(source, plane, directions_files, fixed, strip[0] if strip else None, strengths)
     info = write_samples(run, out, count, seed=seed, batch_size=batch_size, options=options, grid=grid, device=device,
                          checkpoint=checkpoint, progress=True, seed_convention=seed_convention, steering=steering,
                          save_latents=save_latents, npy=npy)

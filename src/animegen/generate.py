@@ -24,6 +24,7 @@ from animegen.io import atomic_dir, save_grid, to_uint8
 from animegen.metrics import evaluate_generator
 from animegen.models import registry
 from animegen.latent import codes
+from animegen.latent.plane import plane_latents
 from animegen.latent.directions import Direction, apply_edits, load_directions, parse_edits
 from animegen.models.base import SEED_CONVENTIONS, Latents, Model
 from animegen.settings import MAX_SEED, build
@@ -94,10 +95,11 @@ def check_batch_size(batch_size: int) -> int:
 @dataclass
 class Steering:
     """What `write_samples` draws beyond seeds: a latent file to start from (`latents`: its
-    kind "z" or "w" and path), directions files, edits "NAME=STRENGTH", and an edit strip
+    kind "z" or "w" and path) or a point of the seed plane, directions files, edits "NAME=STRENGTH", and an edit strip
     (`strip`: a direction name rendered at each of `strengths`)."""
 
     latents: tuple[str, str] | None = None
+    plane: tuple[float, float] | None = None  # a point of the seed plane (latent.plane)
     directions: Sequence[str] = ()
     edits: Sequence[str] = ()
     strip: str | None = None
@@ -121,7 +123,13 @@ def write_samples(run: str, out: str, count: int | None, seed: int = 0, batch_si
         check_file_output("--grid", grid)
     model, state = load_generator(run, device, checkpoint=checkpoint)
     options = model.resolve_sample_options(options or {})
-    seeds, given = _seeds_and_latents(model, steering.latents, count, seed, options)
+    if steering.plane is not None:
+        if count not in (None, 1) or steering.latents:
+            raise UserError("--plane makes one image: drop --count, --z and --w.")
+        first, given = plane_latents(model, *steering.plane, options)
+        seeds = [first]
+    else:
+        seeds, given = _seeds_and_latents(model, steering.latents, count, seed, options)
     variants = _variants(model, steering)
     total = len(seeds) * len(variants)
     if grid and total > MAX_GRID:
