@@ -200,3 +200,13 @@ def test_seed_plane_blends_the_four_corner_seeds():
     for bad in ((-1, 0), (0, float("nan")), (1e7, 0)):
         with pytest.raises(UserError, match="seed plane point"):
             corners(*bad)
+
+
+def test_temperature_scales_a_drawn_z_only():
+    model = tiny_model("dcgan")
+    with torch.no_grad():
+        cold = model.draw(Noise([1, 2]), temperature=0.5)["z"]
+        assert torch.equal(cold, 0.5 * model.draw(Noise([1, 2]))["z"])
+        assert torch.equal(model.draw(Noise([1]), {"z": cold[:1]}, temperature=0.5)["z"], cold[:1])
+    with pytest.raises(UserError, match="--temperature 11"):
+        model.resolve_sample_options({"temperature": 11})

@@ -334,6 +334,8 @@ def _sampling_options(f):
     f = click.option("--steps", type=int, default=None, help="Diffusion sampling steps (NFE) [default: the run's].")(f)
     f = click.option("--eta", type=float, default=None, help="DDIM noise scale (0 deterministic, 1 ancestral).")(f)
     f = click.option("--truncation", type=float, default=None, help="StyleGAN truncation psi (1 = off) [default: 1].")(f)
+    f = click.option("--temperature", type=float, default=None,
+                     help="VAE/DCGAN: z scaled by this (1 = off; below 1: more typical faces) [default: 1].")(f)
     f = click.option("--noise-mode", type=click.Choice(["random", "const", "none"]), default=None,
                      help="StyleGAN2 noise inputs: per seed, the fixed stored noise, or none [default: random].")(f)
     f = click.option("--mix-seed", type=int, default=None,

@@ -101,6 +101,7 @@ LATENT = between(1, 16384)
 LEARNING_RATE = at_least(0, 10)  # 0 freezes a network (a test does)
 ADAM_BETA = Limit(0, 1, high_open=True)
 TRUNCATION = between(-10, 10)  # StyleGAN's psi: 1 off, 0 the average face, beyond 1 exaggerates
+TEMPERATURE = between(0, 10)  # VAE/DCGAN: z scaled by it; 1 off
 
 
 def limits_of(cls) -> dict[str, Limit]:

@@ -141,9 +141,12 @@ class Model(nn.Module):
     def z_shape(self) -> tuple[int, ...]:
         raise NotImplementedError
 
-    def draw(self, noise: Noise, given: Latents | None = None, **options) -> Latents:
+    def draw(self, noise: Noise, given: Latents | None = None, temperature: float = 1.0, **options) -> Latents:
+        """`temperature` (the families that list it in sample_options) scales a drawn z."""
         z = noise.randn(*self.z_shape)
-        return {"z": z if given is None or "z" not in given else given["z"].to(z)}
+        if given is not None and "z" in given:
+            return {"z": given["z"].to(z)}
+        return {"z": z if temperature == 1 else z * temperature}
 
     def render(self, latents: Latents, noise: Noise, **options) -> torch.Tensor:
         raise NotImplementedError

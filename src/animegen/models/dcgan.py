@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from animegen.models.base import Latents, Model, Noise
-from animegen.settings import LATENT, RESOLUTION, WIDTH, Limit
+from animegen.settings import LATENT, RESOLUTION, TEMPERATURE, WIDTH, Limit
 
 
 @dataclass
@@ -49,6 +49,8 @@ def _init_weights(module: nn.Module) -> None:
 
 class DCGAN(Model):
     config_class = DCGANConfig
+    sample_options = ("temperature",)  # scales z: below 1 trades variety for typical faces
+    sample_limits = {"temperature": TEMPERATURE}
 
     def __init__(self, config: DCGANConfig):
         super().__init__(config)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from animegen.models.base import Latents, Model, Noise
-from animegen.settings import LATENT, RESOLUTION, WIDTH, Limit
+from animegen.settings import LATENT, RESOLUTION, TEMPERATURE, WIDTH, Limit
 
 
 @dataclass
@@ -43,6 +43,8 @@ def widths(resolution: int, channels: int, max_channels: int) -> list[int]:
 
 class VAE(Model):
     config_class = VAEConfig
+    sample_options = ("temperature",)  # scales z: below 1 trades variety for typical faces
+    sample_limits = {"temperature": TEMPERATURE}
 
     def __init__(self, config: VAEConfig):
         super().__init__(config)
