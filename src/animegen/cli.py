@@ -469,3 +469,42 @@ def runs_info(run, as_json):
                 click.echo(f"{'':>18}{item}")
         else:
             click.echo(f"{key:>16}: {value}")
+
+
+# ---------------------------------------------------------------- serve
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@main.command("serve")
+@click.argument("runs", nargs=-1, required=True, type=_NonEmptyPath())
+@click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; anything but loopback needs --token.")
+@click.option("--token", default=None, help="Required on every request (needed for a non-loopback --host).")
+@click.option("--directions", "directions_files", multiple=True, type=_NonEmptyPath(),
+              help="Directions files for the sliders; each is used for the runs it fits. Repeatable.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def serve_command(runs, port, host, token, directions_files, device):
+    """A local web studio for RUNS: seeds, the seed plane, sampling options and direction sliders.
+
+    \b
+    Example:
+      animegen serve runs/sg2 runs/ddpm32 --directions dirs.safetensors   # then open http://127.0.0.1:7860/
+    """
+    import uvicorn
+
+    from animegen.web.app import create_app
+    from animegen.web.studio import Studio
+
+    if host not in LOOPBACK and not token:
+        raise UserError(f"--host {host} makes the studio reachable from other machines; add --token SECRET.")
+    if token is not None and len(token) < 8:
+        raise UserError("--token must be at least 8 characters.")
+    studio = Studio(list(runs), list(directions_files), device)
+    hosts = () if host not in LOOPBACK else ("127.0.0.1", "localhost", "::1")
+    if host not in LOOPBACK:
+        click.echo(f"warning: serving on {host}: anyone who can reach it and knows the token can use this machine.",
+                   err=True)
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"animegen studio: http://{shown}:{port}/" + (f"?token={token}" if token else "")
+               + f"  ({len(studio.runs)} run(s); Ctrl-C stops)")
+    uvicorn.run(create_app(studio, token, hosts), host=host, port=port, log_level="warning")

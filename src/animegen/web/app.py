@@ -1,0 +1,199 @@
+"""The HTTP side of `animegen serve`: a Starlette app over a `Studio`.
+
+Starlette rather than FastAPI: the app is a dozen routes whose inputs the Studio validates
+itself (with the same limits as the CLI), so FastAPI's pydantic layer would add a
+dependency and a second set of rules. uvicorn serves it.
+
+Security: by default only loopback; the Host header must name the bound address (so a page
+on another site cannot reach the server by DNS rebinding); with a token (required for any
+other bind) every request must carry it, as a header, a query parameter or the cookie the
+page receives. The page and its two files are held in memory: no request path reaches the
+filesystem. Errors are JSON {"error": one line} with a 4xx code; never a stack trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import itertools
+import json
+import re
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from animegen.errors import UserError
+from animegen.web.studio import Studio
+
+QUEUE = 32  # requests waiting for the renderer; more get a 503
+MAX_JSON = 64 * 1024
+VIEW = re.compile(r"^[a-z0-9-]{1,32}$")
+STATIC = {"app.js": "text/javascript", "style.css": "text/css"}
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
+       "form-action 'none'; frame-ancestors 'none'; base-uri 'none'")
+COOKIE = "animegen_token"
+
+
+class Renderer:
+    """One thread renders, so the event loop stays free; at most QUEUE requests wait, and for
+    each view only the newest request is rendered (older ones answer {"stale": true}), so
+    dragging a slider never builds a backlog."""
+
+    def __init__(self, limit: int = QUEUE):
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="animegen-render")
+        self.limit, self.waiting = limit, 0
+        self.latest: dict[str, int] = {}
+        self.counter = itertools.count()
+        self.lock = threading.Lock()
+
+    async def run(self, view: str | None, work, *args):
+        with self.lock:
+            if self.waiting >= self.limit:
+                raise HTTPException(503, "the server is busy; try again.")
+            self.waiting += 1
+            ticket = next(self.counter)
+            if view:
+                if len(self.latest) > 1000:
+                    self.latest.clear()
+                self.latest[view] = ticket
+
+        def job():
+            try:
+                if view and self.latest.get(view) != ticket:
+                    return {"stale": True}
+                return work(*args)
+            finally:
+                with self.lock:
+                    self.waiting -= 1
+
+        return await asyncio.get_running_loop().run_in_executor(self.executor, job)
+
+
+def create_app(studio: Studio, token: str | None = None, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> Starlette:
+    renderer = Renderer()
+    page = {name: resources.files("animegen.web").joinpath("static", name).read_bytes() for name in
+            ("index.html", *STATIC)}
+
+    async def index(request: Request) -> Response:
+        response = Response(page["index.html"], media_type="text/html")
+        if token:
+            response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+        return response
+
+    async def static(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in STATIC:
+            raise HTTPException(404, "not found")
+        return Response(page[name], media_type=STATIC[name])
+
+    async def runs(request: Request) -> Response:
+        return JSONResponse(studio.describe())
+
+    async def generate(request: Request) -> Response:
+        body = await json_body(request)
+        view = body.pop("view", None)
+        if view is not None and not (isinstance(view, str) and VIEW.match(view)):
+            raise UserError("view must be 1-32 characters a-z, 0-9 or '-'.")
+        result = await renderer.run(view, studio.generate, body)
+        if "images" in result:
+            result["images"] = [{**image, "png": base64.b64encode(image["png"]).decode()} for image in result["images"]]
+        return JSONResponse(result)
+
+    routes = [Route("/", guarded(index)), Route("/static/{name}", guarded(static)), Route("/api/runs", guarded(runs)),
+              Route("/api/generate", guarded(generate), methods=["POST"])]
+    handlers = {HTTPException: http_error}
+    middleware = [Middleware(Gate, token=token, hosts=hosts)]
+    return Starlette(routes=routes, exception_handlers=handlers, middleware=middleware)
+
+
+async def json_body(request: Request) -> dict:
+    body = await read_limited(request, MAX_JSON)
+    try:
+        value = json.loads(body)
+    except ValueError:
+        raise UserError("the request body is not JSON.") from None
+    if not isinstance(value, dict):
+        raise UserError("the request body must be a JSON object.")
+    return value
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The body, refused with a 413 as soon as it passes `limit` bytes (whatever Content-Length says)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise HTTPException(413, f"the request is larger than {limit // 1024} KB.")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"the request is larger than {limit // 1024} KB.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class Gate:
+    """ASGI middleware: the Host check, the token check and the security headers."""
+
+    def __init__(self, app, token: str | None, hosts: tuple[str, ...]):
+        self.app, self.token, self.hosts = app, token, hosts
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        host = (request.headers.get("host") or "").rsplit(":", 1)[0].strip("[]")
+        if self.hosts and host not in self.hosts:
+            return await error(403, f"host {host!r} is not served here.")(scope, receive, send)
+        if self.token and not self._authorized(request):
+            return await error(401, "a valid token is required (start the page from the URL `serve` printed).")(
+                scope, receive, send)
+
+        async def with_headers(message):
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] += [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
+                                       (b"referrer-policy", b"no-referrer"), (b"cache-control", b"no-store")]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+    def _authorized(self, request: Request) -> bool:
+        header = request.headers.get("authorization", "")
+        given = [header.removeprefix("Bearer "), request.query_params.get("token", ""), request.cookies.get(COOKIE, "")]
+        return any(g and hmac.compare_digest(g.encode(), self.token.encode()) for g in given)
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def guarded(endpoint):
+    """`endpoint` answering a UserError with a 400 and anything unexpected with a 500, one
+    line each (the server's console gets one line too, not a traceback)."""
+
+    async def answer(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except UserError as e:
+            return error(400, str(e))
+        except HTTPException as e:
+            return error(e.status_code, e.detail)
+        except Exception as e:  # noqa: BLE001 - the boundary: nothing unexpected reaches the client
+            print(f"animegen serve: internal error on {request.url.path}: {type(e).__name__}: {e}", file=sys.stderr)
+            return error(500, "internal error")
+
+    return answer
+
+
+async def http_error(request: Request, exc: HTTPException) -> Response:
+    return error(exc.status_code, "not found" if exc.status_code == 404 else
+                 "method not allowed" if exc.status_code == 405 else exc.detail)

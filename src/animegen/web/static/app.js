@@ -1,0 +1,207 @@
+"use strict";
+// The studio page: controls -> one JSON request per change -> images. The server checks
+// every value; the page only shows what it answers (images or a one-line error).
+
+const $ = (id) => document.getElementById(id);
+const token = new URLSearchParams(location.search).get("token");
+const state = { runs: [], run: null, plane: null, sent: 0, shown: 0 };
+const PER_SEED = 40; // canvas pixels per seed on the plane
+
+async function api(path, body) {
+  const headers = { "Content-Type": "application/json" };
+  if (token) headers.Authorization = "Bearer " + token;
+  const response = await fetch(path, body === undefined ? { headers } : { method: "POST", headers, body: JSON.stringify(body) });
+  const data = await response.json();
+  if (!response.ok) throw new Error(data.error || response.statusText);
+  return data;
+}
+
+function say(text, isError) {
+  $("message").textContent = text;
+  $("message").className = isError ? "error" : "";
+}
+
+function control(id, label, input, onInput) {
+  const wrap = document.createElement("label");
+  wrap.append(label + " ");
+  input.id = id;
+  wrap.append(input);
+  if (input.type === "range") {
+    const out = document.createElement("output");
+    out.id = id + "-value";
+    out.textContent = input.value;
+    input.addEventListener("input", () => { out.textContent = input.value; });
+    wrap.append(out);
+  }
+  input.addEventListener(input.tagName === "SELECT" || input.type === "number" ? "change" : "input", onInput);
+  return wrap;
+}
+
+function range(min, max, step, value) {
+  const input = document.createElement("input");
+  Object.assign(input, { type: "range", min, max, step, value });
+  return input;
+}
+
+function number(min, max, value) {
+  const input = document.createElement("input");
+  Object.assign(input, { type: "number", min, max, value });
+  return input;
+}
+
+function choice(values, value) {
+  const select = document.createElement("select");
+  for (const v of values) select.append(new Option(v, v, v === value, v === value));
+  return select;
+}
+
+// Each sample option a family takes: its input and how to read it back.
+const OPTIONS = {
+  truncation: () => [control("truncation", "Truncation ψ", range(0, 2, 0.05, 1), refresh), () => +$("truncation").value],
+  noise_mode: () => [control("noise_mode", "Noise", choice(["random", "const", "none"], "random"), refresh), () => $("noise_mode").value],
+  mix_seed: () => [control("mix_seed", "Mix seed", number(0, 4294967295, ""), refresh), () => $("mix_seed").value === "" ? undefined : +$("mix_seed").value],
+  mix_layer: (run) => [control("mix_layer", "Mix from layer", number(0, run.controls.num_ws - 1, ""), refresh),
+    () => $("mix_layer").value === "" || $("mix_seed").value === "" ? undefined : +$("mix_layer").value],
+  translate: () => [control("translate", "Translate x", range(-1, 1, 0.01, 0), refresh), () => [+$("translate").value, 0]],
+  rotate: () => [control("rotate", "Rotate °", range(-180, 180, 1, 0), refresh), () => +$("rotate").value],
+  sampler: (run) => [control("sampler", "Sampler", choice(["ddpm", "ddim", "dpm-solver++"], run.controls.defaults.sampler), samplerChanged), () => $("sampler").value],
+  steps: (run) => [control("steps", "Steps", number(1, run.controls.max_steps, run.controls.defaults.steps), refresh),
+    () => $("sampler").value === "ddpm" ? undefined : +$("steps").value],
+  eta: () => [control("eta", "DDIM η", range(0, 1, 0.05, 0), refresh), () => $("sampler").value === "ddim" ? +$("eta").value : undefined],
+};
+let readers = {};
+
+function samplerChanged() {
+  $("eta").disabled = $("sampler").value !== "ddim";
+  $("steps").disabled = $("sampler").value === "ddpm";
+  refresh();
+}
+
+function buildControls() {
+  const run = state.run;
+  const card = run.card;
+  $("card").textContent = `${card.family} · ${card.preset || "imported"} · ${card.resolution} px · ${card.kimg} kimg · best FID ${card.best_fid}`;
+  const box = $("options");
+  box.replaceChildren(box.querySelector("legend"));
+  readers = {};
+  for (const name of run.controls.options) {
+    const [element, read] = OPTIONS[name](run);
+    box.append(element);
+    readers[name] = read;
+  }
+  if (run.controls.options.length === 0) box.append("This family has no sampling options.");
+  if ($("eta")) samplerChanged();
+  const sliders = $("sliders");
+  sliders.replaceChildren();
+  for (const d of run.directions) {
+    const slider = control("edit-" + d.name, `${d.name} (${d.method}${d.layers ? ", layers " + d.layers.join("–") : ""})`,
+      range(-5, 5, 0.1, 0), refresh);
+    slider.querySelector("input").dataset.direction = d.name;
+    sliders.append(slider);
+  }
+  if (run.directions.length === 0) sliders.textContent = "No directions for this run.";
+  drawPlane();
+}
+
+function request() {
+  const options = {};
+  for (const [name, read] of Object.entries(readers)) {
+    const value = read();
+    if (value !== undefined) options[name] = value;
+  }
+  const edits = {};
+  for (const input of document.querySelectorAll("[data-direction]")) {
+    if (+input.value !== 0) edits[input.dataset.direction] = +input.value;
+  }
+  const body = { run: state.run.index, view: "main", options, edits };
+  if (state.plane) body.plane = state.plane;
+  else Object.assign(body, { seed: Number($("seed").value), count: Number($("count").value) });
+  return body;
+}
+
+async function refresh() {
+  const ticket = ++state.sent;
+  let data;
+  try {
+    data = await api("/api/generate", request());
+  } catch (e) {
+    if (ticket === state.sent) say(e.message, true);
+    return;
+  }
+  if (data.stale || ticket < state.shown) return; // a newer request is on its way
+  state.shown = ticket;
+  say("");
+  const figures = data.images.map((image) => {
+    const figure = document.createElement("figure");
+    const img = new Image();
+    img.src = "data:image/png;base64," + image.png;
+    img.alt = image.name;
+    img.dataset.seed = image.seed;
+    const link = document.createElement("a");
+    Object.assign(link, { href: img.src, download: image.name, textContent: "PNG" });
+    const caption = document.createElement("figcaption");
+    caption.append(state.plane ? "plane" : "seed " + image.seed, link);
+    figure.append(img, caption);
+    return figure;
+  });
+  $("grid").replaceChildren(...figures);
+  $("command").textContent = data.command;
+}
+
+function origin() {
+  const seed = Math.max(0, Math.floor(Number($("seed").value) || 0));
+  return [seed % 100, Math.floor(seed / 100)];
+}
+
+function drawPlane() {
+  const canvas = $("plane");
+  const g = canvas.getContext("2d");
+  g.clearRect(0, 0, canvas.width, canvas.height);
+  g.strokeStyle = "#99a";
+  for (let p = 0; p <= canvas.width; p += PER_SEED) {
+    g.beginPath(); g.moveTo(p, 0); g.lineTo(p, canvas.height); g.stroke();
+    g.beginPath(); g.moveTo(0, p); g.lineTo(canvas.width, p); g.stroke();
+  }
+  if (state.plane) {
+    const [x0, y0] = origin();
+    g.fillStyle = "#d33";
+    g.beginPath();
+    g.arc((state.plane[0] - x0) * PER_SEED, (state.plane[1] - y0) * PER_SEED, 4, 0, 2 * Math.PI);
+    g.fill();
+    $("plane-value").textContent = `(${state.plane[0].toFixed(2)}, ${state.plane[1].toFixed(2)})`;
+  } else {
+    $("plane-value").textContent = "";
+  }
+}
+
+function dragPlane(event) {
+  if (event.buttons !== 1) return;
+  const box = $("plane").getBoundingClientRect();
+  const [x0, y0] = origin();
+  const x = Math.min(Math.max(event.clientX - box.left, 0), box.width) / PER_SEED;
+  const y = Math.min(Math.max(event.clientY - box.top, 0), box.height) / PER_SEED;
+  state.plane = [x0 + x, y0 + y];
+  drawPlane();
+  refresh();
+}
+
+async function start() {
+  try {
+    state.runs = await api("/api/runs");
+  } catch (e) {
+    say(e.message, true);
+    return;
+  }
+  for (const run of state.runs) $("run").append(new Option(`${run.name} (${run.card.family})`, run.index));
+  state.run = state.runs[0];
+  $("run").addEventListener("change", () => { state.run = state.runs[Number($("run").value)]; state.plane = null; buildControls(); refresh(); });
+  $("seed").addEventListener("change", () => { state.plane = null; drawPlane(); refresh(); });
+  $("count").addEventListener("input", () => { $("count-value").textContent = $("count").value; refresh(); });
+  $("plane").addEventListener("pointerdown", dragPlane);
+  $("plane").addEventListener("pointermove", dragPlane);
+  $("plane-off").addEventListener("click", () => { state.plane = null; drawPlane(); refresh(); });
+  buildControls();
+  refresh();
+}
+
+start();
