@@ -1,0 +1,294 @@
+"""`animegen serve`: the studio's answers equal `animegen sample` byte for byte, every value
+is checked on the server, nothing outside the page is served, and a real Chromium drives
+the page with no console errors and no request leaving 127.0.0.1."""
+
+import asyncio
+import base64
+import os
+import resource
+import shlex
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+import uvicorn
+from click.testing import CliRunner
+
+from animegen.cli import main
+from animegen.generate import load_generator
+from animegen.latent.directions import Direction, save_directions
+from animegen.web.app import Renderer, create_app
+from animegen.web.studio import Studio
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CHROMIUM = Path(os.environ.get("ANIMEGEN_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+def train(data, out, family):
+    result = CliRunner().invoke(main, ["train", family, "--data", str(data), "--out", str(out), "--preset", "tiny",
+                                       "--steps", "1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, faces16):
+    root = tmp_path_factory.mktemp("runs")
+    sg2, ddpm = train(faces16, root / "sg2", "stylegan2"), train(faces16, root / "ddpm", "ddpm")
+    model, _ = load_generator(sg2)
+    vector = torch.nn.functional.normalize(torch.randn(model.mapping.w_avg.numel(), generator=torch.Generator().manual_seed(0)), dim=0)
+    directions = save_directions(root / "dirs.safetensors", model, [Direction("hair", vector, "test", (0, 2), 3.0, {})])
+    return {"sg2": sg2, "ddpm": ddpm, "directions": directions}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """The app on a real uvicorn in a thread, at http://127.0.0.1:PORT."""
+
+    def __init__(self, app):
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def studio(runs):
+    return Studio([str(runs["sg2"]), str(runs["ddpm"])], [str(runs["directions"])], "cpu")
+
+
+@pytest.fixture(scope="module")
+def url(studio):
+    with Server(create_app(studio)) as base:
+        yield base
+
+
+def generate(url, **body):
+    return httpx.post(f"{url}/api/generate", json=body, timeout=60)
+
+
+def run_command(command: str, cwd: Path) -> dict[str, bytes]:
+    """Run the page's `animegen sample ...` command in `cwd`; the bytes of the PNGs it wrote."""
+    args = shlex.split(command)
+    assert args[:2] == ["animegen", "sample"]
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(main, args[1:])
+    finally:
+        os.chdir(old)
+    assert result.exit_code == 0, result.output
+    return {p.name: p.read_bytes() for p in (cwd / "samples").glob("*.png")}
+
+
+@pytest.mark.parametrize("body", [
+    {"run": 0, "seed": 7, "count": 3, "options": {"truncation": 0.6, "noise_mode": "const"}, "edits": {"hair": 2.5}},
+    {"run": 0, "plane": [3.25, 0.5], "options": {"mix_seed": 9}},
+    {"run": 1, "seed": 2, "count": 2, "options": {"sampler": "ddim", "steps": 3, "eta": 0.5}},
+])
+def test_every_image_is_what_its_command_writes(url, body, tmp_path):
+    answer = generate(url, **body)
+    assert answer.status_code == 200, answer.text
+    data = answer.json()
+    written = run_command(data["command"], tmp_path)
+    assert {i["name"] for i in data["images"]} == set(written)
+    for image in data["images"]:
+        assert base64.b64decode(image["png"]) == written[image["name"]]
+
+
+def test_controls_change_the_image(url):
+    def png(**change):
+        return generate(url, **{"run": 0, "seed": 1, "count": 1, **change}).json()["images"][0]["png"]
+
+    base = png()
+    assert png() == base
+    assert png(seed=2) != base
+    assert png(options={"truncation": 0.5}) != base
+    assert png(edits={"hair": 3}) != base and png(edits={"hair": 0}) == base
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"run": 5}, "run must be an integer from 0 to 1"),
+    ({"run": 0, "seed": -1}, "seed must be an integer"),
+    ({"run": 0, "seed": 2**32}, "seed must be an integer"),
+    ({"run": 0, "count": 17}, "count must be an integer from 1 to 16"),
+    ({"run": 0, "options": {"truncation": 1e9}}, "--truncation"),
+    ({"run": 0, "options": {"truncation": "x"}}, "truncation must be a finite number"),
+    ({"run": 0, "options": {"steps": 3}}, "stylegan2 takes no option(s) steps"),
+    ({"run": 1, "options": {"steps": 5000}}, "steps must be an integer from 1 to 1000"),
+    ({"run": 0, "edits": {"nope": 1}}, "no direction 'nope'"),
+    ({"run": 0, "edits": {"hair": 11}}, "strength must be in"),
+    ({"run": 0, "plane": [1, -2]}, "seed plane point"),
+    ({"run": 0, "path": "/etc/passwd"}, "unknown request field(s): path"),
+    ({"run": 0, "view": "../x"}, "view must be"),
+])
+def test_bad_values_are_a_400_with_one_line(url, body, message):
+    answer = generate(url, **body)
+    assert answer.status_code == 400 and message in answer.json()["error"], answer.text
+    assert "\n" not in answer.json()["error"] and "Traceback" not in answer.text
+
+
+@pytest.mark.parametrize("path", ["/static/../../etc/passwd", "/static/%2e%2e%2fapp.py", "/static/..%2f..%2fcli.py",
+                                  "/static/index.html/../app.py", "/static/studio.py", "//etc/passwd", "/nope",
+                                  "/static/%00", "/api/runs/../../etc/passwd"])
+def test_nothing_outside_the_page_is_served(url, path):
+    answer = httpx.get(url + path)
+    assert answer.status_code == 404 and answer.json() == {"error": "not found"}
+
+
+def test_malformed_and_oversized_requests_are_refused(url):
+    assert httpx.post(f"{url}/api/generate", content=b"{not json").json()["error"] == "the request body is not JSON."
+    assert httpx.post(f"{url}/api/generate", content=b"[1]").status_code == 400
+    big = httpx.post(f"{url}/api/generate", content=b" " * (65 * 1024))
+    assert big.status_code == 413 and "larger than 64 KB" in big.json()["error"]
+    assert httpx.get(f"{url}/api/generate").status_code == 405
+    assert httpx.get(url + "/", headers={"Host": "attacker.example"}).status_code == 403  # DNS rebinding
+
+
+def test_the_page_and_its_files_carry_a_strict_policy(url):
+    page = httpx.get(url + "/")
+    assert page.status_code == 200 and "default-src 'none'" in page.headers["content-security-policy"]
+    for name in ("app.js", "style.css"):
+        assert httpx.get(f"{url}/static/{name}").status_code == 200
+    for text in (page.text, httpx.get(f"{url}/static/app.js").text, httpx.get(f"{url}/static/style.css").text):
+        assert "http://" not in text and "https://" not in text  # no CDN, fonts or analytics
+
+
+def test_a_token_is_required_on_every_request(studio):
+    with Server(create_app(studio, token="s3cret-token")) as base:
+        assert httpx.get(f"{base}/api/runs").status_code == 401
+        assert httpx.get(f"{base}/").status_code == 401
+        assert httpx.get(f"{base}/api/runs", headers={"Authorization": "Bearer wrong-token"}).status_code == 401
+        assert httpx.get(f"{base}/api/runs", headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
+        with httpx.Client() as client:  # the page's cookie then authorizes its own requests
+            assert client.get(f"{base}/?token=s3cret-token").status_code == 200
+            assert client.get(f"{base}/api/runs").status_code == 200
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--host", "0.0.0.0"], "add --token SECRET"),
+    (["--host", "0.0.0.0", "--token", "short"], "at least 8 characters"),
+    (["--port", "0"], "Invalid value for '--port'"),
+])
+def test_serve_refuses_open_binds_without_a_token(runs, args, message):
+    result = CliRunner().invoke(main, ["serve", str(runs["sg2"]), *args])
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_only_the_newest_request_of_a_view_is_rendered():
+    async def scenario():
+        renderer = Renderer(limit=3)
+        gate = threading.Event()
+        busy = asyncio.ensure_future(renderer.run(None, gate.wait))
+        await asyncio.sleep(0.05)
+        older = asyncio.ensure_future(renderer.run("main", lambda: "old"))
+        newer = asyncio.ensure_future(renderer.run("main", lambda: "new"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(Exception, match="busy"):
+            await renderer.run("other", lambda: "refused")
+        gate.set()
+        return await busy, await older, await newer
+
+    assert asyncio.run(scenario()) == (True, {"stale": True}, "new")
+
+
+def test_load_200_requests_from_20_clients(url):
+    """No error and flat memory: 200 requests, 20 at a time, after a warm-up of 40."""
+
+    def one(i):
+        return generate(url, run=i % 2, seed=i, count=1, options={"steps": 2} if i % 2 else {}).status_code
+
+    with ThreadPoolExecutor(20) as pool:
+        assert set(pool.map(one, range(40))) == {200}
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        assert set(pool.map(one, range(200))) == {200}
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 50, grown_mb
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt install chromium, or set ANIMEGEN_CHROMIUM)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, url):
+    context = browser.new_context(viewport={"width": 1200, "height": 800})  # a fresh profile
+    page = context.new_page()
+    page.console_errors, page.foreign = [], []
+    page.on("console", lambda m: page.console_errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: page.console_errors.append(str(e)))
+
+    def only_local(route):
+        if route.request.url.startswith(url) or route.request.url.startswith("data:"):
+            route.continue_()
+        else:
+            page.foreign.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_local)
+    page.goto(url + "/")
+    page.wait_for_selector("#grid img")
+    yield page
+    context.close()
+
+
+def first_image(page) -> str:
+    return page.locator("#grid img").first.get_attribute("src")
+
+
+def changed(page, before: str) -> str:
+    page.wait_for_function("before => document.querySelector('#grid img').src !== before", arg=before)
+    return first_image(page)
+
+
+def test_the_page_drives_the_studio(page, url, tmp_path):
+    assert page.locator("#grid img").count() == 4
+    start = first_image(page)
+    page.fill("#seed", "5")
+    page.dispatch_event("#seed", "change")
+    at_seed = changed(page, start)
+    page.locator("#truncation").fill("0.5")
+    truncated = changed(page, at_seed)
+    page.locator("[data-direction=hair]").fill("3")
+    edited = changed(page, truncated)
+    command = page.locator("#command").inner_text()
+    assert "--seed 5" in command and "--truncation 0.5" in command and "--edit hair=3" in command
+    written = run_command(command, tmp_path)
+    assert base64.b64decode(edited.split(",", 1)[1]) == written["seed000005.png"]
+    page.fill("#seed", "-4")
+    page.dispatch_event("#seed", "change")
+    page.wait_for_selector("#message.error")
+    assert "seed must be an integer" in page.locator("#message").inner_text()
+    assert page.console_errors == [] or all("400" in e for e in page.console_errors), page.console_errors
+    assert page.foreign == []
