@@ -19,11 +19,14 @@ import hmac
 import itertools
 import json
 import re
+import socket
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 
+import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -76,6 +79,35 @@ class Renderer:
                     self.waiting -= 1
 
         return await asyncio.get_running_loop().run_in_executor(self.executor, job)
+
+
+class BackgroundServer:
+    """The app on uvicorn in a thread of this process, for notebooks, tests and benchmarks:
+    `with BackgroundServer(app) as url: ...` (http://127.0.0.1:PORT, a free port)."""
+
+    def __init__(self, app, port: int = 0):
+        self.port = port or _free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError(f"the studio did not start on port {self.port}")
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def create_app(studio: Studio, token: str | None = None, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> Starlette:
