@@ -136,7 +136,7 @@ class Studio:
         return " ".join(shlex.quote(a) for a in args)
 
 
-DEFAULTS = {"truncation": 1.0, "noise_mode": "random", "translate": (0.0, 0.0), "rotate": 0.0}
+DEFAULTS = {"truncation": 1.0, "temperature": 1.0, "noise_mode": "random", "translate": (0.0, 0.0), "rotate": 0.0}
 
 
 def controls(model: Model) -> dict:

@@ -62,14 +62,22 @@ const OPTIONS = {
   mix_seed: () => [control("mix_seed", "Mix seed", number(0, 4294967295, ""), refresh), () => $("mix_seed").value === "" ? undefined : +$("mix_seed").value],
   mix_layer: (run) => [control("mix_layer", "Mix from layer", number(0, run.controls.num_ws - 1, ""), refresh),
     () => $("mix_layer").value === "" || $("mix_seed").value === "" ? undefined : +$("mix_layer").value],
-  translate: () => [control("translate", "Translate x", range(-1, 1, 0.01, 0), refresh), () => [+$("translate").value, 0]],
+  translate: () => [translateControls(), () => [+$("translate").value, +$("translate-y").value]],
   rotate: () => [control("rotate", "Rotate °", range(-180, 180, 1, 0), refresh), () => +$("rotate").value],
   sampler: (run) => [control("sampler", "Sampler", choice(["ddpm", "ddim", "dpm-solver++"], run.controls.defaults.sampler), samplerChanged), () => $("sampler").value],
   steps: (run) => [control("steps", "Steps", number(1, run.controls.max_steps, run.controls.defaults.steps), refresh),
     () => $("sampler").value === "ddpm" ? undefined : +$("steps").value],
+  temperature: () => [control("temperature", "Latent scale", range(0, 2, 0.05, 1), refresh), () => +$("temperature").value],
   eta: () => [control("eta", "DDIM η", range(0, 1, 0.05, 0), refresh), () => $("sampler").value === "ddim" ? +$("eta").value : undefined],
 };
 let readers = {};
+
+function translateControls() {
+  const both = document.createElement("div");
+  both.append(control("translate", "Translate x", range(-1, 1, 0.01, 0), refresh),
+    control("translate-y", "Translate y", range(-1, 1, 0.01, 0), refresh));
+  return both;
+}
 
 function samplerChanged() {
   $("eta").disabled = $("sampler").value !== "ddim";
