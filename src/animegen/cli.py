@@ -469,3 +469,90 @@ def runs_info(run, as_json):
                 click.echo(f"{'':>18}{item}")
         else:
             click.echo(f"{key:>16}: {value}")
+
+
+# ---------------------------------------------------------------- directions
+@main.group(cls=_Group)
+def directions():
+    """Discover latent directions (GANSpace, SeFa, from labels) and list directions files."""
+
+
+def _directions_output(f):
+    f = click.option("--out", required=True, type=_NonEmptyPath(), help="Directions file to write (.safetensors).")(f)
+    f = click.option("--force", is_flag=True, help="Replace --out if it exists.")(f)
+    f = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)(f)
+    return f
+
+
+def _write_directions(run, out, method, force, device, **arguments):
+    from animegen.latent.discover import write_directions
+
+    path, found = write_directions(run, out, method, force=force, device=device, **arguments)
+    click.echo(f"{path}: {len(found)} {method} direction(s) of {run}: {', '.join(d.name for d in found)}.")
+
+
+@directions.command("ganspace")
+@click.argument("run", type=_NonEmptyPath())
+@_directions_output
+@click.option("--num", type=int, default=10, show_default=True, help="Principal axes to keep.")
+@click.option("--samples", type=int, default=100_000, show_default=True, help="StyleGAN: mapped z in the PCA of W.")
+@click.option("--layers", default="all", show_default=True, help="StyleGAN style inputs edited: all, coarse, middle, fine, A-B.")
+def directions_ganspace(run, out, force, device, num, samples, layers):
+    """GANSpace: principal axes of StyleGAN's W, or of a VAE's encodings of its test split.
+
+    \b
+    Example:
+      animegen directions ganspace runs/sg2 --out pca.safetensors --num 10
+    """
+    _write_directions(run, out, "ganspace", force, device, num=num, samples=samples, layers=layers)
+
+
+@directions.command("sefa")
+@click.argument("run", type=_NonEmptyPath())
+@_directions_output
+@click.option("--num", type=int, default=10, show_default=True, help="Directions to keep.")
+@click.option("--layers", default=None, help="StyleGAN style inputs factorized and edited: all, coarse, middle, fine, A-B [default: coarse].")
+@click.option("--samples", type=int, default=10_000, show_default=True, help="StyleGAN: mapped z estimating each scale.")
+def directions_sefa(run, out, force, device, num, layers, samples):
+    """SeFa: closed-form directions from the generator's first linear map of the latent (StyleGAN, DCGAN, VAE).
+
+    \b
+    Example:
+      animegen directions sefa runs/sg2 --out sefa.safetensors --layers coarse
+    """
+    _write_directions(run, out, "sefa", force, device, num=num, layers=layers, samples=samples)
+
+
+@directions.command("fit")
+@click.argument("run", type=_NonEmptyPath())
+@_directions_output
+@click.option("--labels", "labels_csv", required=True, type=_NonEmptyPath(), help="CSV file with the header seed,label.")
+@click.option("--name", required=True, help="Name of the direction.")
+@click.option("--layers", default=None, help="StyleGAN style inputs the edit acts on [default: all].")
+def directions_fit(run, out, force, device, labels_csv, name, layers):
+    """A direction from labelled seeds: logistic (two labels) or ridge regression on their latents.
+
+    \b
+    Example:
+      animegen directions fit runs/sg2 --labels hair.csv --name warm_hair --out hair.safetensors
+    """
+    _write_directions(run, out, "fit", force, device, labels_csv=labels_csv, name=name, layers=layers)
+
+
+@directions.command("list")
+@click.argument("file", type=_NonEmptyPath())
+def directions_list(file):
+    """Each direction of a directions file: name, method, layers, scale.
+
+    \b
+    Example:
+      animegen directions list pca.safetensors
+    """
+    from animegen.latent.discover import describe_directions
+
+    header = describe_directions(file)
+    click.echo(f"{file}: {header.get('family')}, {header.get('size')}-value {header.get('space')}")
+    for name, info in header["directions"].items():
+        layers = info.get("layers")
+        click.echo(f"{name:>16}  {info.get('method')}  layers {'-'.join(map(str, layers)) if layers else 'whole z'}  "
+                   f"scale {info.get('scale'):.4g}")
