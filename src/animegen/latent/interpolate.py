@@ -114,6 +114,11 @@ def slerp_path(keys: torch.Tensor, times: torch.Tensor, loop: bool) -> torch.Ten
     return slerp(keys[first], keys[after], u)
 
 
+def frame_count(keyframes: int, frames: int, loop: bool) -> int:
+    """Frames of a path: `frames` per transition, and the last keyframe unless it loops back."""
+    return (keyframes * frames) if loop else (keyframes - 1) * frames + 1
+
+
 class Interpolation:
     """The latents of every frame of one row of keyframes (`keys`, as `Model.draw` returns
     them) in `space`: "w" (a cubic spline through W+) or "z" (slerp of z)."""
@@ -128,8 +133,7 @@ class Interpolation:
     def frame_times(self, frames: int) -> torch.Tensor:
         """`frames` times per transition, from the first keyframe to the last (or, looping, to
         just before the first again)."""
-        transitions = len(self) if self.loop else len(self) - 1
-        return torch.arange(transitions * frames + (0 if self.loop else 1), dtype=torch.float64) / frames
+        return torch.arange(frame_count(len(self), frames, self.loop), dtype=torch.float64) / frames
 
     def at(self, times: torch.Tensor) -> Latents:
         """Explicit latents for `Model.draw(noise, given)` at `times` (in keyframes)."""
@@ -317,9 +321,7 @@ def write_interpolation(run: str, out: str, seeds: str, frames: int = 30, loop: 
     model, state = load_generator(run, device, checkpoint=checkpoint)
     options = model.resolve_sample_options(options or {})
     space = check_space(model, space)
-    check_deterministic(options)
-    transitions = len(rows[0]) if loop else len(rows[0]) - 1
-    count = transitions * frames + (0 if loop else 1)
+    count = frame_count(len(rows[0]), frames, loop)
     suffix = _check_output(out, len(rows), count, model.resolution, fps)
     named = {}
     for path in directions:
