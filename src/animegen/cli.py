@@ -556,3 +556,67 @@ def directions_list(file):
         layers = info.get("layers")
         click.echo(f"{name:>16}  {info.get('method')}  layers {'-'.join(map(str, layers)) if layers else 'whole z'}  "
                    f"scale {info.get('scale'):.4g}")
+
+
+# ---------------------------------------------------------------- interpolate / style-mix
+@main.command("interpolate")
+@click.argument("run", type=_NonEmptyPath())
+@click.option("--seeds", required=True, metavar="S1,S2,...[;S1,S2,...]",
+              help="Keyframe seeds; ';' separates rows of a grid of interpolations (as many seeds each).")
+@click.option("--frames", type=int, default=30, show_default=True, help="Frames per keyframe transition.")
+@click.option("--loop", is_flag=True, help="Go on from the last keyframe back to the first (a seamless loop).")
+@click.option("--space", type=click.Choice(["z", "w"]), default=None,
+              help="Interpolate W+ (cubic spline) or z (slerp) [default: w for StyleGAN, z otherwise].")
+@click.option("--fps", type=float, default=30.0, show_default=True, help="Frames a second of a .gif or .mp4.")
+@click.option("--out", required=True, type=_NonEmptyPath(),
+              help="FILE.png (one row of frames per interpolation), FILE.gif or FILE.mp4 (needs animegen[video]).")
+@click.option("--seed-convention", type=click.Choice(["animegen", "nvlabs"]), default="animegen", show_default=True,
+              help="nvlabs: a seed's latent is NVIDIA's, np.random.RandomState(seed).randn(z_dim).")
+@click.option("--directions", "directions_files", multiple=True, type=_NonEmptyPath(),
+              help="A directions file (from `animegen directions`); repeatable.")
+@click.option("--edit", "edits", multiple=True, metavar="NAME=STRENGTH",
+              help="Move every frame along a direction by STRENGTH standard deviations; repeatable.")
+@_sampling_options
+def interpolate_command(run, seeds, frames, loop, space, fps, out, seed_convention, directions_files, edits,
+                        batch_size, device, checkpoint, **options):
+    """Interpolation video (or strip) through the images of keyframe seeds; keyframe K is `sample --seed K`'s image.
+
+    \b
+    Examples:
+      animegen interpolate runs/sg2 --seeds 3,7,11 --frames 24 --loop --out walk.gif
+      animegen interpolate runs/ddpm32 --seeds "1,2,3;4,5,6" --frames 8 --sampler ddim --eta 0 --out ddpm.png
+      animegen interpolate runs/sg3 --seeds 0,1 --space z --truncation 0.7 --fps 24 --out walk.mp4
+    """
+    from animegen.latent.interpolate import write_interpolation
+
+    info = write_interpolation(run, out, seeds, frames=frames, loop=loop, space=space, fps=fps, options=options,
+                               device=device, checkpoint=checkpoint, batch_size=batch_size,
+                               directions=directions_files, edits=edits, seed_convention=seed_convention)
+    click.echo(f"{out}: {info['rows']} interpolation(s) of {info['frames']} frames in {info['space']} "
+               f"from {info['checkpoint']}")
+
+
+@main.command("style-mix")
+@click.argument("run", type=_NonEmptyPath())
+@click.option("--rows", required=True, metavar="S1,S2,...", help="Seeds down the left: whose images are mixed.")
+@click.option("--cols", required=True, metavar="S1,S2,...", help="Seeds across the top: whose styles are taken.")
+@click.option("--layers", default="coarse", show_default=True, metavar="coarse|middle|fine|all|A-B",
+              help="Style inputs taken from the column seed.")
+@click.option("--out", required=True, type=_NonEmptyPath(), help="The figure, a .png.")
+@click.option("--seed-convention", type=click.Choice(["animegen", "nvlabs"]), default="animegen", show_default=True,
+              help="nvlabs: a seed's latent is NVIDIA's, np.random.RandomState(seed).randn(z_dim).")
+@_sampling_options
+def style_mix_command(run, rows, cols, layers, out, seed_convention, batch_size, device, checkpoint, **options):
+    """StyleGAN style-mixing figure: each cell is its row seed's image with its column seed's styles in --layers.
+
+    \b
+    Example:
+      animegen style-mix runs/sg2 --rows 1,2,3 --cols 4,5,6 --layers coarse --out mix.png
+    """
+    from animegen.latent.interpolate import write_style_mix
+
+    info = write_style_mix(run, out, rows, cols, layers=layers, options=options, device=device, checkpoint=checkpoint,
+                           batch_size=batch_size, seed_convention=seed_convention)
+    first, last = info["layers"]
+    click.echo(f"{out}: {info['rows']} x {info['cols']} style mixes (style inputs {first}-{last} from the columns) "
+               f"from {info['checkpoint']}")
