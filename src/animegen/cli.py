@@ -508,3 +508,154 @@ def serve_command(runs, port, host, token, directions_files, device):
     click.echo(f"animegen studio: http://{shown}:{port}/" + (f"?token={token}" if token else "")
                + f"  ({len(studio.runs)} run(s); Ctrl-C stops)")
     uvicorn.run(create_app(studio, token, hosts), host=host, port=port, log_level="warning")
+
+
+# ---------------------------------------------------------------- directions
+@main.group(cls=_Group)
+def directions():
+    """Discover latent directions (GANSpace, SeFa, from labels) and list directions files."""
+
+
+def _directions_output(f):
+    f = click.option("--out", required=True, type=_NonEmptyPath(), help="Directions file to write (.safetensors).")(f)
+    f = click.option("--force", is_flag=True, help="Replace --out if it exists.")(f)
+    f = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)(f)
+    return f
+
+
+def _write_directions(run, out, method, force, device, **arguments):
+    from animegen.latent.discover import write_directions
+
+    path, found = write_directions(run, out, method, force=force, device=device, **arguments)
+    click.echo(f"{path}: {len(found)} {method} direction(s) of {run}: {', '.join(d.name for d in found)}.")
+
+
+@directions.command("ganspace")
+@click.argument("run", type=_NonEmptyPath())
+@_directions_output
+@click.option("--num", type=int, default=10, show_default=True, help="Principal axes to keep.")
+@click.option("--samples", type=int, default=100_000, show_default=True, help="StyleGAN: mapped z in the PCA of W.")
+@click.option("--layers", default="all", show_default=True, help="StyleGAN style inputs edited: all, coarse, middle, fine, A-B.")
+def directions_ganspace(run, out, force, device, num, samples, layers):
+    """GANSpace: principal axes of StyleGAN's W, or of a VAE's encodings of its test split.
+
+    \b
+    Example:
+      animegen directions ganspace runs/sg2 --out pca.safetensors --num 10
+    """
+    _write_directions(run, out, "ganspace", force, device, num=num, samples=samples, layers=layers)
+
+
+@directions.command("sefa")
+@click.argument("run", type=_NonEmptyPath())
+@_directions_output
+@click.option("--num", type=int, default=10, show_default=True, help="Directions to keep.")
+@click.option("--layers", default=None, help="StyleGAN style inputs factorized and edited: all, coarse, middle, fine, A-B [default: coarse].")
+@click.option("--samples", type=int, default=10_000, show_default=True, help="StyleGAN: mapped z estimating each scale.")
+def directions_sefa(run, out, force, device, num, layers, samples):
+    """SeFa: closed-form directions from the generator's first linear map of the latent (StyleGAN, DCGAN, VAE).
+
+    \b
+    Example:
+      animegen directions sefa runs/sg2 --out sefa.safetensors --layers coarse
+    """
+    _write_directions(run, out, "sefa", force, device, num=num, layers=layers, samples=samples)
+
+
+@directions.command("fit")
+@click.argument("run", type=_NonEmptyPath())
+@_directions_output
+@click.option("--labels", "labels_csv", required=True, type=_NonEmptyPath(), help="CSV file with the header seed,label.")
+@click.option("--name", required=True, help="Name of the direction.")
+@click.option("--layers", default=None, help="StyleGAN style inputs the edit acts on [default: all].")
+def directions_fit(run, out, force, device, labels_csv, name, layers):
+    """A direction from labelled seeds: logistic (two labels) or ridge regression on their latents.
+
+    \b
+    Example:
+      animegen directions fit runs/sg2 --labels hair.csv --name warm_hair --out hair.safetensors
+    """
+    _write_directions(run, out, "fit", force, device, labels_csv=labels_csv, name=name, layers=layers)
+
+
+@directions.command("list")
+@click.argument("file", type=_NonEmptyPath())
+def directions_list(file):
+    """Each direction of a directions file: name, method, layers, scale.
+
+    \b
+    Example:
+      animegen directions list pca.safetensors
+    """
+    from animegen.latent.discover import describe_directions
+
+    header = describe_directions(file)
+    click.echo(f"{file}: {header.get('family')}, {header.get('size')}-value {header.get('space')}")
+    for name, info in header["directions"].items():
+        layers = info.get("layers")
+        click.echo(f"{name:>16}  {info.get('method')}  layers {'-'.join(map(str, layers)) if layers else 'whole z'}  "
+                   f"scale {info.get('scale'):.4g}")
+
+
+# ---------------------------------------------------------------- interpolate / style-mix
+@main.command("interpolate")
+@click.argument("run", type=_NonEmptyPath())
+@click.option("--seeds", required=True, metavar="S1,S2,...[;S1,S2,...]",
+              help="Keyframe seeds; ';' separates rows of a grid of interpolations (as many seeds each).")
+@click.option("--frames", type=int, default=30, show_default=True, help="Frames per keyframe transition.")
+@click.option("--loop", is_flag=True, help="Go on from the last keyframe back to the first (a seamless loop).")
+@click.option("--space", type=click.Choice(["z", "w"]), default=None,
+              help="Interpolate W+ (cubic spline) or z (slerp) [default: w for StyleGAN, z otherwise].")
+@click.option("--fps", type=float, default=30.0, show_default=True, help="Frames a second of a .gif or .mp4.")
+@click.option("--out", required=True, type=_NonEmptyPath(),
+              help="FILE.png (one row of frames per interpolation), FILE.gif or FILE.mp4 (needs animegen[video]).")
+@click.option("--seed-convention", type=click.Choice(["animegen", "nvlabs"]), default="animegen", show_default=True,
+              help="nvlabs: a seed's latent is NVIDIA's, np.random.RandomState(seed).randn(z_dim).")
+@click.option("--directions", "directions_files", multiple=True, type=_NonEmptyPath(),
+              help="A directions file (from `animegen directions`); repeatable.")
+@click.option("--edit", "edits", multiple=True, metavar="NAME=STRENGTH",
+              help="Move every frame along a direction by STRENGTH standard deviations; repeatable.")
+@_sampling_options
+def interpolate_command(run, seeds, frames, loop, space, fps, out, seed_convention, directions_files, edits,
+                        batch_size, device, checkpoint, **options):
+    """Interpolation video (or strip) through the images of keyframe seeds; keyframe K is `sample --seed K`'s image.
+
+    \b
+    Examples:
+      animegen interpolate runs/sg2 --seeds 3,7,11 --frames 24 --loop --out walk.gif
+      animegen interpolate runs/ddpm32 --seeds "1,2,3;4,5,6" --frames 8 --sampler ddim --eta 0 --out ddpm.png
+      animegen interpolate runs/sg3 --seeds 0,1 --space z --truncation 0.7 --fps 24 --out walk.mp4
+    """
+    from animegen.latent.interpolate import write_interpolation
+
+    info = write_interpolation(run, out, seeds, frames=frames, loop=loop, space=space, fps=fps, options=options,
+                               device=device, checkpoint=checkpoint, batch_size=batch_size,
+                               directions=directions_files, edits=edits, seed_convention=seed_convention)
+    click.echo(f"{out}: {info['rows']} interpolation(s) of {info['frames']} frames in {info['space']} "
+               f"from {info['checkpoint']}")
+
+
+@main.command("style-mix")
+@click.argument("run", type=_NonEmptyPath())
+@click.option("--rows", required=True, metavar="S1,S2,...", help="Seeds down the left: whose images are mixed.")
+@click.option("--cols", required=True, metavar="S1,S2,...", help="Seeds across the top: whose styles are taken.")
+@click.option("--layers", default="coarse", show_default=True, metavar="coarse|middle|fine|all|A-B",
+              help="Style inputs taken from the column seed.")
+@click.option("--out", required=True, type=_NonEmptyPath(), help="The figure, a .png.")
+@click.option("--seed-convention", type=click.Choice(["animegen", "nvlabs"]), default="animegen", show_default=True,
+              help="nvlabs: a seed's latent is NVIDIA's, np.random.RandomState(seed).randn(z_dim).")
+@_sampling_options
+def style_mix_command(run, rows, cols, layers, out, seed_convention, batch_size, device, checkpoint, **options):
+    """StyleGAN style-mixing figure: each cell is its row seed's image with its column seed's styles in --layers.
+
+    \b
+    Example:
+      animegen style-mix runs/sg2 --rows 1,2,3 --cols 4,5,6 --layers coarse --out mix.png
+    """
+    from animegen.latent.interpolate import write_style_mix
+
+    info = write_style_mix(run, out, rows, cols, layers=layers, options=options, device=device, checkpoint=checkpoint,
+                           batch_size=batch_size, seed_convention=seed_convention)
+    first, last = info["layers"]
+    click.echo(f"{out}: {info['rows']} x {info['cols']} style mixes (style inputs {first}-{last} from the columns) "
+               f"from {info['checkpoint']}")
