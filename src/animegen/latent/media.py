@@ -37,14 +37,18 @@ def write_video(path: str | os.PathLike, frames: Sequence[np.ndarray], fps: floa
 
 
 def write_gif(path: str | os.PathLike, frames: Sequence[np.ndarray], fps: float) -> Path:
+    atomic_write_bytes(path, gif_bytes(frames, fps))
+    return Path(path)
+
+
+def gif_bytes(frames: Sequence[np.ndarray], fps: float) -> bytes:
     """A looping GIF. GIF delays count hundredths of a second, so the frame rate is rounded
     to one; Pillow also merges consecutive identical frames (their delays add up)."""
     images = [Image.fromarray(f) for f in frames]
     buf = io.BytesIO()
     images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], loop=0,
                    duration=max(20, round(100 / fps) * 10))
-    atomic_write_bytes(path, buf.getvalue())
-    return Path(path)
+    return buf.getvalue()
 
 
 def write_mp4(path: str | os.PathLike, frames: Sequence[np.ndarray], fps: float) -> Path:
