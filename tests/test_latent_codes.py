@@ -210,3 +210,17 @@ def test_temperature_scales_a_drawn_z_only():
         assert torch.equal(model.draw(Noise([1]), {"z": cold[:1]}, temperature=0.5)["z"], cold[:1])
     with pytest.raises(UserError, match="--temperature 11"):
         model.resolve_sample_options({"temperature": 11})
+
+
+def test_an_edit_can_name_other_style_inputs():
+    from animegen.latent.directions import Direction, apply_edits, parse_edits
+
+    model = tiny_model("stylegan2")
+    vector = torch.nn.functional.normalize(torch.ones(model.mapping.w_avg.numel()), dim=0)
+    known = {"d": Direction("d", vector, "test", (0, model.num_ws - 1), 2.0, {})}
+    with torch.no_grad():
+        latents = model.draw(Noise([0]))
+    moved = apply_edits(model, latents, parse_edits(["d=1.5@1-2"], known, model))["w"] - latents["w"]
+    assert torch.allclose(moved[0, 1:3], (3.0 * vector).expand(2, -1)) and not moved[0, 0].any() and not moved[0, 3:].any()
+    with pytest.raises(UserError, match="layer range '9-12' is out of range"):
+        parse_edits(["d=1@9-12"], known, model)

@@ -382,7 +382,8 @@ def _parse_strengths(ctx, param, value):
 @click.option("--directions", "directions_files", multiple=True, type=_NonEmptyPath(),
               help="A directions file (from `animegen directions`); repeatable.")
 @click.option("--edit", "edits", multiple=True, metavar="NAME=STRENGTH",
-              help="Move along a direction by STRENGTH standard deviations; repeatable. NAME alone with --strengths: a strip.")
+              help="Move along a direction by STRENGTH standard deviations (@LAYERS: on other StyleGAN style inputs, "
+                   "e.g. pc0=2@coarse); repeatable. NAME alone with --strengths: a strip.")
 @click.option("--strengths", callback=_parse_strengths, default=None, metavar="S1,S2,...",
               help="Render the --edit NAME strip at these strengths: one grid row per seed.")
 @_sampling_options

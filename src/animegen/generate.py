@@ -182,12 +182,12 @@ def _variants(model: Model, steering: Steering) -> list[tuple[str, list]]:
     directions = {}
     for path in steering.directions:
         directions.update(load_directions(path, model))
-    edits = parse_edits(list(steering.edits), directions)
+    edits = parse_edits(list(steering.edits), directions, model)
     if bool(steering.strip) != bool(steering.strengths):
         raise UserError("an edit strip needs both --edit NAME (without a strength) and --strengths.")
     if not steering.strip:
         return [("", edits)]
-    strip = parse_edits([f"{steering.strip}=0"], directions)[0][0]
+    strip = parse_edits([f"{steering.strip}=0"], directions, model)[0][0]
     return [(f"-{strip.name}{s:+g}", [*edits, (strip, s)]) for s in steering.strengths]
 
 

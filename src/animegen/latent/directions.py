@@ -136,15 +136,20 @@ def load_directions(path: str | os.PathLike, model: Model) -> dict[str, Directio
     return directions
 
 
-def parse_edits(specs: list[str], directions: dict[str, Direction]) -> list[tuple[Direction, float]]:
-    """["NAME=STRENGTH", ...] -> [(direction, strength)]."""
+def parse_edits(specs: list[str], directions: dict[str, Direction], model: Model) -> list[tuple[Direction, float]]:
+    """["NAME=STRENGTH", "NAME=STRENGTH@LAYERS", ...] -> [(direction, strength)]; @LAYERS
+    (StyleGAN) applies the direction to other style inputs than its own (layer_range)."""
     edits = []
     for spec in specs:
         key, _, value = spec.partition("=")
+        value, _, layers = value.partition("@")
         if key not in directions:
             known = ", ".join(sorted(directions)) or "none (pass --directions FILE)"
             raise UserError(f"--edit {spec!r}: no direction {key!r}; known: {known}.")
-        edits.append((directions[key], parse_strength(value, f"--edit {spec!r}")))
+        direction = directions[key]
+        if layers:
+            direction = with_layers(direction, model, layers)
+        edits.append((direction, parse_strength(value, f"--edit {spec!r}")))
     return edits
 
 

@@ -326,8 +326,8 @@ def write_interpolation(run: str, out: str, seeds: str, frames: int = 30, loop: 
     named = {}
     for path in directions:
         named.update(load_directions(path, model))
-    video = interpolation_frames(model, rows, frames, loop, space, options, batch_size, parse_edits(list(edits), named),
-                                 seed_convention)
+    moves = parse_edits(list(edits), named, model)
+    video = interpolation_frames(model, rows, frames, loop, space, options, batch_size, moves, seed_convention)
     if suffix == ".png":
         save_grid(video.reshape(-1, *video.shape[2:]), out, columns=count)
     else:
