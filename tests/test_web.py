@@ -43,12 +43,12 @@ def runs(tmp_path_factory, faces16):
     model, _ = load_generator(sg2)
     vector = torch.nn.functional.normalize(torch.randn(model.mapping.w_avg.numel(), generator=torch.Generator().manual_seed(0)), dim=0)
     directions = save_directions(root / "dirs.safetensors", model, [Direction("hair", vector, "test", (0, 2), 3.0, {})])
-    return {"sg2": sg2, "ddpm": ddpm, "directions": directions}
+    return {"sg2": sg2, "ddpm": ddpm, "directions": directions, "work": root / "studio"}
 
 
 @pytest.fixture(scope="module")
 def studio(runs):
-    return Studio([str(runs["sg2"]), str(runs["ddpm"])], [str(runs["directions"])], "cpu")
+    return Studio([str(runs["sg2"]), str(runs["ddpm"])], [str(runs["directions"])], "cpu", runs["work"])
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +62,9 @@ def generate(url, **body):
 
 
 def run_command(command: str, cwd: Path) -> dict[str, bytes]:
-    """Run the page's `animegen sample ...` command in `cwd`; the bytes of the PNGs it wrote."""
+    """Run the page's `animegen ...` command in `cwd`; the bytes of the files it wrote."""
     args = shlex.split(command)
-    assert args[:2] == ["animegen", "sample"]
+    assert args[0] == "animegen"
     old = os.getcwd()
     os.chdir(cwd)
     try:
@@ -72,12 +72,13 @@ def run_command(command: str, cwd: Path) -> dict[str, bytes]:
     finally:
         os.chdir(old)
     assert result.exit_code == 0, result.output
-    return {p.name: p.read_bytes() for p in (cwd / "samples").glob("*.png")}
+    return {p.name: p.read_bytes() for p in [*(cwd / "samples").glob("*.png"), *cwd.glob("*.gif")]}
 
 
 @pytest.mark.parametrize("body", [
     {"run": 0, "seed": 7, "count": 3, "options": {"truncation": 0.6, "noise_mode": "const"}, "edits": {"hair": 2.5}},
     {"run": 0, "plane": [3.25, 0.5], "options": {"mix_seed": 9}},
+    {"run": 0, "seed": 3, "count": 2, "edits": {"hair": {"strength": -2, "layers": "fine"}}},
     {"run": 1, "seed": 2, "count": 2, "options": {"sampler": "ddim", "steps": 3, "eta": 0.5}},
 ])
 def test_every_image_is_what_its_command_writes(url, body, tmp_path):
@@ -88,6 +89,41 @@ def test_every_image_is_what_its_command_writes(url, body, tmp_path):
     assert {i["name"] for i in data["images"]} == set(written)
     for image in data["images"]:
         assert base64.b64decode(image["png"]) == written[image["name"]]
+
+
+def test_the_interpolation_strip_is_what_its_command_writes(url, tmp_path):
+    answer = httpx.post(f"{url}/api/interpolate", json={"run": 0, "seeds": [4, 9], "frames": 5,
+                                                        "options": {"truncation": 0.8}, "edits": {"hair": 1}}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    data = answer.json()
+    assert data["frames"] == 6 and "--seeds 4,9 --frames 5" in data["command"]
+    assert base64.b64decode(data["gif"]) == run_command(data["command"], tmp_path)["interpolation.gif"]
+    refused = httpx.post(f"{url}/api/interpolate", json={"run": 1, "seeds": [1, 2], "options": {"sampler": "ddpm"}})
+    assert refused.status_code == 400 and "deterministic" in refused.json()["error"]
+
+
+def test_a_few_shot_direction_is_fitted_saved_and_usable(url, runs):
+    marked = {"run": 0, "name": "bright", "positive": list(range(0, 12)), "negative": list(range(100, 112))}
+    answer = httpx.post(f"{url}/api/directions/fit", json=marked, timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["direction"]["method"] == "labels"
+    assert "bright" in [d["name"] for d in httpx.get(f"{url}/api/runs").json()[0]["directions"]]
+    file = httpx.get(f"{url}/api/runs/0/directions.safetensors")
+    assert file.status_code == 200 and file.content == Path(answer.json()["file"]).read_bytes()
+    assert generate(url, run=0, seed=1, edits={"bright": 2}).status_code == 200
+    too_few = httpx.post(f"{url}/api/directions/fit", json={**marked, "positive": [1], "negative": [2]})
+    assert too_few.status_code == 400 and "at least 10" in too_few.json()["error"]
+    bad_name = httpx.post(f"{url}/api/directions/fit", json={**marked, "name": "../x"})
+    assert bad_name.status_code == 400 and "direction name" in bad_name.json()["error"]
+    assert httpx.get(f"{url}/api/runs/1/directions.safetensors").status_code == 404  # the DDPM has none
+    assert httpx.get(f"{url}/api/runs/7/directions.safetensors").status_code == 400
+
+
+def test_runs_without_a_directions_file_get_sefa_sliders(runs, tmp_path):
+    studio = Studio([str(runs["sg2"]), str(runs["ddpm"])], work=tmp_path)
+    sg2, ddpm = studio.describe()
+    assert [d["name"] for d in sg2["directions"]] == [f"sefa{i}" for i in range(8)] and ddpm["directions"] == []
+    assert Path(studio.runs[0].directions_file).is_file() and not Path(studio.runs[1].directions_file).exists()
 
 
 def test_controls_change_the_image(url):

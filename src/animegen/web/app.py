@@ -25,6 +25,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
+from pathlib import Path
 
 import uvicorn
 from starlette.applications import Starlette
@@ -140,8 +141,28 @@ def create_app(studio: Studio, token: str | None = None, hosts: tuple[str, ...] 
             result["images"] = [{**image, "png": base64.b64encode(image["png"]).decode()} for image in result["images"]]
         return JSONResponse(result)
 
+    async def interpolate(request: Request) -> Response:
+        result = await renderer.run("interpolate", studio.interpolate, await json_body(request))
+        if "gif" in result:
+            result = {**result, "strip": base64.b64encode(result["strip"]).decode(),
+                      "gif": base64.b64encode(result["gif"]).decode()}
+        return JSONResponse(result)
+
+    async def fit(request: Request) -> Response:
+        return JSONResponse(await renderer.run(None, studio.fit, await json_body(request)))
+
+    async def directions_file(request: Request) -> Response:
+        run = studio.run(request.path_params["index"])
+        if not run.directions:
+            raise HTTPException(404, "not found")
+        return Response(Path(run.directions_file).read_bytes(), media_type="application/octet-stream",
+                        headers={"content-disposition": f'attachment; filename="{run.index}-directions.safetensors"'})
+
     routes = [Route("/", guarded(index)), Route("/static/{name}", guarded(static)), Route("/api/runs", guarded(runs)),
-              Route("/api/generate", guarded(generate), methods=["POST"])]
+              Route("/api/generate", guarded(generate), methods=["POST"]),
+              Route("/api/interpolate", guarded(interpolate), methods=["POST"]),
+              Route("/api/directions/fit", guarded(fit), methods=["POST"]),
+              Route("/api/runs/{index:int}/directions.safetensors", guarded(directions_file))]
     handlers = {HTTPException: http_error}
     middleware = [Middleware(Gate, token=token, hosts=hosts)]
     return Starlette(routes=routes, exception_handlers=handlers, middleware=middleware)

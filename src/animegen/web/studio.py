@@ -21,8 +21,12 @@ from PIL import Image
 from animegen.data.limits import check_int
 from animegen.errors import UserError
 from animegen.generate import load_generator, sample_batches
-from animegen.io import to_uint8
-from animegen.latent.directions import Direction, edit_space, load_directions, parse_strength
+from animegen.io import image_grid, to_uint8
+from animegen.latent.directions import (Direction, check_name, edit_space, layer_range, load_directions, parse_edits,
+                                       save_directions)
+from animegen.latent.discover import fit_from_latents, sefa, seed_latents
+from animegen.latent.interpolate import check_deterministic, interpolation_frames
+from animegen.latent.media import gif_bytes
 from animegen.latent.plane import check_point, plane_latents
 from animegen.models import registry
 from animegen.models.base import Model
@@ -32,6 +36,10 @@ from animegen.settings import MAX_SEED
 MAX_GRID = 16
 MAX_STEPS = 1000
 MAX_STRENGTH = 10.0
+MAX_FRAMES = 60  # per interpolation strip
+GIF_FPS = 12
+MAX_LABELLED = 512  # seeds marked in one few-shot fit
+SEFA_DIRECTIONS = 8  # computed on start for a run that no directions file fits
 REQUEST_KEYS = {"run", "view", "seed", "count", "plane", "options", "edits"}
 
 
@@ -45,30 +53,42 @@ class LoadedRun:
     state: dict
     card: dict
     directions: dict[str, Direction] = field(default_factory=dict)
-    directions_file: str | None = None  # where `directions` are on disk, for the commands shown
+    directions_file: str | None = None  # all of `directions`, on disk, for the commands shown
+
+    def save_directions(self) -> None:
+        save_directions(self.directions_file, self.model, list(self.directions.values()))
 
 
 class Studio:
     """The runs given to `animegen serve`, each loaded once."""
 
-    def __init__(self, runs: list[str], directions_files: list[str] = (), device: str = "cpu"):
+    def __init__(self, runs: list[str], directions_files: list[str] = (), device: str = "cpu",
+                 work: str | Path = "animegen-studio"):
+        """`work`: where the studio keeps what it makes (each run's directions file, with the
+        SeFa directions computed on start and the few-shot ones), so every command it shows
+        can be run as it is."""
         if not runs:
             raise UserError("give at least one run to serve.")
+        self.work = Path(work)
         self.runs = [self._load(i, path, directions_files, device) for i, path in enumerate(runs)]
 
-    @staticmethod
-    def _load(index: int, path: str, directions_files, device: str) -> LoadedRun:
+    def _load(self, index: int, path: str, directions_files, device: str) -> LoadedRun:
         model, state = load_generator(path, device)
         info = describe_run(path)
         card = {key: info[key] for key in ("family", "preset", "dataset", "kimg", "best_fid")}
         card["resolution"] = model.resolution
-        loaded = LoadedRun(index, str(path), model, state, card)
+        folder = self.work / f"{index}-{Path(path).resolve().name}"
+        loaded = LoadedRun(index, str(path), model, state, card, directions_file=str(folder / "directions.safetensors"))
         for file in directions_files:
             try:
                 loaded.directions.update(load_directions(file, model))
-                loaded.directions_file = str(file)
             except UserError:
                 continue  # a file for another of the served runs
+        if not loaded.directions and registry.name_of(model) != "ddpm":
+            loaded.directions = {d.name: d for d in sefa(model, num=SEFA_DIRECTIONS, layers="all")}
+        if loaded.directions:
+            folder.mkdir(parents=True, exist_ok=True)
+            loaded.save_directions()
         return loaded
 
     def run(self, index) -> LoadedRun:
@@ -77,8 +97,7 @@ class Studio:
     def describe(self) -> list[dict]:
         """The page's view of every run: its card, the controls it takes and its directions."""
         return [{"index": r.index, "name": Path(r.path).name, "card": r.card, "controls": controls(r.model),
-                 "directions": [{"name": d.name, "method": d.method, "layers": d.layers, "scale": d.scale}
-                                for d in r.directions.values()]} for r in self.runs]
+                 "directions": [describe_direction(d) for d in r.directions.values()]} for r in self.runs]
 
     def generate(self, request: dict) -> dict:
         """Images for a page request: {"images": [{"seed", "name", "png"}], "command"}."""
@@ -88,7 +107,8 @@ class Studio:
         run = self.run(request.get("run"))
         model = run.model
         options = model.resolve_sample_options(sample_options(model, request.get("options") or {}))
-        edits = self._edits(run, request.get("edits") or {})
+        specs = edit_specs(run, request.get("edits") or {})
+        edits = parse_edits(specs, run.directions, model)
         plane = request.get("plane")
         if plane is not None:
             x, y = _point(plane)
@@ -104,36 +124,86 @@ class Studio:
             batch = next(sample_batches(model, seeds, len(seeds), options, given=given, edits=edits))
         images = [{"seed": s, "name": f"seed{s:06d}.png", "png": png_bytes(image)}
                   for s, image in zip(seeds, to_uint8(batch))]
-        return {"images": images, "command": self._command(run, target, options, request.get("edits") or {})}
+        return {"images": images, "command": command("sample", run, target + ["--out", "samples"], options, specs)}
 
-    def _edits(self, run: LoadedRun, edits) -> list[tuple[Direction, float]]:
-        if not isinstance(edits, dict):
-            raise UserError("edits must be an object {direction: strength}.")
-        out = []
-        for name, strength in edits.items():
-            if name not in run.directions:
-                raise UserError(f"no direction {name!r} for this run.")
-            value = parse_strength(str(strength), f"edit {name}")
-            if abs(value) > MAX_STRENGTH:
-                raise UserError(f"edit {name}: the strength must be in [-{MAX_STRENGTH:g}, {MAX_STRENGTH:g}].")
-            if value:
-                out.append((run.directions[name], value))
-        return out
+    def interpolate(self, request: dict) -> dict:
+        """An interpolation strip between 2-8 seeds: {"strip": PNG, "gif": GIF, "command"}."""
+        unknown = set(request) - {"run", "seeds", "frames", "options", "edits"}
+        if unknown:
+            raise UserError(f"unknown request field(s): {', '.join(sorted(unknown))}.")
+        run = self.run(request.get("run"))
+        seeds = int_list(request.get("seeds"), "seeds", 2, 8)
+        frames = check_int("frames", request.get("frames", 12), 1, MAX_FRAMES)
+        options = run.model.resolve_sample_options(sample_options(run.model, request.get("options") or {}))
+        check_deterministic(options)
+        specs = edit_specs(run, request.get("edits") or {})
+        video = interpolation_frames(run.model, [seeds], frames, options=options,
+                                     edits=parse_edits(specs, run.directions, run.model))[0]
+        target = ["--seeds", ",".join(map(str, seeds)), "--frames", str(frames), "--fps", str(GIF_FPS),
+                  "--out", "interpolation.gif"]
+        return {"strip": png_bytes(image_grid(video, columns=len(video))), "gif": gif_bytes(video, GIF_FPS),
+                "frames": len(video), "command": command("interpolate", run, target, options, specs)}
 
-    @staticmethod
-    def _command(run: LoadedRun, target: list[str], options: dict, edits: dict) -> str:
-        """The `animegen sample` command that writes exactly these images."""
-        args = ["animegen", "sample", run.path, *target, "--out", "samples"]
-        for key, value in options.items():
-            if key in run.model.sample_options and value != DEFAULTS.get(key, object()):
-                shown = ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else f"{value}"
-                args += [f"--{key.replace('_', '-')}", shown]
-        moved = {k: v for k, v in edits.items() if float(v)}
-        if moved:
-            args += ["--directions", run.directions_file]
-            for name, strength in moved.items():
-                args += ["--edit", f"{name}={float(strength):g}"]
-        return " ".join(shlex.quote(a) for a in args)
+    def fit(self, request: dict) -> dict:
+        """A direction fitted to the seeds the user marked ("has it" / "doesn't"), added to the
+        run's sliders and saved to its directions file."""
+        unknown = set(request) - {"run", "name", "positive", "negative"}
+        if unknown:
+            raise UserError(f"unknown request field(s): {', '.join(sorted(unknown))}.")
+        run = self.run(request.get("run"))
+        name = check_name(request.get("name") if isinstance(request.get("name"), str) else "")
+        positive = int_list(request.get("positive"), "positive", 1, MAX_LABELLED)
+        negative = int_list(request.get("negative"), "negative", 1, MAX_LABELLED)
+        latents = seed_latents(run.model, positive + negative)
+        labels = torch.tensor([1.0] * len(positive) + [0.0] * len(negative))
+        direction = fit_from_latents(run.model, latents, labels, name)
+        run.directions[name] = direction
+        run.save_directions()
+        return {"direction": describe_direction(direction), "file": run.directions_file}
+
+
+def describe_direction(d: Direction) -> dict:
+    return {"name": d.name, "method": d.method, "layers": d.layers, "scale": d.scale}
+
+
+def edit_specs(run: LoadedRun, edits) -> list[str]:
+    """The page's {name: strength} or {name: {"strength", "layers"}} as `--edit` values
+    ("NAME=STRENGTH[@LAYERS]"), zero strengths left out; checked here and by parse_edits."""
+    if not isinstance(edits, dict):
+        raise UserError("edits must be an object {direction: strength}.")
+    specs = []
+    for name, value in edits.items():
+        if name not in run.directions:
+            raise UserError(f"no direction {name!r} for this run.")
+        strength, layers = (value.get("strength"), value.get("layers")) if isinstance(value, dict) else (value, None)
+        strength = _number(f"edit {name}", strength)
+        if abs(strength) > MAX_STRENGTH:
+            raise UserError(f"edit {name}: the strength must be in [-{MAX_STRENGTH:g}, {MAX_STRENGTH:g}].")
+        if layers is not None:
+            if not isinstance(layers, str):
+                raise UserError(f"edit {name}: layers must be a range name such as coarse or 0-3.")
+            layers = None if layer_range(run.model, layers) == run.directions[name].layers else layers
+        if strength:
+            specs.append(f"{name}={strength:g}" + (f"@{layers}" if layers else ""))
+    return specs
+
+
+def command(verb: str, run: LoadedRun, target: list[str], options: dict, specs: list[str]) -> str:
+    """The `animegen VERB` command line that makes exactly what the page shows."""
+    args = ["animegen", verb, run.path, *target]
+    for key, value in options.items():
+        if value != DEFAULTS.get(key, object()):
+            shown = ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else f"{value}"
+            args += [f"--{key.replace('_', '-')}", shown]
+    if specs:
+        args += ["--directions", run.directions_file, *[a for spec in specs for a in ("--edit", spec)]]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def int_list(value, name: str, least: int, most: int) -> list[int]:
+    if not isinstance(value, list) or not least <= len(value) <= most:
+        raise UserError(f"{name} must be a list of {least} to {most} seeds.")
+    return [check_int(name, v, 0, MAX_SEED) for v in value]
 
 
 DEFAULTS = {"truncation": 1.0, "temperature": 1.0, "noise_mode": "random", "translate": (0.0, 0.0), "rotate": 0.0}

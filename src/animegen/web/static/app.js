@@ -4,7 +4,8 @@
 
 const $ = (id) => document.getElementById(id);
 const token = new URLSearchParams(location.search).get("token");
-const state = { runs: [], run: null, plane: null, sent: 0, shown: 0 };
+const state = { runs: [], run: null, plane: null, sent: 0, shown: 0, marks: new Map() };
+const LAYERS = ["own", "all", "coarse", "middle", "fine"];
 const PER_SEED = 40; // canvas pixels per seed on the plane
 
 async function api(path, body) {
@@ -101,14 +102,93 @@ function buildControls() {
   if ($("eta")) samplerChanged();
   const sliders = $("sliders");
   sliders.replaceChildren();
-  for (const d of run.directions) {
-    const slider = control("edit-" + d.name, `${d.name} (${d.method}${d.layers ? ", layers " + d.layers.join("–") : ""})`,
-      range(-5, 5, 0.1, 0), refresh);
-    slider.querySelector("input").dataset.direction = d.name;
-    sliders.append(slider);
-  }
+  for (const d of run.directions) sliders.append(directionSlider(d, run));
   if (run.directions.length === 0) sliders.textContent = "No directions for this run.";
+  $("directions-file").hidden = run.directions.length === 0;
+  $("directions-file").href = `/api/runs/${run.index}/directions.safetensors`;
+  state.marks.clear();
+  showMarks();
   drawPlane();
+}
+
+function directionSlider(d, run) {
+  const slider = control("edit-" + d.name, `${d.name} (${d.method}${d.layers ? ", layers " + d.layers.join("–") : ""})`,
+    range(-5, 5, 0.1, 0), refresh);
+  slider.querySelector("input").dataset.direction = d.name;
+  if (run.controls.space === "w") {
+    const layers = choice(LAYERS, "own");
+    layers.className = "layer";
+    layers.dataset.layersOf = d.name;
+    layers.title = "Style inputs the slider moves";
+    layers.addEventListener("change", refresh);
+    slider.append(layers);
+  }
+  return slider;
+}
+
+function edits() {
+  const out = {};
+  for (const input of document.querySelectorAll("[data-direction]")) {
+    if (+input.value === 0) continue;
+    const layers = document.querySelector(`[data-layers-of="${input.dataset.direction}"]`);
+    out[input.dataset.direction] = layers && layers.value !== "own" ? { strength: +input.value, layers: layers.value } : +input.value;
+  }
+  return out;
+}
+
+function showMarks() {
+  const marks = [...state.marks.values()];
+  $("marks").textContent = `${marks.filter((m) => m).length} ✓ · ${marks.filter((m) => !m).length} ✗`;
+  for (const button of document.querySelectorAll(".marks button")) {
+    button.classList.toggle("on", state.marks.get(+button.dataset.seed) === (button.dataset.mark === "1"));
+  }
+}
+
+function markButtons(seed) {
+  const box = document.createElement("span");
+  box.className = "marks";
+  for (const [mark, text] of [["1", "✓"], ["0", "✗"]]) {
+    const button = document.createElement("button");
+    Object.assign(button, { type: "button", textContent: text, title: mark === "1" ? "has it" : "doesn't" });
+    Object.assign(button.dataset, { seed, mark });
+    button.addEventListener("click", () => {
+      const value = mark === "1";
+      if (state.marks.get(seed) === value) state.marks.delete(seed); else state.marks.set(seed, value);
+      showMarks();
+    });
+    box.append(button);
+  }
+  return box;
+}
+
+async function fit() {
+  const positive = [], negative = [];
+  for (const [seed, mark] of state.marks) (mark ? positive : negative).push(seed);
+  try {
+    const data = await api("/api/directions/fit", { run: state.run.index, name: $("fit-name").value, positive, negative });
+    state.run.directions = state.run.directions.filter((d) => d.name !== data.direction.name).concat([data.direction]);
+    buildControls();
+    say(`Fitted ${data.direction.name}; saved in ${data.file}.`);
+  } catch (e) {
+    say(e.message, true);
+  }
+}
+
+async function interpolate() {
+  const body = { run: state.run.index, seeds: [Number($("from-seed").value), Number($("to-seed").value)],
+    frames: Number($("frames").value), options: request().options, edits: edits() };
+  try {
+    const data = await api("/api/interpolate", body);
+    if (data.stale) return;
+    $("strip").src = "data:image/png;base64," + data.strip;
+    $("gif").href = "data:image/gif;base64," + data.gif;
+    $("gif").hidden = false;
+    $("strip-command").textContent = data.command;
+    $("strip-box").hidden = false;
+    say("");
+  } catch (e) {
+    say(e.message, true);
+  }
 }
 
 function request() {
@@ -117,11 +197,7 @@ function request() {
     const value = read();
     if (value !== undefined) options[name] = value;
   }
-  const edits = {};
-  for (const input of document.querySelectorAll("[data-direction]")) {
-    if (+input.value !== 0) edits[input.dataset.direction] = +input.value;
-  }
-  const body = { run: state.run.index, view: "main", options, edits };
+  const body = { run: state.run.index, view: "main", options, edits: edits() };
   if (state.plane) body.plane = state.plane;
   else Object.assign(body, { seed: Number($("seed").value), count: Number($("count").value) });
   return body;
@@ -148,11 +224,14 @@ async function refresh() {
     const link = document.createElement("a");
     Object.assign(link, { href: img.src, download: image.name, textContent: "PNG" });
     const caption = document.createElement("figcaption");
-    caption.append(state.plane ? "plane" : "seed " + image.seed, link);
+    caption.append(state.plane ? "plane" : "seed " + image.seed);
+    if (!state.plane) caption.append(markButtons(image.seed));
+    caption.append(link);
     figure.append(img, caption);
     return figure;
   });
   $("grid").replaceChildren(...figures);
+  showMarks();
   $("command").textContent = data.command;
 }
 
@@ -208,6 +287,9 @@ async function start() {
   $("plane").addEventListener("pointerdown", dragPlane);
   $("plane").addEventListener("pointermove", dragPlane);
   $("plane-off").addEventListener("click", () => { state.plane = null; drawPlane(); refresh(); });
+  $("fit").addEventListener("click", fit);
+  $("clear-marks").addEventListener("click", () => { state.marks.clear(); showMarks(); });
+  $("interpolate").addEventListener("click", interpolate);
   buildControls();
   refresh();
 }
