@@ -401,6 +401,8 @@ def sample_command(run, count, out, seed, grid, seed_convention, z_file, w_file,
 
     if z_file and w_file:
         raise UserError("give --z or --w, not both.")
+    if any(not e.strip() for e in edits):
+        raise UserError("--edit takes NAME=STRENGTH, or NAME with --strengths.")
     fixed = [e for e in edits if "=" in e]
     strip = [e for e in edits if "=" not in e]
     if len(strip) > 1:

@@ -216,7 +216,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else float(10 * np.log10(255**2 / mse))
 
 
-def check_request(model: Model, space: str | None, loss: str | None, steps: int | None, video: bool) -> tuple[str, str | None, int]:
+def check_request(model: Model, space: str | None, loss: str | None, steps: int | None, video: bool
+                  ) -> tuple[str, str | None, int]:
     """The space, loss spec and steps to use, or one UserError saying what this family accepts."""
     family, accepted = registry.name_of(model), spaces(model)
     space = space or accepted[0]
@@ -230,7 +231,7 @@ def check_request(model: Model, space: str | None, loss: str | None, steps: int 
     check_int("--steps", steps, 0 if isinstance(model, VAE) else 1, MAX_STEPS)
     if video and steps == 0:
         raise UserError("--video shows the optimisation, and --steps 0 has none.")
-    return space, loss or DEFAULT_LOSS, steps
+    return space, DEFAULT_LOSS if loss is None else loss, steps
 
 
 def project_files(run: str, sources: Sequence[str], out: str, space: str | None = None, loss: str | None = None,
@@ -245,13 +246,13 @@ def project_files(run: str, sources: Sequence[str], out: str, space: str | None 
     space, loss_spec, steps = check_request(model, space, loss, steps, video)
     names, images = read_targets(sources, model.resolution)
     targets = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(model.device)
-    loss_fn = ProjectionLoss(parse_loss(loss_spec), targets, run, checkpoint) if loss_spec else None
+    loss_fn = ProjectionLoss(parse_loss(loss_spec), targets, run, checkpoint) if loss_spec is not None else None
     started = time.perf_counter()
     result = project(model, targets, space, loss_fn, steps, seed, video)
     seconds = time.perf_counter() - started
     seeds = range(seed, seed + len(images))
     recon = torch.cat(list(sample_batches(model, seeds, RENDER_BATCH, result.options, given=result.latents)))
-    final = loss_fn(recon).tolist() if loss_fn else [None] * len(images)
+    final = loss_fn(recon).tolist() if loss_fn is not None else [None] * len(images)
     recon = to_uint8(recon)
     kind = "w" if hasattr(model, "mapping") else "z"
     report = {"run": str(run), "checkpoint": state["checkpoint"], "family": registry.name_of(model), "space": space,
