@@ -95,9 +95,10 @@ def default_steps(model: Model) -> int:
 
 
 def project(model: Model, targets: torch.Tensor, space: str, loss: ProjectionLoss | None, steps: int,
-            seed: int = 0, frames: bool = False) -> Projection:
+            seed: int = 0, frames: bool = False, progress: Callable[[float], None] | None = None) -> Projection:
     """Latents reproducing `targets` (N x 3 x R x R in [-1, 1]); image i's random numbers come
-    from seed `seed + i`. `loss` is None only for the DDPM."""
+    from seed `seed + i`. `loss` is None only for the DDPM. `progress(fraction)` is called as
+    the optimisation goes."""
     noise = Noise(range(seed, seed + len(targets)), model.device)
     schedule = Schedule(steps)
     if isinstance(model, DDPM):
@@ -106,7 +107,7 @@ def project(model: Model, targets: torch.Tensor, space: str, loss: ProjectionLos
         return Projection({"z": z}, options)
     options = model.resolve_sample_options({})
     if hasattr(model, "mapping"):
-        latents, shots = _project_stylegan(model, noise, space, loss, schedule, seed, frames)
+        latents, shots = _project_stylegan(model, noise, space, loss, schedule, seed, frames, progress)
         return Projection(latents, options, shots)
     if isinstance(model, VAE):
         with torch.no_grad():
@@ -115,11 +116,11 @@ def project(model: Model, targets: torch.Tensor, space: str, loss: ProjectionLos
         start = _best_start(model, noise, loss, seed)
     spread = math.sqrt(start[0].numel())  # z ~ N(0, I): the root of its total variance
     latents, shots = _descend(model, noise, loss, schedule, seed, start, spread, lambda value, maps: {"z": value},
-                              frames=frames)
+                              frames=frames, progress=progress)
     return Projection(latents, options, shots)
 
 
-def _project_stylegan(model, noise, space, loss, schedule, seed, frames):
+def _project_stylegan(model, noise, space, loss, schedule, seed, frames, progress):
     w_avg, w_std = _w_statistics(model, seed)
     start = w_avg.expand(len(noise), 1 if space == "w" else model.num_ws, -1)
     with torch.no_grad():
@@ -128,7 +129,7 @@ def _project_stylegan(model, noise, space, loss, schedule, seed, frames):
     def compose(value, maps):
         return {"w": value.expand(-1, model.num_ws, -1), **({"noise": maps} if maps else {})}
 
-    return _descend(model, noise, loss, schedule, seed, start, w_std, compose, maps, frames)
+    return _descend(model, noise, loss, schedule, seed, start, w_std, compose, maps, frames, progress)
 
 
 @torch.no_grad()
@@ -150,7 +151,8 @@ def _best_start(model, noise, loss, seed: int) -> torch.Tensor:
 
 
 def _descend(model: Model, noise: Noise, loss: ProjectionLoss, schedule: Schedule, seed: int, start: torch.Tensor,
-             spread: float, compose: Callable, maps: Sequence[torch.Tensor] = (), frames: bool = False):
+             spread: float, compose: Callable, maps: Sequence[torch.Tensor] = (), frames: bool = False,
+             progress: Callable[[float], None] | None = None):
     """Adam on `start` (and on noise maps `maps`) under `schedule`; `compose(value, maps)` gives
     the latents to render. Returns the final latents and the frames."""
     value = start.detach().clone().requires_grad_(True)
@@ -174,6 +176,8 @@ def _descend(model: Model, noise: Noise, loss: ProjectionLoss, schedule: Schedul
                 m *= m.square().mean(dim=(1, 2, 3), keepdim=True).rsqrt()
         if frames and step % FRAME_EVERY == 0:
             shots.append(to_uint8(images.detach()))
+        if progress is not None:
+            progress((step + 1) / schedule.steps)
     return compose(value.detach(), [m.detach() for m in maps]), shots
 
 
@@ -236,7 +240,7 @@ def check_request(model: Model, space: str | None, loss: str | None, steps: int 
 
 def project_files(run: str, sources: Sequence[str], out: str, space: str | None = None, loss: str | None = None,
                   steps: int | None = None, video: bool = False, seed: int = 0, device: str = "auto",
-                  checkpoint: str | int = "last") -> dict:
+                  checkpoint: str | int = "last", progress: Callable[[float], None] | None = None) -> dict:
     """Project image files into `run`'s generator and write OUT (atomically): target-NNN.png,
     recon-NNN.png, latents.npz (`animegen sample RUN --w/--z OUT/latents.npz` renders the
     reconstructions again, bit for bit), report.json and with `video` progress-NNN.gif."""
@@ -248,7 +252,7 @@ def project_files(run: str, sources: Sequence[str], out: str, space: str | None 
     targets = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(model.device)
     loss_fn = ProjectionLoss(parse_loss(loss_spec), targets, run, checkpoint) if loss_spec is not None else None
     started = time.perf_counter()
-    result = project(model, targets, space, loss_fn, steps, seed, video)
+    result = project(model, targets, space, loss_fn, steps, seed, video, progress)
     seconds = time.perf_counter() - started
     seeds = range(seed, seed + len(images))
     recon = torch.cat(list(sample_batches(model, seeds, RENDER_BATCH, result.options, given=result.latents)))
