@@ -1,6 +1,7 @@
 """Property: bad input to `animegen data prepare|synth|info|export`, `fid`, `kid`, `train`
-(new and resumed, every `--set` key), `sample` (per family's sampling options), `eval` and
-`runs info` fails cleanly.
+(new and resumed, every `--set` key), `sample` (per family's sampling options, and its
+latent files, directions and edits), `eval`, `runs info`, `interpolate`, `style-mix` and
+`directions sefa|fit` fails cleanly.
 
 Each case runs one command in-process with valid base arguments, some of them replaced by
 values it must refuse (out of range, the wrong type, empty, absurd, a path it cannot use),
@@ -27,7 +28,10 @@ from animegen.cli import main
 from animegen.data.limits import MAX_BATCH_SIZE, MAX_IMAGES, MAX_MIN_SIZE, MAX_WORKERS, MIN_RESOLUTION, MIN_SYNTH_RESOLUTION
 from animegen.data.store import load_split
 from animegen.data.synth import synthesize_dataset
-from animegen.generate import MAX_COUNT
+from animegen.generate import MAX_COUNT, load_generator, sample_batches
+from animegen.latent.codes import save_latents
+from animegen.latent.directions import save_directions
+from animegen.latent.discover import sefa
 from animegen.models import registry
 from animegen.settings import MAX_RESOLUTION, MAX_SEED, limits_of
 from animegen.training.config import TrainConfig
@@ -169,6 +173,16 @@ SAMPLE_OPTIONS = {
     "--batch-size": bad_int(1, 65536), "--device": not_one_of("auto", "cpu", "cuda"), "--checkpoint": BAD_CHECKPOINT,
 }
 TRUNCATION = bad_float(-10, 10)
+BAD_LATENTS = st.sampled_from(["", At("missing"), At("file.txt"), At("latents-vae.npz"), At("bad-shape.npy"),
+                               At("broken.zip"), At("ds")])
+BAD_DIRECTIONS = st.sampled_from(["", At("missing"), At("file.txt"), At("dirs-vae.safetensors"), At("ds")])
+BAD_EDIT = st.sampled_from(["", "nope=1", "sefa0=x", "sefa0=nan", "sefa0=1e9", "sefa0=1@9-12", "sefa0=1@bogus", "=1"])
+BAD_SEED_LIST = st.sampled_from(["", "a", "1,,2", "-1", str(MAX_SEED + 1), "1.5", ",".join(["1"] * 65)])
+BAD_SEED_ROWS = st.one_of(BAD_SEED_LIST, st.sampled_from(["1", "1,2;3", "1,2;", ";"]))
+BAD_LAYERS = st.sampled_from(["", "9-12", "3-1", "bogus", "-1", "1-", "a-b"])
+BAD_MEDIA_OUT = st.sampled_from(["", At("ds"), At("file.txt/x.gif"), "x.jpg", "x"])
+BAD_LABELS = st.sampled_from(["", At("missing"), At("file.txt"), At("labels-short.csv"), At("labels-one-class.csv"),
+                              At("labels-bad-seed.csv"), At("ds")])
 TRAIN_OPTIONS = {
     "MODEL": not_one_of(*registry.names()),
     "--data": st.sampled_from(["", At("missing"), At("empty"), At("file.txt"), At("junk-ds"), At("flat-ds"),
@@ -236,8 +250,29 @@ BAD = {
              "--batch-size": bad_int(1, 65536), "--checkpoint": BAD_CHECKPOINT,
              "--device": not_one_of("auto", "cpu", "cuda")},
     "runs info": {"RUN": st.sampled_from(["", At("missing"), At("empty"), At("text"), At("file.txt"), At("ds")])},
+    "sample@steering": {"--w": BAD_LATENTS, "--z": st.sampled_from([At("latents-vae.npz"), At("file.txt")]),
+                        "--directions": BAD_DIRECTIONS, "--edit": BAD_EDIT,
+                        "--strengths": st.sampled_from(["", "a", "1,,x", "nan", "101", ",".join(["1"] * 33)]),
+                        "--plane": st.sampled_from(["-1 0", "0 nan", "1e7 0", "a b"]),
+                        "--truncation": st.sampled_from(["0.5"]), "--count": st.sampled_from(["7"])},
+    "interpolate": {"RUN": BAD_RUN, "--seeds": BAD_SEED_ROWS, "--frames": bad_int(1, 1000),
+                    "--out": BAD_MEDIA_OUT, "--fps": st.one_of(bad_float(0, 120), st.just("0")),
+                    "--space": not_one_of("z", "w"), "--edit": BAD_EDIT, "--directions": BAD_DIRECTIONS},
+    "style-mix": {"RUN": st.one_of(BAD_RUN, st.just(At("run-vae"))), "--rows": BAD_SEED_LIST, "--cols": BAD_SEED_LIST,
+                  "--layers": BAD_LAYERS, "--out": st.sampled_from(["", At("ds"), At("file.txt/x.png"), "x.gif"])},
+    "directions sefa": {"RUN": st.one_of(BAD_RUN, st.just(At("run-ddpm"))), "--num": bad_int(1, 64),
+                        "--layers": BAD_LAYERS, "--samples": bad_int(2, 10**8),
+                        "--out": st.sampled_from(["", At("ds"), At("file.txt"), At("file.txt/x.safetensors")])},
+    "project": {"RUN": BAD_RUN, "IMAGES": BAD_SOURCE, "--out": BAD_NEW_FOLDER, "--space": not_one_of("w", "w+", "z"),
+                "--loss": st.sampled_from(["", "vgg", "pixel+", "-1*pixel", "nan*pixel", "2*", "pixel+pixel+x"]),
+                "--steps": bad_int(0, 100_000), "--seed": bad_int(0, MAX_SEED)},
+    "project@vae": {"--space": st.sampled_from(["w", "w+"]),
+                    "--loss": st.sampled_from(["discriminator"])},
+    "directions fit": {"--labels": BAD_LABELS, "--name": st.sampled_from(["", "../x", "a b", "x" * 65]),
+                       "--layers": BAD_LAYERS},
 }
 # Valid arguments of each command (True: a flag); every case replaces some of them.
+STEERING = {"RUN": At("run-stylegan2"), "--out": At("new"), "--device": "cpu"}
 BASE = {
     "data prepare": {"SOURCES": At("faces"), "--out": At("new"), "--resolution": "16", "--workers": "1"},
     "data synth": {"--out": At("new"), "--count": str(SYNTH_COUNT), "--resolution": str(MIN_SYNTH_RESOLUTION)},
@@ -254,9 +289,21 @@ BASE = {
                     "--sampler": "ddim", "--steps": "2"},
     "eval": {"RUN": At("run-vae"), "--num": "2", "--device": "cpu", "--json": True, "--no-record": True},
     "runs info": {"RUN": At("run-vae")},
+    "sample@steering": {**STEERING, "--w": At("latents-stylegan2.npz"), "--directions": At("dirs.safetensors"),
+                        "--edit": "sefa0=1"},
+    "interpolate": {**STEERING, "--seeds": "1,2", "--frames": "2", "--out": At("new.gif")},
+    "style-mix": {**STEERING, "--rows": "1,2", "--cols": "3", "--out": At("new.png")},
+    "project": {**STEERING, "IMAGES": At("faces/0.png"), "--steps": "1"},
+    "project@vae": {**STEERING, "RUN": At("run-vae"), "IMAGES": At("faces/0.png"), "--steps": "1"},
+    "directions sefa": {"RUN": At("run-stylegan2"), "--out": At("new.safetensors"), "--num": "2", "--samples": "100",
+                        "--device": "cpu"},
+    "directions fit": {"RUN": At("run-stylegan2"), "--labels": At("labels.csv"), "--name": "x",
+                       "--out": At("new.safetensors"), "--device": "cpu"},
 }
 # Fewer than EXAMPLES where hypothesis runs out of distinct cases.
-FEWER_DISTINCT_CASES = {"runs info": 6}
+FEWER_DISTINCT_CASES = {"runs info": 6, "project@vae": 3}
+FEWER_EXAMPLES = {"sample@steering": 60, "interpolate": 60, "style-mix": 60, "directions sefa": 60, "directions fit": 60,
+                  "project": 60, "project@vae": 4}
 RUN_FAMILIES = ("vae", "stylegan2", "stylegan3-t", "ddpm")
 SMALL_RUN = {"batch": 4, "sample_every": "0", "tensorboard": False, "grid_seeds": 4}
 SMALLER = {"ddpm": {"base_channels": 8, "channel_mults": [1, 2], "attention_resolutions": [8], "num_groups": 4,
@@ -294,8 +341,26 @@ def make_fixtures(root):
                   target=Target(steps=1), device="cpu", echo=lambda _: None)
         shutil.copytree(_trained[family], root / f"run-{family}")
     shutil.copytree(root / "run-vae", root / "run-damaged")
+    make_steering_fixtures(root)
     (root / "run-damaged" / "checkpoints" / "step-00000001" / "state.json").write_text("{")
     return root
+
+
+def make_steering_fixtures(root):
+    """Latent files, directions files and label CSVs, good and bad."""
+    for family in ("stylegan2", "vae"):
+        model, _ = load_generator(root / f"run-{family}")
+        drawn = []
+        list(sample_batches(model, [0, 1], 2, drawn=drawn))
+        save_latents(root / f"latents-{family}.npz", drawn[0], [0, 1], model, {})
+        save_directions(root / ("dirs.safetensors" if family == "stylegan2" else "dirs-vae.safetensors"), model,
+                        sefa(model, num=2, **({"samples": 100} if family == "stylegan2" else {})))
+    np.save(root / "bad-shape.npy", np.zeros((2, 3), np.float32))
+    rows = lambda labels: "seed,label\n" + "".join(f"{i},{v}\n" for i, v in enumerate(labels))  # noqa: E731
+    (root / "labels.csv").write_text(rows([0, 1] * 10))
+    (root / "labels-short.csv").write_text(rows([0, 1, 0]))
+    (root / "labels-one-class.csv").write_text(rows([1] * 12))
+    (root / "labels-bad-seed.csv").write_text(rows([0, 1] * 10).replace("\n3,", "\n-3,"))
 
 
 @pytest.fixture(scope="module")
@@ -366,7 +431,7 @@ def test_bad_values_fail_cleanly(command, fixtures):
     cases = st.lists(st.sampled_from(sorted(table)), min_size=1, max_size=3, unique=True).flatmap(
         lambda names: st.fixed_dictionaries({name: table[name] for name in names}))
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None)
+    @settings(max_examples=FEWER_EXAMPLES.get(command, EXAMPLES), deadline=None, database=None)
     @given(bad=cases)
     def check(bad):
         with restored(fixtures) as before:
@@ -376,7 +441,7 @@ def test_bad_values_fail_cleanly(command, fixtures):
 
     check()
     print(f"{command}: {len(tried)} cases")
-    assert len(tried) >= FEWER_DISTINCT_CASES.get(command, 50)
+    assert len(tried) >= FEWER_DISTINCT_CASES.get(command, min(50, FEWER_EXAMPLES.get(command, 50)))
 
 
 @pytest.mark.parametrize("family", registry.names())

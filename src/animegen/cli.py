@@ -401,6 +401,8 @@ def sample_command(run, count, out, seed, grid, seed_convention, z_file, w_file,
 
     if z_file and w_file:
         raise UserError("give --z or --w, not both.")
+    if any(not e.strip() for e in edits):
+        raise UserError("--edit takes NAME=STRENGTH, or NAME with --strengths.")
     fixed = [e for e in edits if "=" in e]
     strip = [e for e in edits if "=" not in e]
     if len(strip) > 1:
@@ -662,3 +664,36 @@ def style_mix_command(run, rows, cols, layers, out, seed_convention, batch_size,
     first, last = info["layers"]
     click.echo(f"{out}: {info['rows']} x {info['cols']} style mixes (style inputs {first}-{last} from the columns) "
                f"from {info['checkpoint']}")
+
+
+# ---------------------------------------------------------------- project
+@main.command("project")
+@click.argument("run", type=_NonEmptyPath())
+@click.argument("images", nargs=-1, required=True, type=_NonEmptyPath())
+@click.option("--out", required=True, type=_NonEmptyPath(), help="Output folder (must not exist).")
+@click.option("--space", type=click.Choice(["w", "w+", "z"]), default=None,
+              help="StyleGAN: W (one w) or W+ (one per style input) [default: w+]; others: z.")
+@click.option("--loss", default=None, metavar="SPEC",
+              help="pixel, inception, discriminator or a weighted sum such as pixel+0.5*inception "
+                   "(discriminator: StyleGAN runs) [default: pixel].")
+@click.option("--steps", type=int, default=None,
+              help="Optimisation steps [default: 300]; VAE 0: the encoder alone; DDPM: DDIM steps [default: the run's].")
+@click.option("--video", is_flag=True, help="Also write a GIF of the optimisation per image (every 10 steps).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Image i's random numbers come from seed SEED+i.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--checkpoint", default="last", show_default=True, metavar="last|best|STEP|PATH")
+def project_command(run, images, out, space, loss, steps, video, seed, device, checkpoint):
+    """Find the latents from which RUN's generator reproduces IMAGES (files, folders or zips).
+
+    \b
+    Examples:
+      animegen project runs/sg2 face.png --out proj/ --video
+      animegen sample runs/sg2 --w proj/latents.npz --out again/          # the same images, bit for bit
+      animegen sample runs/sg2 --w proj/latents.npz --out edit/ --directions d.safetensors --edit smile=2
+    """
+    from animegen.latent.project import project_files
+
+    report = project_files(run, images, out, space=space, loss=loss, steps=steps, video=video, seed=seed,
+                           device=device, checkpoint=checkpoint)
+    click.echo(f"{out}: {len(report['images'])} images projected into {report['space']} of {report['family']} "
+               f"({report['loss'] or 'DDIM inversion'}, {report['steps']} steps), mean PSNR {report['mean_psnr']:.2f} dB")

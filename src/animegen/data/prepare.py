@@ -167,14 +167,21 @@ def _prepare_one(label: str, data: bytes | BadImage, resolution: int, crop: str,
     try:
         if isinstance(data, BadImage):
             raise data
-        rgb = decode_rgb(data)
-        h, w, _ = rgb.shape
-        if min(h, w) < min_size:
-            raise BadImage(f"too small: {w}x{h}, shorter side below the minimum of {min_size} pixels")
+        rgb = decode_large_enough(data, min_size)
     except BadImage as e:
         return _Result(label, reason=str(e))
+    h, w, _ = rgb.shape
     pixels = hashlib.sha256(f"{h}x{w}:".encode() + rgb.tobytes()).hexdigest()
     return _Result(label, hashlib.sha256(data).hexdigest(), pixels, square_resize(rgb, resolution, crop))
+
+
+def decode_large_enough(data: bytes, min_size: int) -> np.ndarray:
+    """`decode_rgb`, and BadImage when the shorter side is below `min_size` (also used by `project`)."""
+    rgb = decode_rgb(data)
+    h, w, _ = rgb.shape
+    if min(h, w) < min_size:
+        raise BadImage(f"too small: {w}x{h}, shorter side below the minimum of {min_size} pixels")
+    return rgb
 
 
 def _deduplicate(usable: list[_Result]) -> tuple[list[_Result], list[dict]]:

@@ -6,6 +6,7 @@ its output is read as eps- or v-prediction through the NoiseSchedule.
 - "ddpm": ancestral sampling over all T steps, posterior variance beta_tilde (Ho et al. 2020).
 - "ddim": any number of steps, eta in [0, 1]; eta = 1 with all steps is ancestral DDPM (Song et al. 2021).
 - "dpm-solver++": DPM-Solver++(2M), multistep second order on the data prediction (Lu et al. 2022).
+`ddim_invert` runs DDIM (eta = 0) backwards: an image to the initial noise that DDIM maps back to it.
 
 Reproducibility: the initial noise and then every stochastic step's noise are drawn from `generator`
 in this fixed order, on the generator's device, and moved to `device`; a seeded CPU generator therefore
@@ -71,6 +72,25 @@ def sample(
     if sampler == "ddim":
         return _ddim(predict, ts, levels, x, eta, generator)
     return _dpm_solver_pp_2m(predict, ts, levels, x)
+
+
+@torch.no_grad()
+def ddim_invert(denoiser: Denoiser, schedule: NoiseSchedule, x0: torch.Tensor, steps: int,
+                prediction: str = "eps") -> torch.Tensor:
+    """The initial noise x_T from which DDIM with eta = 0 over the same `steps` timesteps
+    (`timesteps`) returns to `x0`: the sampler's updates run backwards, from clean data up to
+    T-1, each step's eps predicted at the point it starts from (the usual approximation
+    eps(x_t) ~ eps(x_{t-1}) of Song et al. 2021). Nothing is clipped on the way up."""
+    _check_request(schedule, "ddim", steps, 0.0, prediction)
+    ts = timesteps(schedule.num_steps, steps)
+    levels = [(schedule.alpha(t).item(), schedule.sigma(t).item()) for t in ts] + [(1.0, 0.0)]
+    x = x0
+    for t, (alpha, sigma), (alpha_below, sigma_below) in reversed(list(zip(ts, levels, levels[1:]))):
+        model_output = denoiser(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)).to(x.dtype)
+        _, eps = schedule.predict_x0_eps(model_output, x, torch.tensor(t), prediction)
+        clean = (x - sigma_below * eps) / alpha_below
+        x = alpha * clean + sigma * eps
+    return x
 
 
 def _check_request(schedule: NoiseSchedule, sampler: str, steps: int, eta: float, prediction: str) -> None:

@@ -119,7 +119,7 @@ def sefa(model: Model, num: int = 10, layers: str | None = None, samples: int = 
     coarse ones). StyleGAN scales
     come from `samples` mapped z; z ~ N(0, I) has scale 1 along every unit vector."""
     _check_num(model, num)
-    span = layer_range(model, layers or ("coarse" if edit_space(model) == "w" else None))
+    span = layer_range(model, layers if layers is not None else ("coarse" if edit_space(model) == "w" else None))
     weight = first_linear_map(model, span)
     values, vectors = principal_axes(weight.T @ weight, num)
     if edit_space(model) == "w":

@@ -267,7 +267,7 @@ def _render(model: Model, latents: Latents, batch_size: int, options: dict) -> n
 # ---------------------------------------------------------------- seeds, checks and files
 def parse_seeds(text: str, option: str, least: int = 1, most: int = MAX_KEYFRAMES) -> list[int]:
     """"3,7,11" -> [3, 7, 11], each a valid seed, `least` to `most` of them."""
-    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    parts = [p.strip() for p in str(text).strip().split(",")]
     if not all(re.fullmatch(r"\d+", p) for p in parts) or not least <= len(parts) <= most:
         raise UserError(f"{option} {text!r}: give {least} to {most} comma-separated seeds, e.g. 3,7,11.")
     seeds = [int(p) for p in parts]
