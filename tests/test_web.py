@@ -8,6 +8,7 @@ import os
 import resource
 import shlex
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -298,3 +299,86 @@ def test_the_page_drives_the_studio(page, url, tmp_path):
     assert "seed must be an integer" in page.locator("#message").inner_text()
     assert page.console_errors == [] or all("400" in e for e in page.console_errors), page.console_errors
     assert page.foreign == []
+
+
+def wait_for(url, job: str) -> dict:
+    for _ in range(600):
+        status = httpx.get(f"{url}/api/jobs/{job}").json()
+        if status["done"]:
+            return status
+        time.sleep(0.1)
+    raise AssertionError("the projection did not finish")
+
+
+def test_upload_project_edit_and_the_commands_reproduce_it(url, faces16, tmp_path):
+    from animegen.data.store import load_split
+    from PIL import Image
+
+    face = tmp_path / "face.png"
+    Image.fromarray(load_split(faces16, "test")[0]).resize((48, 48)).save(face)
+    started = httpx.post(f"{url}/api/project?run=0", content=face.read_bytes())
+    assert started.status_code == 200, started.text
+    result = wait_for(url, started.json()["job"])
+    assert "error" not in result and result["progress"] == 1.0, result
+    projected = result["result"]
+    assert projected["psnr"] > 5 and projected["command"].startswith("animegen project")
+    again = shlex.split(projected["command"])[:-1] + [str(tmp_path / "projected")]  # the CLI, into a new folder
+    run_command(shlex.join(again), tmp_path)
+    assert (tmp_path / "projected" / "recon-000.png").read_bytes() == base64.b64decode(projected["recon"])
+    edited = generate(url, run=0, projection=projected["projection"], edits={"hair": 2})
+    assert edited.status_code == 200, edited.text
+    data = edited.json()
+    assert "--w" in data["command"] and "--edit hair=2" in data["command"]
+    (tmp_path / "edit").mkdir()
+    image = data["images"][0]
+    assert base64.b64decode(image["png"]) == run_command(data["command"], tmp_path / "edit")[image["name"]]
+    unedited = generate(url, run=0, projection=projected["projection"]).json()["images"][0]["png"]
+    assert unedited == projected["recon"]
+
+
+@pytest.mark.parametrize("upload, status, message", [
+    (b"", 400, "at most 10 MB"),
+    (b"not an image at all", 400, "not a usable image"),
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, 400, "not a usable image"),
+    (b"x" * (10 * 2**20 + 1), 413, "larger than 10 MB"),
+])
+def test_bad_uploads_are_refused(url, upload, status, message):
+    started = httpx.post(f"{url}/api/project?run=0", content=upload, timeout=60)
+    if started.status_code == 200:  # refused when the job runs: the upload is read first
+        started = wait_for(url, started.json()["job"])
+        assert started["done"] and message in started["error"], started
+    else:
+        assert started.status_code == status and message in started.json()["error"], started.text
+
+
+def test_projection_requests_are_checked(url):
+    assert httpx.post(f"{url}/api/project?run=9", content=b"x").status_code == 400
+    assert httpx.post(f"{url}/api/project", content=b"x").json()["error"] == "give the run as ?run=N."
+    assert httpx.get(f"{url}/api/jobs/../../etc").status_code == 404
+    assert httpx.get(f"{url}/api/jobs/0123456789abcdef").status_code == 404
+    missing = generate(url, run=0, projection="0123456789abcdef")
+    assert missing.status_code == 400 and "no such projected face" in missing.json()["error"]
+
+
+def test_the_page_projects_an_upload_and_edits_it(page, faces16, tmp_path):
+    from animegen.data.store import load_split
+    from PIL import Image
+
+    face = tmp_path / "face.png"
+    Image.fromarray(load_split(faces16, "test")[1]).save(face)
+    before = first_image(page)
+    page.set_input_files("#upload", str(face))
+    page.wait_for_selector("#projected:not([hidden])", timeout=120_000)
+    projected = changed(page, before)
+    assert page.locator("#grid img").count() == 1 and "dB" in page.locator("#psnr").inner_text()
+    assert page.locator("#recon").get_attribute("src") == projected
+    page.locator("[data-direction=hair]").fill("-3")
+    changed(page, projected)
+    assert "--w" in page.locator("#command").inner_text()
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    page.set_input_files("#upload", str(tmp_path / "junk.png"))
+    page.wait_for_function("() => document.querySelector('#message').textContent.includes('not a usable image')")
+    page.click("#interpolate")
+    page.wait_for_selector("#strip-box:not([hidden])")
+    assert "animegen interpolate" in page.locator("#strip-command").inner_text()
+    assert page.foreign == [] and all("400" in e for e in page.console_errors), page.console_errors

@@ -19,6 +19,7 @@ import hmac
 import itertools
 import json
 import re
+import secrets
 import socket
 import sys
 import threading
@@ -36,9 +37,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from animegen.errors import UserError
-from animegen.web.studio import Studio
+from animegen.web.studio import MAX_UPLOAD, Studio
 
 QUEUE = 32  # requests waiting for the renderer; more get a 503
+JOBS_WAITING, MAX_JOBS = 2, 64  # projections waiting or running; finished ones kept for polling
+JOB_ID = re.compile(r"^[0-9a-f]{16}$")
 MAX_JSON = 64 * 1024
 VIEW = re.compile(r"^[a-z0-9-]{1,32}$")
 STATIC = {"app.js": "text/javascript", "style.css": "text/css"}
@@ -82,6 +85,50 @@ class Renderer:
         return await asyncio.get_running_loop().run_in_executor(self.executor, job)
 
 
+class Jobs:
+    """Projections run one at a time on their own thread (so they never hold up the images);
+    at most JOBS_WAITING wait. A job is known by a random id and polled for its progress."""
+
+    def __init__(self):
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="animegen-project")
+        self.jobs: dict[str, dict] = {}
+        self.lock = threading.Lock()
+
+    def start(self, work, *args) -> str:
+        with self.lock:
+            if sum(not j["done"] for j in self.jobs.values()) >= JOBS_WAITING:
+                raise HTTPException(503, "projections are busy; try again when one has finished.")
+            for old in [k for k, j in self.jobs.items() if j["done"]][: max(0, len(self.jobs) - MAX_JOBS)]:
+                del self.jobs[old]
+            key = secrets.token_hex(8)
+            job = self.jobs[key] = {"done": False, "progress": 0.0}
+
+        def run():
+            try:
+                job["result"] = work(*args, progress=lambda fraction: job.update(progress=round(fraction, 3)))
+            except UserError as e:
+                job["error"] = str(e)
+            except Exception as e:  # noqa: BLE001 - reported as one line, like every request
+                print(f"animegen serve: internal error in a projection: {type(e).__name__}: {e}", file=sys.stderr)
+                job["error"] = "internal error"
+            job["done"] = True
+
+        self.executor.submit(run)
+        return key
+
+    def status(self, key: str) -> dict:
+        job = self.jobs.get(key) if isinstance(key, str) and JOB_ID.match(key) else None
+        if job is None:
+            raise HTTPException(404, "not found")
+        return {k: v for k, v in job.items() if k != "result"} | (
+            {"result": encoded(job["result"])} if "result" in job else {})
+
+
+def encoded(result: dict) -> dict:
+    """`result` with its bytes values as base64 text, for JSON."""
+    return {k: base64.b64encode(v).decode() if isinstance(v, bytes) else v for k, v in result.items()}
+
+
 class BackgroundServer:
     """The app on uvicorn in a thread of this process, for notebooks, tests and benchmarks:
     `with BackgroundServer(app) as url: ...` (http://127.0.0.1:PORT, a free port)."""
@@ -112,7 +159,7 @@ def _free_port() -> int:
 
 
 def create_app(studio: Studio, token: str | None = None, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> Starlette:
-    renderer = Renderer()
+    renderer, jobs = Renderer(), Jobs()
     page = {name: resources.files("animegen.web").joinpath("static", name).read_bytes() for name in
             ("index.html", *STATIC)}
 
@@ -138,15 +185,23 @@ def create_app(studio: Studio, token: str | None = None, hosts: tuple[str, ...] 
             raise UserError("view must be 1-32 characters a-z, 0-9 or '-'.")
         result = await renderer.run(view, studio.generate, body)
         if "images" in result:
-            result["images"] = [{**image, "png": base64.b64encode(image["png"]).decode()} for image in result["images"]]
+            result["images"] = [encoded(image) for image in result["images"]]
         return JSONResponse(result)
 
     async def interpolate(request: Request) -> Response:
         result = await renderer.run("interpolate", studio.interpolate, await json_body(request))
-        if "gif" in result:
-            result = {**result, "strip": base64.b64encode(result["strip"]).decode(),
-                      "gif": base64.b64encode(result["gif"]).decode()}
-        return JSONResponse(result)
+        return JSONResponse(encoded(result))
+
+    async def project(request: Request) -> Response:
+        index = request.query_params.get("run", "")
+        if not index.isdigit():
+            raise UserError("give the run as ?run=N.")
+        studio.run(int(index))  # refused before the upload is read
+        data = await read_limited(request, MAX_UPLOAD)
+        return JSONResponse({"job": jobs.start(studio.project, int(index), data)})
+
+    async def job(request: Request) -> Response:
+        return JSONResponse(jobs.status(request.path_params["key"]))
 
     async def fit(request: Request) -> Response:
         return JSONResponse(await renderer.run(None, studio.fit, await json_body(request)))
@@ -162,6 +217,8 @@ def create_app(studio: Studio, token: str | None = None, hosts: tuple[str, ...] 
               Route("/api/generate", guarded(generate), methods=["POST"]),
               Route("/api/interpolate", guarded(interpolate), methods=["POST"]),
               Route("/api/directions/fit", guarded(fit), methods=["POST"]),
+              Route("/api/project", guarded(project), methods=["POST"]),
+              Route("/api/jobs/{key}", guarded(job)),
               Route("/api/runs/{index:int}/directions.safetensors", guarded(directions_file))]
     handlers = {HTTPException: http_error}
     middleware = [Middleware(Gate, token=token, hosts=hosts)]
@@ -181,16 +238,21 @@ async def json_body(request: Request) -> dict:
 
 async def read_limited(request: Request, limit: int) -> bytes:
     """The body, refused with a 413 as soon as it passes `limit` bytes (whatever Content-Length says)."""
+    too_large = HTTPException(413, f"the request is larger than {_size(limit)}.")
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise HTTPException(413, f"the request is larger than {limit // 1024} KB.")
+        raise too_large
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise HTTPException(413, f"the request is larger than {limit // 1024} KB.")
+            raise too_large
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _size(limit: int) -> str:
+    return f"{limit // 2**20} MB" if limit >= 2**20 else f"{limit // 1024} KB"
 
 
 class Gate:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import numbers
+import re
+import secrets
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,16 +20,20 @@ import numpy as np
 import torch
 from PIL import Image
 
+from animegen.data.images import BadImage
 from animegen.data.limits import check_int
+from animegen.data.prepare import decode_large_enough
 from animegen.errors import UserError
 from animegen.generate import load_generator, sample_batches
 from animegen.io import image_grid, to_uint8
 from animegen.latent.directions import (Direction, check_name, edit_space, layer_range, load_directions, parse_edits,
                                        save_directions)
 from animegen.latent.discover import fit_from_latents, sefa, seed_latents
+from animegen.latent import codes
 from animegen.latent.interpolate import check_deterministic, interpolation_frames
 from animegen.latent.media import gif_bytes
 from animegen.latent.plane import check_point, plane_latents
+from animegen.latent.project import project_files
 from animegen.models import registry
 from animegen.models.base import Model
 from animegen.runs import describe_run
@@ -40,7 +46,9 @@ MAX_FRAMES = 60  # per interpolation strip
 GIF_FPS = 12
 MAX_LABELLED = 512  # seeds marked in one few-shot fit
 SEFA_DIRECTIONS = 8  # computed on start for a run that no directions file fits
-REQUEST_KEYS = {"run", "view", "seed", "count", "plane", "options", "edits"}
+MAX_UPLOAD = 10 * 2**20  # bytes of one uploaded face
+PROJECTION_ID = re.compile(r"^[0-9a-f]{16}$")
+REQUEST_KEYS = {"run", "view", "seed", "count", "plane", "projection", "options", "edits"}
 
 
 @dataclass
@@ -52,8 +60,9 @@ class LoadedRun:
     model: Model
     state: dict
     card: dict
+    folder: Path  # the studio's files of this run
+    directions_file: str  # all of `directions`, on disk, for the commands shown
     directions: dict[str, Direction] = field(default_factory=dict)
-    directions_file: str | None = None  # all of `directions`, on disk, for the commands shown
 
     def save_directions(self) -> None:
         save_directions(self.directions_file, self.model, list(self.directions.values()))
@@ -69,8 +78,9 @@ class Studio:
         can be run as it is."""
         if not runs:
             raise UserError("give at least one run to serve.")
-        self.work = Path(work)
+        self.work, self.device = Path(work), device
         self.runs = [self._load(i, path, directions_files, device) for i, path in enumerate(runs)]
+        self.projections: dict[tuple[int, str], tuple[str, codes.LatentFile]] = {}  # (run, id) -> latents path, file
 
     def _load(self, index: int, path: str, directions_files, device: str) -> LoadedRun:
         model, state = load_generator(path, device)
@@ -78,7 +88,7 @@ class Studio:
         card = {key: info[key] for key in ("family", "preset", "dataset", "kimg", "best_fid")}
         card["resolution"] = model.resolution
         folder = self.work / f"{index}-{Path(path).resolve().name}"
-        loaded = LoadedRun(index, str(path), model, state, card, directions_file=str(folder / "directions.safetensors"))
+        loaded = LoadedRun(index, str(path), model, state, card, folder, str(folder / "directions.safetensors"))
         for file in directions_files:
             try:
                 loaded.directions.update(load_directions(file, model))
@@ -109,8 +119,13 @@ class Studio:
         options = model.resolve_sample_options(sample_options(model, request.get("options") or {}))
         specs = edit_specs(run, request.get("edits") or {})
         edits = parse_edits(specs, run.directions, model)
-        plane = request.get("plane")
-        if plane is not None:
+        plane, projection = request.get("plane"), request.get("projection")
+        if projection is not None:
+            if plane is not None or "seed" in request:
+                raise UserError("a projected face takes no seed or plane point.")
+            path, file = self._projection(run, projection)
+            seeds, given, target = file.seeds, file.given, [f"--{edit_space(model)}", path]
+        elif plane is not None:
             x, y = _point(plane)
             seed, given = plane_latents(model, x, y, options)
             seeds, target = [seed], ["--plane", f"{x:g}", f"{y:g}"]
@@ -125,6 +140,34 @@ class Studio:
         images = [{"seed": s, "name": f"seed{s:06d}.png", "png": png_bytes(image)}
                   for s, image in zip(seeds, to_uint8(batch))]
         return {"images": images, "command": command("sample", run, target + ["--out", "samples"], options, specs)}
+
+    def project(self, index, data: bytes, progress=None) -> dict:
+        """Project an uploaded face (the bytes of an image file) as `animegen project` does,
+        keeping the decoded upload and the result under the run's studio folder."""
+        run = self.run(index)
+        if not 0 < len(data) <= MAX_UPLOAD:
+            raise UserError(f"upload one image file of at most {MAX_UPLOAD // 2**20} MB.")
+        try:
+            pixels = decode_large_enough(data, run.model.resolution // 2)
+        except BadImage as e:
+            raise UserError(f"the upload is not a usable image: {e}.") from None
+        key = secrets.token_hex(8)
+        uploads, out = run.folder / "uploads", run.folder / "projections" / key
+        uploads.mkdir(parents=True, exist_ok=True)
+        upload = uploads / f"{key}.png"
+        Image.fromarray(pixels).save(upload)  # lossless: `animegen project` on it sees these pixels
+        report = project_files(run.path, [str(upload)], str(out), device=self.device, progress=progress)
+        latents = out / "latents.npz"
+        self.projections[(run.index, key)] = (str(latents), codes.load_latents(latents, edit_space(run.model),
+                                                                               run.model))
+        return {"projection": key, "psnr": report["mean_psnr"], "target": (out / "target-000.png").read_bytes(),
+                "recon": (out / "recon-000.png").read_bytes(),
+                "command": " ".join(shlex.quote(a) for a in ["animegen", "project", run.path, str(upload), "--out", str(out)])}
+
+    def _projection(self, run: LoadedRun, key) -> tuple[str, codes.LatentFile]:
+        if not isinstance(key, str) or not PROJECTION_ID.match(key) or (run.index, key) not in self.projections:
+            raise UserError("no such projected face for this run; upload it again.")
+        return self.projections[(run.index, key)]
 
     def interpolate(self, request: dict) -> dict:
         """An interpolation strip between 2-8 seeds: {"strip": PNG, "gif": GIF, "command"}."""

@@ -4,7 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 const token = new URLSearchParams(location.search).get("token");
-const state = { runs: [], run: null, plane: null, sent: 0, shown: 0, marks: new Map() };
+const state = { runs: [], run: null, plane: null, projection: null, sent: 0, shown: 0, marks: new Map() };
 const LAYERS = ["own", "all", "coarse", "middle", "fine"];
 const PER_SEED = 40; // canvas pixels per seed on the plane
 
@@ -161,6 +161,46 @@ function markButtons(seed) {
   return box;
 }
 
+async function upload() {
+  const file = $("upload").files[0];
+  if (!file) return;
+  const headers = token ? { Authorization: "Bearer " + token } : {};
+  $("project-progress").hidden = false;
+  $("project-progress").value = 0;
+  say("Projecting…");
+  try {
+    const response = await fetch(`/api/project?run=${state.run.index}`, { method: "POST", headers, body: file });
+    const started = await response.json();
+    if (!response.ok) throw new Error(started.error);
+    let job;
+    do {
+      await new Promise((done) => setTimeout(done, 300));
+      job = await api(`/api/jobs/${started.job}`);
+      $("project-progress").value = job.progress;
+    } while (!job.done);
+    if (job.error) throw new Error(job.error);
+    state.projection = job.result.projection;
+    $("target").src = "data:image/png;base64," + job.result.target;
+    $("recon").src = "data:image/png;base64," + job.result.recon;
+    $("psnr").textContent = `${job.result.psnr.toFixed(1)} dB`;
+    $("project-command").textContent = job.result.command;
+    $("projected").hidden = $("project-command").hidden = false;
+    say("");
+    refresh();
+  } catch (e) {
+    say(e.message, true);
+  } finally {
+    $("project-progress").hidden = true;
+    $("upload").value = "";
+  }
+}
+
+function unproject() {
+  state.projection = null;
+  $("projected").hidden = $("project-command").hidden = true;
+  refresh();
+}
+
 async function fit() {
   const positive = [], negative = [];
   for (const [seed, mark] of state.marks) (mark ? positive : negative).push(seed);
@@ -198,7 +238,8 @@ function request() {
     if (value !== undefined) options[name] = value;
   }
   const body = { run: state.run.index, view: "main", options, edits: edits() };
-  if (state.plane) body.plane = state.plane;
+  if (state.projection) body.projection = state.projection;
+  else if (state.plane) body.plane = state.plane;
   else Object.assign(body, { seed: Number($("seed").value), count: Number($("count").value) });
   return body;
 }
@@ -224,8 +265,9 @@ async function refresh() {
     const link = document.createElement("a");
     Object.assign(link, { href: img.src, download: image.name, textContent: "PNG" });
     const caption = document.createElement("figcaption");
-    caption.append(state.plane ? "plane" : "seed " + image.seed);
-    if (!state.plane) caption.append(markButtons(image.seed));
+    const seeded = !state.plane && !state.projection;
+    caption.append(state.projection ? "your face" : state.plane ? "plane" : "seed " + image.seed);
+    if (seeded) caption.append(markButtons(image.seed));
     caption.append(link);
     figure.append(img, caption);
     return figure;
@@ -268,6 +310,7 @@ function dragPlane(event) {
   const x = Math.min(Math.max(event.clientX - box.left, 0), box.width) / PER_SEED;
   const y = Math.min(Math.max(event.clientY - box.top, 0), box.height) / PER_SEED;
   state.plane = [x0 + x, y0 + y];
+  state.projection = null;
   drawPlane();
   refresh();
 }
@@ -281,8 +324,15 @@ async function start() {
   }
   for (const run of state.runs) $("run").append(new Option(`${run.name} (${run.card.family})`, run.index));
   state.run = state.runs[0];
-  $("run").addEventListener("change", () => { state.run = state.runs[Number($("run").value)]; state.plane = null; buildControls(); refresh(); });
-  $("seed").addEventListener("change", () => { state.plane = null; drawPlane(); refresh(); });
+  $("run").addEventListener("change", () => {
+    state.run = state.runs[Number($("run").value)];
+    state.plane = null;
+    buildControls();
+    unproject();
+  });
+  $("seed").addEventListener("change", () => { state.plane = state.projection = null; drawPlane(); refresh(); });
+  $("upload").addEventListener("change", upload);
+  $("unproject").addEventListener("click", unproject);
   $("count").addEventListener("input", () => { $("count-value").textContent = $("count").value; refresh(); });
   $("plane").addEventListener("pointerdown", dragPlane);
   $("plane").addEventListener("pointermove", dragPlane);
