@@ -112,8 +112,8 @@ function buildControls() {
 }
 
 function directionSlider(d, run) {
-  const slider = control("edit-" + d.name, `${d.name} (${d.method}${d.layers ? ", layers " + d.layers.join("–") : ""})`,
-    range(-5, 5, 0.1, 0), refresh);
+  const slider = control("edit-" + d.name, d.name, range(-5, 5, 0.1, 0), refresh);
+  slider.title = `${d.method}${d.layers ? ", style inputs " + d.layers.join("–") : ""}; scale ${d.scale.toFixed(3)}`;
   slider.querySelector("input").dataset.direction = d.name;
   if (run.controls.space === "w") {
     const layers = choice(LAYERS, "own");
