@@ -8,7 +8,7 @@ red, pink, green) is above 0, the rest below. The rule is first checked against 
 own hair-colour labels. Then:
 
 1. seeds 0..FIT-1 are labelled warm (1) / cool (0) by the rule and written as a seed,label CSV;
-2. a direction is fitted from it (latent.discover.fit_from_seeds: logistic regression on z or W);
+2. a direction is fitted from it (latent.discover.fit_from_labels: logistic regression on z or W);
 3. TEST new seeds are rendered at strengths -3..3 and their warmth measured: the table shows
    the mean per strength, the share of warm hair, and the share of seeds whose warmth rises
    monotonically with the strength; a random direction with the same scale is the baseline.
@@ -31,7 +31,7 @@ from animegen.data.synth import HAIR_COLORS
 from animegen.generate import load_generator, sample_batches
 from animegen.io import save_grid, to_uint8
 from animegen.latent.directions import Direction, save_directions
-from animegen.latent.discover import fit_from_seeds
+from animegen.latent.discover import fit_from_labels
 
 STRENGTHS = [-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0]
 TOLERANCE = 15  # R-B units: orange hair (R-B ~ 190) turning blonde (~ 110) is warm hair getting "cooler" by this rule
@@ -95,7 +95,7 @@ def main() -> None:
     labels = (warmth(render(model, fit_seeds, [], options)) > 0).astype(int)
     csv = work / "hair_labels.csv"
     csv.write_text("seed,label\n" + "".join(f"{s},{y}\n" for s, y in zip(fit_seeds, labels)))
-    direction = fit_from_seeds(model, csv, "warm_hair")
+    direction = fit_from_labels(model, csv, "warm_hair")
     save_directions(work / "hair.safetensors", model, [direction])
     print(f"{state['checkpoint']} (step {state['step']}): {args.fit_seeds} seeds, warm share {labels.mean():.2f}; "
           f"fit: {direction.details}, scale {direction.scale:.3f}")

@@ -141,7 +141,7 @@ def test_label_fit_recovers_a_planted_direction():
     assert float(discover.fit_from_latents(model, latents, (along < 0).double(), "n").vector @ planted) < -0.9
 
 
-def test_label_fit_from_seeds_uses_the_latents_the_seeds_draw(tmp_path):
+def test_label_fit_from_labels_uses_the_latents_the_seeds_draw(tmp_path):
     model = _model("stylegan2")
     seeds = list(range(300))
     w = model.draw(Noise(seeds))["w"][:, 0]
@@ -151,14 +151,14 @@ def test_label_fit_from_seeds_uses_the_latents_the_seeds_draw(tmp_path):
     labels = ((w - w.mean(0)) @ planted > 0).int().tolist()
     csv = tmp_path / "labels.csv"
     csv.write_text("seed,label\n" + "".join(f"{s},{y}\n" for s, y in zip(seeds, labels)))
-    direction = discover.fit_from_seeds(model, csv, "planted", layers="fine")
+    direction = discover.fit_from_labels(model, csv, "planted", layers="fine")
     assert float(direction.vector @ planted) > 0.9
     assert direction.layers == layer_range(model, "fine") and direction.details["count"] == 300
 
 
 BAD_CSVS = {
-    "seed,value\n1,0\n": "header must name the columns seed and label",
-    "image,label\na.png,1\n": "image,label rows need images projected",
+    "seed,value\n1,0\n": "header must name the columns seed \\(or image\\) and label",
+    "image,label\na.png,1\n": "line 2: image 'a.png' is not a file",
     "seed,label\n1.5,0\n": "line 2: seed '1.5' is not an integer",
     "seed,label\n-1,0\n": "seed -1 is out of range",
     "seed,label\n4294967296,0\n": "out of range",
@@ -166,7 +166,7 @@ BAD_CSVS = {
     "seed,label\n1,nan\n": "not a finite number",
     "seed,label\n" + "".join(f"{s},{s % 2}\n" for s in range(5)): "at least 10 labelled latents",
     "seed,label\n" + "".join(f"{s},1\n" for s in range(20)): "1 distinct label",
-    "seed,label\n" + "".join(f"{s},{s % 2}\n" for s in range(31)): "more than 30 rows",
+    "seed,label\n" + "".join(f"{s},{s % 2}\n" for s in range(31)): "more than 30 seed rows",
     "": "header must name",
     "seed,label\n": "got 0 latents",
 }
@@ -178,8 +178,23 @@ def test_bad_label_files_are_refused_in_one_line(tmp_path, monkeypatch, text):
     path = tmp_path / "labels.csv"
     path.write_text(text)
     with pytest.raises(UserError, match=BAD_CSVS[text]) as e:
-        discover.fit_from_seeds(_model("dcgan"), path, "x")
+        discover.fit_from_labels(_model("dcgan"), path, "x")
     assert "\n" not in str(e.value)
+
+
+def test_label_fit_from_images_projects_them(tmp_path, faces16):
+    from PIL import Image
+
+    from animegen.data.store import load_split
+
+    rows = ["image,label"]
+    for i, face in enumerate(load_split(faces16, "train")[:12]):
+        Image.fromarray(face).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{int(face[:4].mean() > 128)}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    direction = discover.fit_from_labels(_model("vae"), tmp_path / "labels.csv", "bright")
+    assert direction.method == "labels" and direction.details["count"] == 12
+    assert torch.linalg.vector_norm(direction.vector).item() == pytest.approx(1.0, abs=1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ from animegen.data.dataset import ImageDataset
 from animegen.data.limits import check_file_output, check_int
 from animegen.errors import UserError
 from animegen.generate import load_generator
+from animegen.latent.project import project_latents
 from animegen.latent.directions import Direction, check_name, edit_space, layer_range, save_directions, space_size
 from animegen.models import registry
 from animegen.models.base import Model, Noise
@@ -41,6 +42,7 @@ MAX_SAMPLES = 10**8
 BATCH = 4096
 MIN_LABEL_ROWS = 10
 MAX_LABEL_ROWS = 10**6
+MAX_IMAGE_ROWS = 1024  # each is projected (latent.project.MAX_IMAGES)
 L2 = 1e-3  # regularisation of the label fits, relative to the (standardised) data term
 
 
@@ -241,24 +243,24 @@ def _ridge_regression(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve(x.T @ x / n + L2 * torch.eye(d, dtype=x.dtype), x.T @ (y - y.mean()) / n)
 
 
-def read_seed_labels(path: str | os.PathLike) -> tuple[list[int], torch.Tensor]:
-    """Seeds and labels of a CSV file with the header `seed,label`; problems are one line."""
+def read_labels(path: str | os.PathLike) -> tuple[str, list, torch.Tensor]:
+    """("seed", seeds, labels) or ("image", image paths, labels) of a CSV file with the header
+    `seed,label` or `image,label` (image paths relative to the CSV's folder); problems are one line."""
     name = Path(path).name
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = csv.DictReader(f)
             columns = rows.fieldnames or []
-            if "image" in columns and "seed" not in columns:
-                raise UserError(f"{name}: image,label rows need images projected into the latent space, which "
-                                "`directions fit` does not do yet; give seed,label rows.")
-            if "seed" not in columns or "label" not in columns:
-                raise UserError(f"{name}: the header must name the columns seed and label (found: "
+            key = "seed" if "seed" in columns else "image"
+            if key not in columns or "label" not in columns:
+                raise UserError(f"{name}: the header must name the columns seed (or image) and label (found: "
                                 f"{', '.join(columns) or 'none'}).")
-            seeds, labels = [], []
+            most = MAX_LABEL_ROWS if key == "seed" else MAX_IMAGE_ROWS
+            keys, labels = [], []
             for line, row in enumerate(rows, start=2):
-                if len(seeds) == MAX_LABEL_ROWS:
-                    raise UserError(f"{name} has more than {MAX_LABEL_ROWS} rows; fit on fewer.")
-                seeds.append(_seed(row["seed"], name, line))
+                if len(keys) == most:
+                    raise UserError(f"{name} has more than {most} {key} rows; fit on fewer.")
+                keys.append(_seed(row["seed"], name, line) if key == "seed" else _image(row["image"], path, line))
                 labels.append(_label(row["label"], name, line))
     except FileNotFoundError:
         raise UserError(f"labels file {path} does not exist.") from None
@@ -266,7 +268,14 @@ def read_seed_labels(path: str | os.PathLike) -> tuple[list[int], torch.Tensor]:
         raise UserError(f"labels file {path} is a folder; give a CSV file.") from None
     except (UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"{name} is not a readable CSV file ({type(e).__name__}: {e}).") from None
-    return seeds, torch.tensor(labels, dtype=torch.float64)
+    return key, keys, torch.tensor(labels, dtype=torch.float64)
+
+
+def _image(text: str | None, csv_path, line: int) -> str:
+    image = Path(csv_path).parent / (text or "").strip()
+    if not (text or "").strip() or not image.is_file():
+        raise UserError(f"{Path(csv_path).name} line {line}: image {text!r} is not a file.")
+    return str(image)
 
 
 def _seed(text: str | None, name: str, line: int) -> int:
@@ -301,11 +310,15 @@ def seed_latents(model: Model, seeds: list[int]) -> torch.Tensor:
     return torch.cat(latents) if latents else torch.zeros(0, space_size(model))
 
 
-def fit_from_seeds(model: Model, labels_csv: str | os.PathLike, name: str, layers: str | None = None) -> Direction:
-    """`fit_from_latents` on the latents of the seeds of a `seed,label` CSV file."""
+def fit_from_labels(model: Model, labels_csv: str | os.PathLike, name: str, layers: str | None = None) -> Direction:
+    """`fit_from_latents` on the latents of a `seed,label` CSV's seeds, or of an `image,label`
+    CSV's images projected into the model (latent.project, its defaults)."""
     check_name(name)
-    seeds, labels = read_seed_labels(labels_csv)
-    return fit_from_latents(model, seed_latents(model, seeds), labels, name, layers)
+    key, keys, labels = read_labels(labels_csv)
+    if len(keys) < MIN_LABEL_ROWS:  # before any projection
+        raise UserError(f"fitting a direction needs at least {MIN_LABEL_ROWS} labelled latents; got {len(keys)} latents.")
+    latents = seed_latents(model, keys) if key == "seed" else project_latents(model, keys)
+    return fit_from_latents(model, latents, labels, name, layers)
 
 
 # ---------------------------------------------------------------- run -> file
@@ -323,7 +336,7 @@ def write_directions(run: str, out: str, method: str, force: bool = False, devic
     elif method == "sefa":
         directions = sefa(model, **arguments)
     elif method == "fit":
-        directions = [fit_from_seeds(model, **arguments)]
+        directions = [fit_from_labels(model, **arguments)]
     else:
         raise UserError(f"unknown method {method!r}; choose ganspace, sefa or fit.")
     return save_directions(out, model, directions), directions

@@ -46,7 +46,7 @@ from animegen.models.vae import VAE
 from animegen.settings import MAX_SEED
 
 DEFAULT_STEPS = 300  # NVIDIA: 1000. 300: ~2 s per image for a tiny 32 px StyleGAN2 on one CPU thread
-DEFAULT_LOSS = "pixel"  # the best PSNR, and the fastest, of docs/_draft-latent-results-projection.md
+DEFAULT_LOSS = "pixel"  # the best PSNR, and the fastest (docs/results/latent.md)
 MAX_STEPS = 100_000
 MAX_IMAGES = 1024
 W_SAMPLES = 10_000  # mapped z whose mean starts w and whose spread scales its noise
@@ -236,6 +236,17 @@ def check_request(model: Model, space: str | None, loss: str | None, steps: int 
     if video and steps == 0:
         raise UserError("--video shows the optimisation, and --steps 0 has none.")
     return space, DEFAULT_LOSS if loss is None else loss, steps
+
+
+def project_latents(model: Model, sources: Sequence[str]) -> torch.Tensor:
+    """(N, D): the edit-space latent (StyleGAN: one w, projected into W; others: z) of each image
+    file, projected with the defaults (the pixel loss, DEFAULT_STEPS); for fitting directions."""
+    _, images = read_targets(sources, model.resolution)
+    targets = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(model.device)
+    space = "w" if hasattr(model, "mapping") else "z"
+    loss = None if isinstance(model, DDPM) else ProjectionLoss(parse_loss(DEFAULT_LOSS), targets)
+    latents = project(model, targets, space, loss, default_steps(model)).latents
+    return (latents["w"][:, 0] if space == "w" else latents["z"].flatten(1)).detach().cpu()
 
 
 def project_files(run: str, sources: Sequence[str], out: str, space: str | None = None, loss: str | None = None,
