@@ -280,7 +280,7 @@ def changed(page, before: str) -> str:
 
 
 def test_the_page_drives_the_studio(page, url, tmp_path):
-    assert page.locator("#grid img").count() == 4
+    assert page.locator("#grid img").count() == 4 and page.console_errors == [], page.console_errors
     start = first_image(page)
     page.fill("#seed", "5")
     page.dispatch_event("#seed", "change")
