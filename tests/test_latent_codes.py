@@ -11,7 +11,7 @@ from PIL import Image
 
 from animegen.cli import main
 from animegen.errors import UserError
-from animegen.generate import _joined, sample_batches
+from animegen.generate import sample_batches
 from animegen.latent import codes
 from animegen.models import registry
 from animegen.models.base import Noise
@@ -61,7 +61,7 @@ def test_saved_latents_reproduce_the_images(family, tmp_path):
     seeds = [5, 6, 7]
     drawn = []
     images = torch.cat(list(sample_batches(model, seeds, 2, options, drawn=drawn)))
-    path = codes.save_latents(tmp_path / "latents.npz", _joined(drawn), seeds, model, options)
+    path = codes.save_latents(tmp_path / "latents.npz", codes.join_latents(drawn), seeds, model, options)
     kinds = ("z", "w") if "w" in drawn[0] else ("z",)
     for kind in kinds:
         file = codes.load_latents(path, kind, model)

@@ -253,3 +253,26 @@ def test_cli_refusals_are_one_line_and_write_nothing(command, family, args, trai
     result = CliRunner().invoke(main, [command, str(trained / family), *base, "--device", "cpu", *args])
     assert result.exit_code == 2 and result.stderr.count("\n") == 1 and result.stdout == "", result.output
     assert not list(tmp_path.iterdir())
+
+
+def test_keyframes_from_latent_files_are_their_images(tmp_path, trained):
+    """Two `sample --save-latents` folders as keyframes (as two projected faces would be): the
+    first and last frames are those images, bit for bit."""
+    run = trained / "stylegan2"
+    runner = CliRunner()
+    for seed in (3, 8):
+        result = runner.invoke(main, ["sample", str(run), "--count", "1", "--seed", str(seed), "--out",
+                                      str(tmp_path / f"s{seed}"), "--save-latents", "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+    out = tmp_path / "walk.png"
+    result = runner.invoke(main, ["interpolate", str(run), "--w", str(tmp_path / "s3" / "latents.npz"), "--w",
+                                  str(tmp_path / "s8" / "latents.npz"), "--frames", "4", "--out", str(out),
+                                  "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    strip, r = np.array(Image.open(out)), 16  # one row of frames, 2 px apart and around
+    first, last = strip[2 : 2 + r, 2 : 2 + r], strip[2 : 2 + r, -2 - r : -2]
+    assert np.array_equal(first, np.array(Image.open(tmp_path / "s3" / "seed000003.png")))
+    assert np.array_equal(last, np.array(Image.open(tmp_path / "s8" / "seed000008.png")))
+    both = runner.invoke(main, ["interpolate", str(run), "--seeds", "1,2", "--w", str(tmp_path / "s3" / "latents.npz"),
+                                "--out", str(tmp_path / "x.gif")])
+    assert both.exit_code == 2 and "one of them" in both.output

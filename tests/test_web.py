@@ -334,6 +334,14 @@ def test_upload_project_edit_and_the_commands_reproduce_it(url, faces16, tmp_pat
     assert base64.b64decode(image["png"]) == run_command(data["command"], tmp_path / "edit")[image["name"]]
     unedited = generate(url, run=0, projection=projected["projection"]).json()["images"][0]["png"]
     assert unedited == projected["recon"]
+    second = wait_for(url, httpx.post(f"{url}/api/project?run=0", content=face.read_bytes()).json()["job"])["result"]
+    walk = httpx.post(f"{url}/api/interpolate", json={"run": 0, "frames": 3,
+                                                      "projections": [projected["projection"], second["projection"]]})
+    assert walk.status_code == 200, walk.text
+    (tmp_path / "walk").mkdir()
+    command = walk.json()["command"]
+    assert command.count("--w ") == 2
+    assert base64.b64decode(walk.json()["gif"]) == run_command(command, tmp_path / "walk")["interpolation.gif"]
 
 
 @pytest.mark.parametrize("upload, status, message", [

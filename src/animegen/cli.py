@@ -605,8 +605,12 @@ def directions_list(file):
 # ---------------------------------------------------------------- interpolate / style-mix
 @main.command("interpolate")
 @click.argument("run", type=_NonEmptyPath())
-@click.option("--seeds", required=True, metavar="S1,S2,...[;S1,S2,...]",
+@click.option("--seeds", default=None, metavar="S1,S2,...[;S1,S2,...]",
               help="Keyframe seeds; ';' separates rows of a grid of interpolations (as many seeds each).")
+@click.option("--z", "z_files", multiple=True, type=_NonEmptyPath(),
+              help="Keyframes from latent files instead of seeds (their z, rows in order); repeatable.")
+@click.option("--w", "w_files", multiple=True, type=_NonEmptyPath(),
+              help="StyleGAN keyframes from latent files' w (e.g. two `project` outputs); repeatable.")
 @click.option("--frames", type=int, default=30, show_default=True, help="Frames per keyframe transition.")
 @click.option("--loop", is_flag=True, help="Go on from the last keyframe back to the first (a seamless loop).")
 @click.option("--space", type=click.Choice(["z", "w"]), default=None,
@@ -621,8 +625,8 @@ def directions_list(file):
 @click.option("--edit", "edits", multiple=True, metavar="NAME=STRENGTH",
               help="Move every frame along a direction by STRENGTH standard deviations; repeatable.")
 @_sampling_options
-def interpolate_command(run, seeds, frames, loop, space, fps, out, seed_convention, directions_files, edits,
-                        batch_size, device, checkpoint, **options):
+def interpolate_command(run, seeds, z_files, w_files, frames, loop, space, fps, out, seed_convention, directions_files,
+                        edits, batch_size, device, checkpoint, **options):
     """Interpolation video (or strip) through the images of keyframe seeds; keyframe K is `sample --seed K`'s image.
 
     \b
@@ -630,12 +634,17 @@ def interpolate_command(run, seeds, frames, loop, space, fps, out, seed_conventi
       animegen interpolate runs/sg2 --seeds 3,7,11 --frames 24 --loop --out walk.gif
       animegen interpolate runs/ddpm32 --seeds "1,2,3;4,5,6" --frames 8 --sampler ddim --eta 0 --out ddpm.png
       animegen interpolate runs/sg3 --seeds 0,1 --space z --truncation 0.7 --fps 24 --out walk.mp4
+      animegen interpolate runs/sg2 --w face1/latents.npz --w face2/latents.npz --frames 16 --out faces.gif
     """
     from animegen.latent.interpolate import write_interpolation
 
+    if z_files and w_files:
+        raise UserError("give --z or --w files, not both.")
+    latents = ("z", list(z_files)) if z_files else ("w", list(w_files)) if w_files else None
     info = write_interpolation(run, out, seeds, frames=frames, loop=loop, space=space, fps=fps, options=options,
                                device=device, checkpoint=checkpoint, batch_size=batch_size,
-                               directions=directions_files, edits=edits, seed_convention=seed_convention)
+                               directions=directions_files, edits=edits, seed_convention=seed_convention,
+                               latents=latents)
     click.echo(f"{out}: {info['rows']} interpolation(s) of {info['frames']} frames in {info['space']} "
                f"from {info['checkpoint']}")
 

@@ -47,18 +47,11 @@ def sample_batches(model: Model, seeds: Sequence[int], batch_size: int, options:
     for start in range(0, len(seeds), batch_size):
         with torch.no_grad():
             noise = noise_source(seeds[start : start + batch_size], model.device)
-            latents = model.draw(noise, _rows(given, start, len(noise)), **options)
+            latents = model.draw(noise, codes.latent_rows(given, start, len(noise)), **options)
             latents = apply_edits(model, latents, list(edits))
             if drawn is not None:
                 drawn.append(latents)
             yield model.render(latents, noise, **options)
-
-
-def _rows(given: Latents | None, start: int, count: int) -> Latents | None:
-    if given is None:
-        return None
-    return {k: [m[start : start + count] for m in v] if isinstance(v, list) else v[start : start + count]
-            for k, v in given.items()}
 
 
 def sample_grid(model: Model, seeds: Iterable[int], batch_size: int, options: dict | None = None) -> np.ndarray:
@@ -150,7 +143,7 @@ def write_samples(run: str, out: str, count: int | None, seed: int = 0, batch_si
                     shown.append(images)
                 bar.update(len(images))
         if save_latents:
-            codes.save_latents(tmp / "latents.npz", _joined(drawn), list(seeds) * len(variants), model, options)
+            codes.save_latents(tmp / "latents.npz", codes.join_latents(drawn), list(seeds) * len(variants), model, options)
         if grid:
             images = np.concatenate(shown).reshape(len(variants), len(seeds), *shown[0].shape[1:])
             save_grid(images.transpose(1, 0, 2, 3, 4).reshape(total, *shown[0].shape[1:]), grid, columns=len(variants)
@@ -189,13 +182,6 @@ def _variants(model: Model, steering: Steering) -> list[tuple[str, list]]:
         return [("", edits)]
     strip = parse_edits([f"{steering.strip}=0"], directions, model)[0][0]
     return [(f"-{strip.name}{s:+g}", [*edits, (strip, s)]) for s in steering.strengths]
-
-
-def _joined(batches: list[Latents]) -> Latents:
-    joined = {k: torch.cat([b[k] for b in batches]) for k in ("z", "w") if k in batches[0]}
-    if "noise" in batches[0]:
-        joined["noise"] = [torch.cat(maps) for maps in zip(*(b["noise"] for b in batches))]
-    return joined
 
 
 def evaluate_run(run: str, metrics: list[str], num: int, split: str = "test", options: dict | None = None,

@@ -45,6 +45,29 @@ class LatentFile:
         return len(next(v for v in self.given.values() if not isinstance(v, list)))
 
 
+def latent_rows(given: Latents | None, start: int, count: int) -> Latents | None:
+    """Images start..start+count-1 of `given` (None stays None)."""
+    if given is None:
+        return None
+    return {k: [m[start : start + count] for m in v] if isinstance(v, list) else v[start : start + count]
+            for k, v in given.items()}
+
+
+def join_latents(batches: list[Latents]) -> Latents:
+    """The latents of consecutive batches as one."""
+    joined = {k: torch.cat([b[k] for b in batches]) for k in KINDS if k in batches[0]}
+    if "noise" in batches[0]:
+        joined["noise"] = [torch.cat(maps) for maps in zip(*(b["noise"] for b in batches))]
+    return joined
+
+
+def join_files(files: list[LatentFile]) -> LatentFile:
+    """Several latent files of one model as one, in order (seeds 0.. where one recorded none)."""
+    given = join_latents([f.given for f in files])
+    seeds = [s for f in files for s in (f.seeds or range(len(f)))]
+    return LatentFile(given, seeds, files[0].meta)
+
+
 def save_latents(path: str | os.PathLike, latents: Latents, seeds, model: Model, options: dict) -> Path:
     """Write `latents` (as `Model.draw` returns them) of images `seeds` to `path` atomically."""
     arrays = {k: latents[k].detach().cpu().float().numpy() for k in KINDS if k in latents}

@@ -27,8 +27,9 @@ import torch
 
 from animegen.data.limits import check_file_output, check_int
 from animegen.errors import UserError
-from animegen.generate import MAX_GRID, _joined, check_batch_size, load_generator
+from animegen.generate import MAX_GRID, check_batch_size, load_generator
 from animegen.io import image_grid, save_grid, to_uint8
+from animegen.latent import codes
 from animegen.latent.directions import Direction, apply_edits, edit_space, layer_range, load_directions, parse_edits
 from animegen.latent.media import VIDEO_FORMATS, check_video_writer, write_video
 from animegen.models import registry
@@ -152,16 +153,18 @@ class Interpolation:
 
 def interpolation_frames(model: Model, rows: list[list[int]], frames: int, loop: bool = False,
                          space: str | None = None, options: dict | None = None, batch_size: int = 32,
-                         edits: list[tuple[Direction, float]] = (), seed_convention: str = "animegen") -> np.ndarray:
+                         edits: list[tuple[Direction, float]] = (), seed_convention: str = "animegen",
+                         given: Latents | None = None) -> np.ndarray:
     """uint8 frames (rows, T, R, R, 3): one interpolation per row of keyframe seeds.
-    `options` are the model's resolved sample options."""
+    `options` are the model's resolved sample options; `given`: explicit latents of the
+    keyframes of a single row (a latent file's), used instead of what the seeds draw."""
     options = options or {}
     space = check_space(model, space)
     check_deterministic(options)
     noise_source = SEED_CONVENTIONS[seed_convention]
     out = []
     for seeds in rows:
-        path = Interpolation(draw_each(model, seeds, options, seed_convention), space, loop)
+        path = Interpolation(draw_each(model, seeds, options, seed_convention, given), space, loop)
         times = path.frame_times(frames)
         shown = []
         for batch in frame_batches(len(times), frames, batch_size):
@@ -173,12 +176,15 @@ def interpolation_frames(model: Model, rows: list[list[int]], frames: int, loop:
     return np.stack(out)
 
 
-def draw_each(model: Model, seeds: list[int], options: dict, seed_convention: str = "animegen") -> Latents:
-    """The latents of `seeds`, each drawn alone as `sample --count 1` draws it: floating-point
-    results (the mapping network's, the synthesis') change in their last bits with the batch size."""
+def draw_each(model: Model, seeds: list[int], options: dict, seed_convention: str = "animegen",
+              given: Latents | None = None) -> Latents:
+    """The latents of `seeds` (with `given` ones in place of drawn ones), each drawn alone as
+    `sample --count 1` draws it: floating-point results (the mapping network's, the
+    synthesis') change in their last bits with the batch size."""
     noise_source = SEED_CONVENTIONS[seed_convention]
     with torch.no_grad():
-        return _joined([model.draw(noise_source([s], model.device), **options) for s in seeds])
+        return codes.join_latents([model.draw(noise_source([s], model.device), codes.latent_rows(given, i, 1), **options)
+                                   for i, s in enumerate(seeds)])
 
 
 def frame_batches(count: int, frames: int, batch_size: int) -> Iterator[slice]:
@@ -308,26 +314,39 @@ def _check_output(out: str, rows: int, frames_per_row: int, resolution: int, fps
     return suffix
 
 
-def write_interpolation(run: str, out: str, seeds: str, frames: int = 30, loop: bool = False,
+def write_interpolation(run: str, out: str, seeds: str | None, frames: int = 30, loop: bool = False,
                         space: str | None = None, fps: float = 30.0, options: dict | None = None,
                         device: str = "auto", checkpoint: str | int = "last", batch_size: int = 32,
-                        directions: list[str] = (), edits: list[str] = (), seed_convention: str = "animegen") -> dict:
-    """Interpolate between the keyframe seeds of each row of `seeds` ("3,7,11" or "1,2,3;4,5,6")
-    and write `out`: a .png with one row of frames per interpolation, or a .gif / .mp4 whose
-    every frame shows all the rows."""
-    rows = parse_seed_rows(seeds)
+                        directions: list[str] = (), edits: list[str] = (), seed_convention: str = "animegen",
+                        latents: tuple[str, list[str]] | None = None) -> dict:
+    """Interpolate between the keyframe seeds of each row of `seeds` ("3,7,11" or "1,2,3;4,5,6"),
+    or through the latents of latent files (`latents`: kind "z" or "w" and the files, their rows
+    in order: e.g. projected faces), and write `out`: a .png with one row of frames per
+    interpolation, or a .gif / .mp4 whose every frame shows all the rows."""
+    if (seeds is None) == (latents is None):
+        raise UserError("give the keyframes as --seeds or as latent files (--z / --w), one of them.")
+    rows = parse_seed_rows(seeds) if seeds is not None else None
     check_int("--frames", frames, 1, MAX_FRAMES)
     check_batch_size(batch_size)
     model, state = load_generator(run, device, checkpoint=checkpoint)
     options = model.resolve_sample_options(options or {})
     space = check_space(model, space)
+    given = None
+    if latents is not None:
+        kind, files = latents
+        if kind == "w" and (space == "z" or options.get("truncation", 1.0) != 1.0):
+            raise UserError("keyframes from --w are interpolated in W as given: drop --space z and --truncation.")
+        file = codes.join_files([codes.load_latents(path, kind, model) for path in files])
+        if not 2 <= len(file) <= MAX_KEYFRAMES:
+            raise UserError(f"the latent files hold {len(file)} keyframes; interpolation needs 2 to {MAX_KEYFRAMES}.")
+        rows, given = [file.seeds], file.given
     count = frame_count(len(rows[0]), frames, loop)
     suffix = _check_output(out, len(rows), count, model.resolution, fps)
     named = {}
     for path in directions:
         named.update(load_directions(path, model))
     moves = parse_edits(list(edits), named, model)
-    video = interpolation_frames(model, rows, frames, loop, space, options, batch_size, moves, seed_convention)
+    video = interpolation_frames(model, rows, frames, loop, space, options, batch_size, moves, seed_convention, given)
     if suffix == ".png":
         save_grid(video.reshape(-1, *video.shape[2:]), out, columns=count)
     else:

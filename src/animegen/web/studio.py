@@ -170,20 +170,30 @@ class Studio:
         return self.projections[(run.index, key)]
 
     def interpolate(self, request: dict) -> dict:
-        """An interpolation strip between 2-8 seeds: {"strip": PNG, "gif": GIF, "command"}."""
-        unknown = set(request) - {"run", "seeds", "frames", "options", "edits"}
+        """An interpolation strip between 2-8 seeds or 2-8 projected faces: {"strip": PNG,
+        "gif": GIF, "command"}."""
+        unknown = set(request) - {"run", "seeds", "projections", "frames", "options", "edits"}
         if unknown:
             raise UserError(f"unknown request field(s): {', '.join(sorted(unknown))}.")
         run = self.run(request.get("run"))
-        seeds = int_list(request.get("seeds"), "seeds", 2, 8)
         frames = check_int("frames", request.get("frames", 12), 1, MAX_FRAMES)
         options = run.model.resolve_sample_options(sample_options(run.model, request.get("options") or {}))
         check_deterministic(options)
         specs = edit_specs(run, request.get("edits") or {})
+        if "projections" in request:
+            keys = request["projections"]
+            if not isinstance(keys, list) or not 2 <= len(keys) <= 8:
+                raise UserError("projections must be a list of 2 to 8 projected faces.")
+            found = [self._projection(run, key) for key in keys]
+            file = codes.join_files([f for _, f in found])
+            seeds, given = file.seeds, file.given
+            keyframes = [a for path, _ in found for a in (f"--{edit_space(run.model)}", path)]
+        else:
+            seeds, given = int_list(request.get("seeds"), "seeds", 2, 8), None
+            keyframes = ["--seeds", ",".join(map(str, seeds))]
         video = interpolation_frames(run.model, [seeds], frames, options=options,
-                                     edits=parse_edits(specs, run.directions, run.model))[0]
-        target = ["--seeds", ",".join(map(str, seeds)), "--frames", str(frames), "--fps", str(GIF_FPS),
-                  "--out", "interpolation.gif"]
+                                     edits=parse_edits(specs, run.directions, run.model), given=given)[0]
+        target = [*keyframes, "--frames", str(frames), "--fps", str(GIF_FPS), "--out", "interpolation.gif"]
         return {"strip": png_bytes(image_grid(video, columns=len(video))), "gif": gif_bytes(video, GIF_FPS),
                 "frames": len(video), "command": command("interpolate", run, target, options, specs)}
 

@@ -4,7 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 const token = new URLSearchParams(location.search).get("token");
-const state = { runs: [], run: null, plane: null, projection: null, sent: 0, shown: 0, marks: new Map() };
+const state = { runs: [], run: null, plane: null, projection: null, faces: [], sent: 0, shown: 0, marks: new Map() };
 const LAYERS = ["own", "all", "coarse", "middle", "fine"];
 const PER_SEED = 40; // canvas pixels per seed on the plane
 
@@ -180,6 +180,8 @@ async function upload() {
     } while (!job.done);
     if (job.error) throw new Error(job.error);
     state.projection = job.result.projection;
+    state.faces = state.faces.concat([state.projection]).slice(-2);
+    $("interpolate-faces").disabled = state.faces.length < 2;
     $("target").src = "data:image/png;base64," + job.result.target;
     $("recon").src = "data:image/png;base64," + job.result.recon;
     $("psnr").textContent = `${job.result.psnr.toFixed(1)} dB`;
@@ -214,9 +216,10 @@ async function fit() {
   }
 }
 
-async function interpolate() {
-  const body = { run: state.run.index, seeds: [Number($("from-seed").value), Number($("to-seed").value)],
-    frames: Number($("frames").value), options: request().options, edits: edits() };
+async function interpolate(between) {
+  const body = { run: state.run.index, frames: Number($("frames").value), options: request().options, edits: edits() };
+  if (between === "faces") body.projections = state.faces;
+  else body.seeds = [Number($("from-seed").value), Number($("to-seed").value)];
   try {
     const data = await api("/api/interpolate", body);
     if (data.stale) return;
@@ -327,6 +330,8 @@ async function start() {
   $("run").addEventListener("change", () => {
     state.run = state.runs[Number($("run").value)];
     state.plane = null;
+    state.faces = []; // projections belong to the run they were made for
+    $("interpolate-faces").disabled = true;
     buildControls();
     unproject();
   });
@@ -339,7 +344,8 @@ async function start() {
   $("plane-off").addEventListener("click", () => { state.plane = null; drawPlane(); refresh(); });
   $("fit").addEventListener("click", fit);
   $("clear-marks").addEventListener("click", () => { state.marks.clear(); showMarks(); });
-  $("interpolate").addEventListener("click", interpolate);
+  $("interpolate").addEventListener("click", () => interpolate("seeds"));
+  $("interpolate-faces").addEventListener("click", () => interpolate("faces"));
   buildControls();
   refresh();
 }
