@@ -18,6 +18,7 @@ import torch
 from click.testing import CliRunner
 
 from animegen.cli import main
+from animegen.errors import UserError
 from animegen.generate import load_generator
 from animegen.latent.directions import Direction, save_directions
 from animegen.web.app import BackgroundServer, Renderer, create_app
@@ -118,6 +119,13 @@ def test_a_few_shot_direction_is_fitted_saved_and_usable(url, runs):
     assert bad_name.status_code == 400 and "direction name" in bad_name.json()["error"]
     assert httpx.get(f"{url}/api/runs/1/directions.safetensors").status_code == 404  # the DDPM has none
     assert httpx.get(f"{url}/api/runs/7/directions.safetensors").status_code == 400
+
+
+def test_a_directions_file_that_fits_no_run_is_refused(runs, tmp_path):
+    with pytest.raises(UserError, match="missing.safetensors fits none of the runs: directions file .* does not exist"):
+        Studio([str(runs["sg2"])], [str(tmp_path / "missing.safetensors")], work=tmp_path)
+    with pytest.raises(UserError, match="fits none of the runs: .*holds directions of a stylegan2 model"):
+        Studio([str(runs["ddpm"])], [str(runs["directions"])], work=tmp_path)
 
 
 def test_runs_without_a_directions_file_get_sefa_sliders(runs, tmp_path):

@@ -79,7 +79,11 @@ class Studio:
         if not runs:
             raise UserError("give at least one run to serve.")
         self.work, self.device = Path(work), device
+        self.unused = {str(f): "" for f in directions_files}  # file -> why no run took it
         self.runs = [self._load(i, path, directions_files, device) for i, path in enumerate(runs)]
+        if self.unused:
+            file, why = next(iter(self.unused.items()))
+            raise UserError(f"--directions {file} fits none of the runs: {why}")
         self.projections: dict[tuple[int, str], tuple[str, codes.LatentFile]] = {}  # (run, id) -> latents path, file
 
     def _load(self, index: int, path: str, directions_files, device: str) -> LoadedRun:
@@ -92,8 +96,10 @@ class Studio:
         for file in directions_files:
             try:
                 loaded.directions.update(load_directions(file, model))
-            except UserError:
-                continue  # a file for another of the served runs
+                self.unused.pop(str(file), None)
+            except UserError as e:  # perhaps a file for another of the served runs
+                if str(file) in self.unused:
+                    self.unused[str(file)] = str(e)
         if not loaded.directions and registry.name_of(model) != "ddpm":
             loaded.directions = {d.name: d for d in sefa(model, num=SEFA_DIRECTIONS, layers="all")}
         if loaded.directions:
