@@ -25,7 +25,7 @@ from animegen.metrics import evaluate_generator
 from animegen.models import registry
 from animegen.latent import codes
 from animegen.latent.plane import plane_latents
-from animegen.latent.directions import Direction, apply_edits, load_directions, parse_edits
+from animegen.latent.directions import Direction, apply_edits, load_all_directions, parse_edits
 from animegen.models.base import SEED_CONVENTIONS, Latents, Model
 from animegen.settings import MAX_SEED, build
 
@@ -162,8 +162,8 @@ def _seeds_and_latents(model: Model, source: tuple[str, str] | None, count: int 
             raise UserError("--count is required unless the latents come from --z or --w.")
         return check_seeds(seed, count), None
     kind, path = source
-    if kind == "w" and (options.get("truncation", 1.0) != 1.0 or "mix_seed" in options):
-        raise UserError("--w is used as given: truncate or mix when drawing it, not with --truncation/--mix-seed.")
+    if kind == "w":
+        codes.check_w_as_given(options)
     file = codes.load_latents(path, kind, model)
     if count is not None and count != len(file):
         raise UserError(f"--count {count}, but {Path(path).name} holds {len(file)} latents; drop --count.")
@@ -172,9 +172,7 @@ def _seeds_and_latents(model: Model, source: tuple[str, str] | None, count: int 
 
 def _variants(model: Model, steering: Steering) -> list[tuple[str, list]]:
     """(file name suffix, edits) for each image made per seed: one, or one per strip strength."""
-    directions = {}
-    for path in steering.directions:
-        directions.update(load_directions(path, model))
+    directions = load_all_directions(steering.directions, model)
     edits = parse_edits(list(steering.edits), directions, model)
     if bool(steering.strip) != bool(steering.strengths):
         raise UserError("an edit strip needs both --edit NAME (without a strength) and --strengths.")

@@ -45,6 +45,12 @@ class LatentFile:
         return len(next(v for v in self.given.values() if not isinstance(v, list)))
 
 
+def check_w_as_given(options: dict) -> None:
+    """A given w is rendered as it is: truncation and style mixing belong to drawing it."""
+    if options.get("truncation", 1.0) != 1.0 or "mix_seed" in options:
+        raise UserError("--w is used as given: truncate or mix when drawing it, not with --truncation/--mix-seed.")
+
+
 def latent_rows(given: Latents | None, start: int, count: int) -> Latents | None:
     """Images start..start+count-1 of `given` (None stays None)."""
     if given is None:

@@ -78,6 +78,12 @@ def layer_range(model: Model, spec: str | tuple[int, int] | None) -> tuple[int, 
     return (first, last)
 
 
+def edit_vectors(model: Model, latents: Latents) -> torch.Tensor:
+    """(N, D): each image's edit-space latent as one vector (StyleGAN: its w, before the
+    broadcast to the style inputs; others: z flattened)."""
+    return latents["w"][:, 0] if edit_space(model) == "w" else latents["z"].flatten(1)
+
+
 def apply_edits(model: Model, latents: Latents, edits: list[tuple[Direction, float]]) -> Latents:
     """`latents` moved along each (direction, strength); a strength of 0 changes nothing."""
     if not edits:
@@ -133,6 +139,14 @@ def load_directions(path: str | os.PathLike, model: Model) -> dict[str, Directio
         directions[key] = Direction(key, vector.float(), str(info.get("method")),
                                     layer_range(model, tuple(layers)) if layers else None, float(info["scale"]),
                                     info.get("details") or {})
+    return directions
+
+
+def load_all_directions(paths, model: Model) -> dict[str, Direction]:
+    """The directions of every file in `paths`, by name (a later file's name wins)."""
+    directions = {}
+    for path in paths:
+        directions.update(load_directions(path, model))
     return directions
 
 

@@ -31,7 +31,8 @@ from animegen.data.limits import check_file_output, check_int
 from animegen.errors import UserError
 from animegen.generate import load_generator
 from animegen.latent.project import project_latents
-from animegen.latent.directions import Direction, check_name, edit_space, layer_range, save_directions, space_size
+from animegen.latent.directions import (Direction, check_name, edit_space, edit_vectors, layer_range, save_directions,
+                                       space_size)
 from animegen.models import registry
 from animegen.models.base import Model, Noise
 from animegen.settings import MAX_SEED
@@ -305,8 +306,7 @@ def seed_latents(model: Model, seeds: list[int]) -> torch.Tensor:
     with torch.no_grad():
         for start in range(0, len(seeds), BATCH):
             drawn = model.draw(Noise(seeds[start : start + BATCH], model.device), **options)
-            latent = drawn["w"][:, 0] if edit_space(model) == "w" else drawn["z"].flatten(1)
-            latents.append(latent.cpu())
+            latents.append(edit_vectors(model, drawn).cpu())
     return torch.cat(latents) if latents else torch.zeros(0, space_size(model))
 
 

@@ -30,7 +30,7 @@ from animegen.errors import UserError
 from animegen.generate import MAX_GRID, check_batch_size, load_generator
 from animegen.io import image_grid, save_grid, to_uint8
 from animegen.latent import codes
-from animegen.latent.directions import Direction, apply_edits, edit_space, layer_range, load_directions, parse_edits
+from animegen.latent.directions import Direction, apply_edits, edit_space, layer_range, load_all_directions, parse_edits
 from animegen.latent.media import VIDEO_FORMATS, check_video_writer, write_video
 from animegen.models import registry
 from animegen.models.base import SEED_CONVENTIONS, Latents, Model, Noise
@@ -334,18 +334,17 @@ def write_interpolation(run: str, out: str, seeds: str | None, frames: int = 30,
     given = None
     if latents is not None:
         kind, files = latents
-        if kind == "w" and (space == "z" or options.get("truncation", 1.0) != 1.0):
-            raise UserError("keyframes from --w are interpolated in W as given: drop --space z and --truncation.")
+        if kind == "w":
+            codes.check_w_as_given(options)
+            if space == "z":
+                raise UserError("keyframes from --w are interpolated in W as given: drop --space z.")
         file = codes.join_files([codes.load_latents(path, kind, model) for path in files])
         if not 2 <= len(file) <= MAX_KEYFRAMES:
             raise UserError(f"the latent files hold {len(file)} keyframes; interpolation needs 2 to {MAX_KEYFRAMES}.")
         rows, given = [file.seeds], file.given
     count = frame_count(len(rows[0]), frames, loop)
     suffix = _check_output(out, len(rows), count, model.resolution, fps)
-    named = {}
-    for path in directions:
-        named.update(load_directions(path, model))
-    moves = parse_edits(list(edits), named, model)
+    moves = parse_edits(list(edits), load_all_directions(directions, model), model)
     video = interpolation_frames(model, rows, frames, loop, space, options, batch_size, moves, seed_convention, given)
     if suffix == ".png":
         save_grid(video.reshape(-1, *video.shape[2:]), out, columns=count)

@@ -38,6 +38,7 @@ from animegen.errors import UserError
 from animegen.generate import load_generator, sample_batches
 from animegen.io import atomic_dir, to_uint8
 from animegen.latent import codes
+from animegen.latent.directions import edit_space, edit_vectors
 from animegen.latent.perceptual import ProjectionLoss, parse_loss
 from animegen.models import registry
 from animegen.models.base import Latents, Model, Noise
@@ -241,12 +242,15 @@ def check_request(model: Model, space: str | None, loss: str | None, steps: int 
 def project_latents(model: Model, sources: Sequence[str]) -> torch.Tensor:
     """(N, D): the edit-space latent (StyleGAN: one w, projected into W; others: z) of each image
     file, projected with the defaults (the pixel loss, DEFAULT_STEPS); for fitting directions."""
-    _, images = read_targets(sources, model.resolution)
-    targets = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(model.device)
-    space = "w" if hasattr(model, "mapping") else "z"
+    targets = as_targets(read_targets(sources, model.resolution)[1], model.device)
     loss = None if isinstance(model, DDPM) else ProjectionLoss(parse_loss(DEFAULT_LOSS), targets)
-    latents = project(model, targets, space, loss, default_steps(model)).latents
-    return (latents["w"][:, 0] if space == "w" else latents["z"].flatten(1)).detach().cpu()
+    latents = project(model, targets, edit_space(model), loss, default_steps(model)).latents
+    return edit_vectors(model, latents).detach().cpu()
+
+
+def as_targets(images: np.ndarray, device) -> torch.Tensor:
+    """uint8 N x R x R x 3 -> float N x 3 x R x R in [-1, 1] (the datasets' x / 127.5 - 1)."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(device)
 
 
 def project_files(run: str, sources: Sequence[str], out: str, space: str | None = None, loss: str | None = None,
@@ -260,7 +264,7 @@ def project_files(run: str, sources: Sequence[str], out: str, space: str | None 
     model, state = load_generator(run, device, checkpoint=checkpoint)
     space, loss_spec, steps = check_request(model, space, loss, steps, video)
     names, images = read_targets(sources, model.resolution)
-    targets = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(model.device)
+    targets = as_targets(images, model.device)
     loss_fn = ProjectionLoss(parse_loss(loss_spec), targets, run, checkpoint) if loss_spec is not None else None
     started = time.perf_counter()
     result = project(model, targets, space, loss_fn, steps, seed, video, progress)
@@ -269,7 +273,7 @@ def project_files(run: str, sources: Sequence[str], out: str, space: str | None 
     recon = torch.cat(list(sample_batches(model, seeds, RENDER_BATCH, result.options, given=result.latents)))
     final = loss_fn(recon).tolist() if loss_fn is not None else [None] * len(images)
     recon = to_uint8(recon)
-    kind = "w" if hasattr(model, "mapping") else "z"
+    kind = edit_space(model)
     report = {"run": str(run), "checkpoint": state["checkpoint"], "family": registry.name_of(model), "space": space,
               "loss": loss_spec, "steps": steps, "seed": seed, "schedule": asdict(Schedule(steps)),
               "sample_options": result.options, "seconds": seconds,
