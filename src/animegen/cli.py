@@ -706,3 +706,42 @@ def project_command(run, images, out, space, loss, steps, video, seed, device, c
                            device=device, checkpoint=checkpoint)
     click.echo(f"{out}: {len(report['images'])} images projected into {report['space']} of {report['family']} "
                f"({report['loss'] or 'DDIM inversion'}, {report['steps']} steps), mean PSNR {report['mean_psnr']:.2f} dB")
+
+
+# ---------------------------------------------------------------- compare
+@main.command("compare")
+@click.option("--data", type=_NonEmptyPath(), default=None, help="Prepared dataset every family trains on.")
+@click.option("--out", required=True, type=_NonEmptyPath(),
+              help="Report folder (its runs/ continue when the same command runs again).")
+@click.option("--models", default="vae,dcgan,ddpm,stylegan2,stylegan3-t,stylegan3-r", show_default=True,
+              help="Comma-separated families to train.")
+@click.option("--preset", type=click.Choice(["tiny", "paper64"]), default="tiny", show_default=True)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one setting of every family (repeatable).")
+@click.option("--minutes", type=float, default=None, help="Training minutes per family.")
+@click.option("--kimg", type=float, default=None, help="Thousands of training images per family.")
+@click.option("--fid-num", type=int, default=1000, show_default=True, help="Generated images per FID repeat.")
+@click.option("--fid-every", default=None, help="FID snapshots while training: steps, 'Nkimg' or 'Nmin' [default: off].")
+@click.option("--repeats", type=int, default=None, help="Disjoint seed ranges for FID [default: 3 on a GPU, 1 on CPU].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--runs", "run_folders", multiple=True, type=_NonEmptyPath(), metavar="RUN",
+              help="Evaluate these existing runs instead of training (repeatable).")
+def compare_command(data, out, models, preset, sets, minutes, kimg, fid_num, fid_every, repeats, device, run_folders):
+    """Train several families for one budget, evaluate them under one protocol, and write the papers' tables.
+
+    \b
+    Examples:
+      animegen compare --data data/faces32 --out cmp32 --minutes 10 --fid-num 1000
+      animegen compare --out cmp --runs runs/sg2 --runs runs/sg3t --fid-num 5000 --repeats 3
+    """
+    from animegen.compare import run_comparison
+    from animegen.training.config import parse_sets
+    from animegen.training.loop import Target
+
+    target = None if run_folders or (kimg is None and minutes is None) else Target(kimg=kimg, minutes=minutes)
+    result = run_comparison(data, out, [m.strip() for m in models.split(",") if m.strip()], preset=preset,
+                            target=target, fid_num=fid_num, repeats=repeats, device=device,
+                            runs_given=list(run_folders) or None, sets=parse_sets(list(sets)),
+                            fid_every=fid_every, echo=click.echo)
+    if result["signal"]:
+        sys.exit(128 + result["signal"])
+    click.echo(f"wrote {out}/report.md and {out}/results.json ({len(result['models'])} models)")

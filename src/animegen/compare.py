@@ -1,0 +1,284 @@
+"""`animegen compare`: several families trained for one budget and measured under one
+protocol, with the two papers' tables beside ours.
+
+The report folder OUT holds runs/<family> (ordinary run folders: running the comparison
+again continues them where a kill stopped them), grids/<family>.png (seeds 0-63, the same
+z wherever the latent shapes match), results.json (every number) and report.md.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+from animegen import runs
+from animegen.data.limits import check_int, check_new_folder
+from animegen.devices import resolve_device
+from animegen.errors import UserError
+from animegen.generate import evaluate_run, load_generator, sample_batches, write_samples
+from animegen.io import atomic_write_bytes, atomic_write_json
+from animegen.metrics.equivariance import EQ_METRICS
+from animegen.models import registry
+from animegen.training.config import RunConfig
+from animegen.training.loop import PeakMemory, Target, parameter_counts, train
+
+FEATURE_METRICS = ("fid", "kid", "pr")
+SCORES = ("fid", "kid", "precision", "recall")
+# EQ needs an input transform (StyleGAN3's raw_sample); StyleGAN2 has none, so it gets no EQ column.
+EQ_FAMILIES = ("stylegan3-t", "stylegan3-r")
+GRID_SEEDS = 64
+MAX_REPEATS = 100
+
+# Table 1 of each paper: FID (and EQ in dB) as published.
+PAPER_1 = {"vae": 198.35, "dcgan": 222.64, "stylegan2": 4.17, "ddpm": 19.07}
+PAPER_2 = {"stylegan2": (5.14, None, None), "stylegan3-t": (4.62, 63.01, 13.12), "stylegan3-r": (4.50, 66.65, 40.48)}
+NOTE_1 = ("The paper states neither its FID sample count nor its reference set, and trained each model to "
+          "convergence at 64 px; ours is FID-{num} against the {split} split ({num_real} images) after {budget}.")
+NOTE_2 = ("The paper's numbers come from full training with NVlabs' metrics (FID against the training set, EQ "
+          "over many latents); ours is FID-{num} against the {split} split ({num_real} images) and EQ over "
+          "{num} latents after {budget}.")
+
+
+def run_comparison(data: str | None, out: str, models: Sequence[str] = tuple(registry.names()),
+                   preset: str = "tiny", target: Target | None = None, fid_num: int = 1000, repeats: int | None = None,
+                   device: str = "auto", runs_given: Sequence[str] | None = None, sets: dict | None = None,
+                   fid_every: str | None = None, echo=print) -> dict:
+    """Train each of `models` on `data` into OUT/runs/<family> up to `target` (or take the
+    existing runs `runs_given`), evaluate each, and write OUT/results.json, OUT/report.md
+    and OUT/grids/. Returns the results; with "signal" set when a signal stopped training
+    (the comparison continues from there when run again). `repeats` defaults to 3 on a GPU,
+    1 on the CPU."""
+    out = Path(out)
+    check_int("--fid-num", fid_num, 2, 10**6)
+    if repeats is None:
+        repeats = 3 if resolve_device(device).type == "cuda" else 1
+    check_int("--repeats", repeats, 1, MAX_REPEATS)
+    _check_report_folder(out)
+    folders = _existing_runs(runs_given) if runs_given else _planned_runs(out, data, models, target)
+    progress = _Progress(len(folders) * (1 if runs_given else 2) + 1, echo)
+    if not runs_given:
+        for k, (family, folder) in enumerate(folders.items(), 1):
+            progress.line(f"training {family} ({k} of {len(folders)}) to {target.describe()}")
+            signal = _train_family(family, folder, data, preset, target, sets, device, fid_every, echo)
+            if signal:
+                echo(f"stopped by signal {signal}: run the same command again to continue the comparison.")
+                return {"signal": signal}
+    models_out = {}
+    for k, (family, folder) in enumerate(folders.items(), 1):
+        progress.line(f"evaluating {family} ({k} of {len(folders)}): FID-{fid_num} x {repeats}")
+        models_out[family] = _evaluate(family, folder, fid_num, repeats, device)
+    progress.line("writing grids and the report")
+    grids = out / "grids"
+    grids.mkdir(parents=True, exist_ok=True)
+    for family, folder in folders.items():
+        models_out[family]["grid"] = _write_grid(folder, grids / f"{family}.png", device)
+    results = {"protocol": _protocol(models_out, fid_num, repeats, device, target), "models": models_out,
+               "papers": {"paper1_table1": PAPER_1, "paper2_table1": {k: dict(zip(("fid", "eqt", "eqr"), v))
+                                                                      for k, v in PAPER_2.items()}}}
+    atomic_write_json(out / "results.json", results)
+    atomic_write_bytes(out / "report.md", report_markdown(results).encode())
+    progress.line(f"done: {out / 'report.md'}")
+    return {**results, "signal": None}
+
+
+# ---------------------------------------------------------------- runs
+def _check_report_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the report.")
+    if not out.exists():
+        check_new_folder("--out", out)
+
+
+def _planned_runs(out: Path, data: str | None, models: Sequence[str], target: Target | None) -> dict[str, Path]:
+    if data is None or target is None:
+        raise UserError("a comparison that trains needs --data and one of --minutes and --kimg (or give --runs).")
+    models = list(dict.fromkeys(models))
+    for name in models:
+        registry.get(name)  # an unknown family fails before any training
+    if not models:
+        raise UserError(f"--models is empty; choose from {', '.join(registry.names())}.")
+    return {name: out / "runs" / name for name in models}
+
+
+def _existing_runs(paths: Sequence[str]) -> dict[str, Path]:
+    """The runs by family; one run per family, each with a checkpoint."""
+    folders = {}
+    for path in paths:
+        family = runs.Run(path).read_config()["model"]
+        if family in folders:
+            raise UserError(f"--runs has two {family} runs ({folders[family]}, {path}); compare one run per family.")
+        if not runs.Run(path).steps():
+            raise UserError(f"{path} has no checkpoint yet; train it first.")
+        folders[family] = Path(path)
+    return folders
+
+
+def _train_family(family: str, folder: Path, data: str, preset: str, target: Target, sets: dict | None,
+                  device: str, fid_every: str | None, echo) -> int | None:
+    """Train (or continue) one run up to `target`; a run already there is left alone, so
+    running the comparison again adds nothing to it. Returns the signal that stopped it."""
+    if runs.Run(folder).steps():
+        info = runs.describe_run(folder)
+        if target.reached({"steps": info["step"], "kimg": info["kimg"], "minutes": info["training_minutes"]}):
+            echo(f"{folder} already reached {target.describe()}: not training it again")
+            return None
+    with PeakMemory(resolve_device(device)).apart():  # forget the previous family's peak (one process)
+        pass
+    result = train(str(folder), model=family, data=data, preset=preset, sets=sets, target=target, resume=True,
+                   device=device, fid_every=fid_every, echo=echo)
+    return result["signal"]
+
+
+# ---------------------------------------------------------------- measurements
+def _evaluate(family: str, folder: Path, fid_num: int, repeats: int, device: str) -> dict:
+    """FID, KID and P/R over `repeats` disjoint seed ranges (repeat r: seeds r*N..r*N+N-1);
+    EQ once (its own latents and transforms do not depend on the range)."""
+    repeats_out = []
+    for r in range(repeats):
+        metrics = [*FEATURE_METRICS, *(EQ_METRICS if family in EQ_FAMILIES and r == 0 else ())]
+        repeats_out.append(evaluate_run(str(folder), metrics, fid_num, seed=r * fid_num, device=device, record=False))
+    first = repeats_out[0]
+    scores = {key: _mean_sd([result[key] for result in repeats_out]) for key in SCORES}
+    scores.update({key: first[key] for key in ("kid_std", *EQ_METRICS) if key in first})
+    return {"run": str(folder), "scores": scores, "repeats": repeats_out, "training": training_facts(folder),
+            "parameters": _parameters(folder), "sampling": _sampling_speed(folder, device)}
+
+
+def _mean_sd(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else None,
+            "values": values}
+
+
+def training_facts(folder: Path) -> dict:
+    """Steps, kimg, training minutes, img/s over the whole run and peak training memory
+    (on CPU the process's peak resident size), from RUN/metrics.jsonl; a run without one
+    (an import) gives what its newest checkpoint says."""
+    metrics = runs.Run(folder).metrics
+    events = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
+    clocked = [e for e in events if "train_seconds" in e]
+    if clocked:
+        last = clocked[-1]
+        step, kimg, seconds = last["step"], last["kimg"], last["train_seconds"]
+    else:
+        info = runs.describe_run(folder)
+        step, kimg, seconds = info["step"], info["kimg"], info["training_minutes"] * 60
+    peaks = [e["peak_mem_mb"] for e in events if "peak_mem_mb" in e]
+    return {"step": step, "kimg": kimg, "minutes": seconds / 60, "img_per_s": kimg * 1000 / seconds if seconds else None,
+            "peak_mem_mb": max(peaks) if peaks else None}
+
+
+def _parameters(folder: Path) -> dict[str, int]:
+    stored = runs.Run(folder).read_config()
+    return parameter_counts(RunConfig.from_json(stored, registry.get(stored["model"])))
+
+
+def _sampling_speed(folder: Path, device: str) -> dict:
+    """Images per second of the EMA generator over the grid's seeds (one warm-up image first)."""
+    model, _ = load_generator(folder, device)
+    options = model.resolve_sample_options({})
+    for batch in sample_batches(model, range(1), 1, options):
+        batch.cpu()
+    start = time.perf_counter()
+    for batch in sample_batches(model, range(GRID_SEEDS), GRID_SEEDS, options):
+        batch.cpu()  # waits for the device
+    speed = {"img_per_s": GRID_SEEDS / (time.perf_counter() - start), "images": GRID_SEEDS}
+    return {**speed, "nfe": options["steps"]} if "steps" in options else speed
+
+
+def _write_grid(folder: Path, grid: Path, device: str) -> str:
+    with tempfile.TemporaryDirectory(dir=grid.parent) as tmp:
+        write_samples(str(folder), str(Path(tmp) / "seeds"), GRID_SEEDS, grid=str(grid), device=device)
+    return str(grid)
+
+
+def _protocol(models: dict, fid_num: int, repeats: int, device: str, target: Target | None) -> dict:
+    first = next(iter(models.values()))["repeats"][0]
+    return {"generated": fid_num, "repeats": repeats,
+            "seed_ranges": [[r * fid_num, (r + 1) * fid_num - 1] for r in range(repeats)],
+            "real": first["protocol"]["real"], "split": first["split"], "num_real": first["num_real"],
+            "inception_sha256": first["inception_sha256"], "resize": first["resize"], "weights": "ema",
+            "truncation_psi": 1.0,
+            "sample_options": {family: m["repeats"][0]["protocol"]["sample_options"] for family, m in models.items()},
+            "eq_images": first.get("eq_images", fid_num), "device": str(resolve_device(device)),
+            "budget": target.describe() if target else "as given (--runs)", "commit": _commit()}
+
+
+def _commit() -> str | None:
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return None
+    return done.stdout.strip() or None
+
+
+# ---------------------------------------------------------------- report
+def report_markdown(results: dict) -> str:
+    protocol, models = results["protocol"], results["models"]
+    facts = {"num": protocol["generated"], "split": protocol["split"], "num_real": protocol["num_real"],
+             "budget": protocol["budget"]}
+    lines = ["# Model comparison", "", "## Protocol", ""]
+    lines += [f"- {key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}"
+              for key, value in protocol.items()]
+    lines += ["", "## Paper 1, Table 1 (FID, 64x64 anime faces)", "", "| model | paper FID | our FID |", "|---|---|---|"]
+    lines += [f"| {family} | {fid:.2f} | {_score(models, family, 'fid')} |" for family, fid in PAPER_1.items()]
+    lines += ["", NOTE_1.format(**facts), "", "## Paper 2, Table 1 (FID, EQ-T dB, EQ-R dB)", "",
+              "| model | paper FID | our FID | paper EQ-T | our EQ-T | paper EQ-R | our EQ-R |", "|---|---|---|---|---|---|---|"]
+    for family, (fid, eqt, eqr) in PAPER_2.items():
+        lines.append(f"| {family} | {fid:.2f} | {_score(models, family, 'fid')} | {_number(eqt)} | "
+                     f"{_score(models, family, 'eqt')} | {_number(eqr)} | {_score(models, family, 'eqr')} |")
+    lines += ["", NOTE_2.format(**facts), "", "StyleGAN2 has no input transform, so EQ is not measured for it.",
+              "", "## All models", "", "| model | params G | params other | kimg | img/s | train min | peak MB | "
+              f"FID-{protocol['generated']} | KID x 10^3 | precision | recall | EQ-T | EQ-T frac | EQ-R | sample img/s | NFE |",
+              "|" + "---|" * 16]
+    for family, m in models.items():
+        t, p, s = m["training"], m["parameters"], m["sampling"]
+        other = sum(v for k, v in p.items() if k != "model")
+        kid = f"{_score(models, family, 'kid')} (std {m['scores']['kid_std']:.4g})"
+        lines.append(f"| {family} | {p['model']:,} | {other:,} | {t['kimg']:g} | {_number(t['img_per_s'], '.1f')} | "
+                     f"{t['minutes']:.2f} | {_number(t['peak_mem_mb'], '.0f')} | {_score(models, family, 'fid')} | {kid} | "
+                     + " | ".join(_score(models, family, k) for k in ("precision", "recall", *EQ_METRICS))
+                     + f" | {s['img_per_s']:.1f} | {s.get('nfe', '—')} |")
+    lines += ["", "## Same-seed grids (seeds 0-63)", ""]
+    lines += [f"### {family}\n\n![{family}](grids/{family}.png)\n" for family in models]
+    return "\n".join(lines) + "\n"
+
+
+def _score(models: dict, family: str, key: str) -> str:
+    """mean ± sd of a repeated score, a single score, or a dash where it was not measured."""
+    value = models.get(family, {}).get("scores", {}).get(key)
+    if value is None:
+        return "—"
+    if isinstance(value, dict):
+        return _number(value["mean"]) + (f" ± {value['sd']:.2f}" if value["sd"] is not None else "")
+    return _number(value)
+
+
+def _number(value: float | None, spec: str = ".2f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+class _Progress:
+    """One line per phase with an ETA for the whole comparison: the mean phase time so far
+    times the phases left."""
+
+    def __init__(self, phases: int, echo):
+        self.phases, self.done, self.echo, self.start = phases, -1, echo, time.perf_counter()
+
+    def line(self, text: str) -> None:
+        self.done += 1
+        elapsed = time.perf_counter() - self.start
+        left = max(self.phases - self.done, 0)
+        eta = f"ETA {_minutes(elapsed / self.done * left)}" if self.done and left else ""
+        self.echo(f"[compare {self.done}/{self.phases}, {_minutes(elapsed)}] {text}  {eta}".rstrip())
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
