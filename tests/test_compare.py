@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from animegen.cli import main
-from animegen.compare import PAPER_1, PAPER_2, run_comparison
-from animegen.training.loop import Target
+from animegen.compare import PAPER_1, PAPER_2, nfe_sweep, nfe_table, run_comparison
+from animegen.training.loop import Target, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -81,6 +81,26 @@ def test_smoke_comparison_and_rerun(tmp_path, faces16):
     assert json.loads((out / "results.json").read_text())["models"]["vae"]["training"]["step"] == 4
 
 
+@pytest.mark.slow  # 24 s: seven FID evaluations
+def test_ddpm_fid_against_nfe(tmp_path, faces16):
+    """Ancestral DDPM at all its timesteps; DDIM and DPM-Solver++ at each requested count below
+    them and at all of them; one table row per sampler."""
+    run = tmp_path / "ddpm"
+    small = {"base_channels": 16, "channel_mults": [1, 2], "attention_resolutions": [8], "num_groups": 4,
+             "time_embed_dim": 32, "timesteps": 12, "sample_steps": 2}
+    train(str(run), model="ddpm", data=str(faces16), sets={**FAST, **small}, target=Target(steps=2), device="cpu",
+          echo=lambda line: None)
+    sweep = nfe_sweep(run, 8, "cpu", steps=(2, 5, 20))
+    assert [(p["sampler"], p["nfe"]) for p in sweep] == [
+        ("ddpm", 12), ("ddim", 2), ("ddim", 5), ("ddim", 12), ("dpm-solver++", 2), ("dpm-solver++", 5),
+        ("dpm-solver++", 12)]
+    assert all(p["fid"] > 0 for p in sweep)
+    assert sweep[1]["fid"] != sweep[3]["fid"]  # the step count reaches the sampler
+    table = nfe_table(sweep)
+    assert table[0] == "| sampler | NFE 2 | NFE 5 | NFE 12 |"
+    assert table[2].startswith("| ddpm | — | — | ") and len(table) == 5
+
+
 @pytest.mark.parametrize("args, message", [
     (["--out", "{tmp}/o", "--kimg", "1"], "needs --data"),
     (["--out", "{tmp}/o", "--data", "{data}"], "needs --data and one of --minutes and --kimg"),
@@ -88,6 +108,8 @@ def test_smoke_comparison_and_rerun(tmp_path, faces16):
     (["--out", "{tmp}/o", "--data", "{data}", "--kimg", "1", "--fid-num", "1"], "--fid-num"),
     (["--out", "{tmp}/o", "--data", "{data}", "--kimg", "1", "--repeats", "0"], "--repeats"),
     (["--out", "{tmp}/o", "--runs", "{tmp}/nowhere"], "holds no run"),
+    (["--out", "{tmp}/o", "--data", "{data}", "--kimg", "1", "--nfe-steps", "10,x"], "--nfe-steps"),
+    (["--out", "{tmp}/o", "--data", "{data}", "--kimg", "1", "--nfe-steps", "0"], "--nfe-steps"),
     (["--out", "{data}/manifest.json", "--data", "{data}", "--kimg", "1"], "is a file"),
 ])
 def test_bad_input_is_one_line(tmp_path, faces16, args, message):

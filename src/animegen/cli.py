@@ -723,9 +723,12 @@ def project_command(run, images, out, space, loss, steps, video, seed, device, c
 @click.option("--fid-every", default=None, help="FID snapshots while training: steps, 'Nkimg' or 'Nmin' [default: off].")
 @click.option("--repeats", type=int, default=None, help="Disjoint seed ranges for FID [default: 3 on a GPU, 1 on CPU].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--nfe-steps", default="10,20,50,100", show_default=True,
+              help="DDPM: FID also with DDIM and DPM-Solver++ at these step counts, and ancestral at all steps; 'none': skip.")
 @click.option("--runs", "run_folders", multiple=True, type=_NonEmptyPath(), metavar="RUN",
               help="Evaluate these existing runs instead of training (repeatable).")
-def compare_command(data, out, models, preset, sets, minutes, kimg, fid_num, fid_every, repeats, device, run_folders):
+def compare_command(data, out, models, preset, sets, minutes, kimg, fid_num, fid_every, repeats, device, nfe_steps,
+                    run_folders):
     """Train several families for one budget, evaluate them under one protocol, and write the papers' tables.
 
     \b
@@ -733,7 +736,7 @@ def compare_command(data, out, models, preset, sets, minutes, kimg, fid_num, fid
       animegen compare --data data/faces32 --out cmp32 --minutes 10 --fid-num 1000
       animegen compare --out cmp --runs runs/sg2 --runs runs/sg3t --fid-num 5000 --repeats 3
     """
-    from animegen.compare import run_comparison
+    from animegen.compare import parse_nfe_steps, run_comparison
     from animegen.training.config import parse_sets
     from animegen.training.loop import Target
 
@@ -741,7 +744,8 @@ def compare_command(data, out, models, preset, sets, minutes, kimg, fid_num, fid
     result = run_comparison(data, out, [m.strip() for m in models.split(",") if m.strip()], preset=preset,
                             target=target, fid_num=fid_num, repeats=repeats, device=device,
                             runs_given=list(run_folders) or None, sets=parse_sets(list(sets)),
-                            fid_every=fid_every, echo=click.echo)
+                            fid_every=fid_every, nfe_steps=parse_nfe_steps(nfe_steps), echo=click.echo)
     if result["signal"]:
         sys.exit(128 + result["signal"])
-    click.echo(f"wrote {out}/report.md and {out}/results.json ({len(result['models'])} models)")
+    count = len(result["models"])
+    click.echo(f"wrote {out}/report.md and {out}/results.json ({count} model{'s' if count != 1 else ''})")

@@ -9,6 +9,7 @@ z wherever the latent shapes match), results.json (every number) and report.md.
 from __future__ import annotations
 
 import json
+import signal as signal_module
 import statistics
 import subprocess
 import tempfile
@@ -32,6 +33,8 @@ SCORES = ("fid", "kid", "precision", "recall")
 # EQ needs an input transform (StyleGAN3's raw_sample); StyleGAN2 has none, so it gets no EQ column.
 EQ_FAMILIES = ("stylegan3-t", "stylegan3-r")
 GRID_SEEDS = 64
+NFE_STEPS = (10, 20, 50, 100)  # DDIM / DPM-Solver++ step counts of the DDPM sweep (plus all steps)
+DETERMINISTIC_SAMPLERS = ("ddim", "dpm-solver++")  # one network evaluation per step, as ancestral DDPM
 MAX_REPEATS = 100
 
 # Table 1 of each paper: FID (and EQ in dB) as published.
@@ -47,17 +50,19 @@ NOTE_2 = ("The paper's numbers come from full training with NVlabs' metrics (FID
 def run_comparison(data: str | None, out: str, models: Sequence[str] = tuple(registry.names()),
                    preset: str = "tiny", target: Target | None = None, fid_num: int = 1000, repeats: int | None = None,
                    device: str = "auto", runs_given: Sequence[str] | None = None, sets: dict | None = None,
-                   fid_every: str | None = None, echo=print) -> dict:
+                   fid_every: str | None = None, nfe_steps: Sequence[int] = NFE_STEPS, echo=print) -> dict:
     """Train each of `models` on `data` into OUT/runs/<family> up to `target` (or take the
     existing runs `runs_given`), evaluate each, and write OUT/results.json, OUT/report.md
     and OUT/grids/. Returns the results; with "signal" set when a signal stopped training
     (the comparison continues from there when run again). `repeats` defaults to 3 on a GPU,
-    1 on the CPU."""
+    1 on the CPU. A DDPM is also measured at each of `nfe_steps` (empty: not)."""
     out = Path(out)
     check_int("--fid-num", fid_num, 2, 10**6)
     if repeats is None:
         repeats = 3 if resolve_device(device).type == "cuda" else 1
     check_int("--repeats", repeats, 1, MAX_REPEATS)
+    for steps in nfe_steps:
+        check_int("--nfe-steps", steps, 1, 100_000)
     _check_report_folder(out)
     folders = _existing_runs(runs_given) if runs_given else _planned_runs(out, data, models, target)
     progress = _Progress(len(folders) * (1 if runs_given else 2) + 1, echo)
@@ -66,12 +71,15 @@ def run_comparison(data: str | None, out: str, models: Sequence[str] = tuple(reg
             progress.line(f"training {family} ({k} of {len(folders)}) to {target.describe()}")
             signal = _train_family(family, folder, data, preset, target, sets, device, fid_every, echo)
             if signal:
-                echo(f"stopped by signal {signal}: run the same command again to continue the comparison.")
+                echo(f"stopped by {signal_module.Signals(signal).name}: run the same command again to continue the comparison.")
                 return {"signal": signal}
     models_out = {}
     for k, (family, folder) in enumerate(folders.items(), 1):
         progress.line(f"evaluating {family} ({k} of {len(folders)}): FID-{fid_num} x {repeats}")
         models_out[family] = _evaluate(family, folder, fid_num, repeats, device)
+        if family == "ddpm" and nfe_steps:
+            progress.echo(f"  ddpm: FID-{fid_num} against NFE")
+            models_out[family]["nfe_sweep"] = nfe_sweep(folder, fid_num, device, nfe_steps)
     progress.line("writing grids and the report")
     grids = out / "grids"
     grids.mkdir(parents=True, exist_ok=True)
@@ -147,6 +155,29 @@ def _evaluate(family: str, folder: Path, fid_num: int, repeats: int, device: str
     scores.update({key: first[key] for key in ("kid_std", *EQ_METRICS) if key in first})
     return {"run": str(folder), "scores": scores, "repeats": repeats_out, "training": training_facts(folder),
             "parameters": _parameters(folder), "sampling": _sampling_speed(folder, device)}
+
+
+def parse_nfe_steps(text: str) -> tuple[int, ...]:
+    """--nfe-steps: comma-separated step counts, or "none"."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise UserError(f"--nfe-steps {text!r} is not a comma-separated list of step counts (such as 10,20,50) "
+                        "or 'none'.") from None
+
+
+def nfe_sweep(folder: Path, fid_num: int, device: str, steps: Sequence[int] = NFE_STEPS) -> list[dict]:
+    """A DDPM's FID-N (seeds 0..N-1) against the number of network evaluations: ancestral
+    DDPM at all its timesteps; DDIM (eta 0) and DPM-Solver++ at each of `steps` below that
+    and at all of them."""
+    timesteps = runs.Run(folder).read_config()["model_config"]["timesteps"]
+    counts = sorted({n for n in steps if n < timesteps} | {timesteps})
+    points = [("ddpm", timesteps), *((sampler, n) for sampler in DETERMINISTIC_SAMPLERS for n in counts)]
+    return [{"sampler": sampler, "nfe": n,
+             "fid": evaluate_run(str(folder), ["fid"], fid_num, options={"sampler": sampler, "steps": n},
+                                 device=device, record=False)["fid"]} for sampler, n in points]
 
 
 def _mean_sd(values: list[float]) -> dict:
@@ -246,9 +277,20 @@ def report_markdown(results: dict) -> str:
                      f"{t['minutes']:.2f} | {_number(t['peak_mem_mb'], '.0f')} | {_score(models, family, 'fid')} | {kid} | "
                      + " | ".join(_score(models, family, k) for k in ("precision", "recall", *EQ_METRICS))
                      + f" | {s['img_per_s']:.1f} | {s.get('nfe', '—')} |")
+    if "nfe_sweep" in models.get("ddpm", {}):
+        lines += ["", f"## DDPM: FID-{protocol['generated']} against NFE", "", *nfe_table(models["ddpm"]["nfe_sweep"])]
     lines += ["", "## Same-seed grids (seeds 0-63)", ""]
     lines += [f"### {family}\n\n![{family}](grids/{family}.png)\n" for family in models]
     return "\n".join(lines) + "\n"
+
+
+def nfe_table(sweep: list[dict]) -> list[str]:
+    """Markdown rows: a sampler per row, an NFE per column."""
+    counts = sorted({point["nfe"] for point in sweep})
+    fids = {(point["sampler"], point["nfe"]): point["fid"] for point in sweep}
+    samplers = list(dict.fromkeys(point["sampler"] for point in sweep))
+    return ["| sampler | " + " | ".join(f"NFE {n}" for n in counts) + " |", "|---|" + "---|" * len(counts),
+            *(f"| {s} | " + " | ".join(_number(fids.get((s, n))) for n in counts) + " |" for s in samplers)]
 
 
 def _score(models: dict, family: str, key: str) -> str:
