@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "animegen"
-APPLICATION = ("animegen.cli", "animegen.demo", "animegen.__main__", "animegen.web")
+APPLICATION = ("animegen.cli", "animegen.demo", "animegen.__main__", "animegen.web", "animegen.compare")
 
 
 def _module_name(path: Path) -> str:
