@@ -716,7 +716,8 @@ def project_command(run, images, out, space, loss, steps, video, seed, device, c
 @click.option("--models", default="vae,dcgan,ddpm,stylegan2,stylegan3-t,stylegan3-r", show_default=True,
               help="Comma-separated families to train.")
 @click.option("--preset", type=click.Choice(["tiny", "paper64"]), default="tiny", show_default=True)
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one setting of every family (repeatable).")
+@click.option("--set", "sets", multiple=True, metavar="[FAMILY.]KEY=VALUE",
+              help="Override a setting of every family, or with FAMILY. of that one (repeatable).")
 @click.option("--minutes", type=float, default=None, help="Training minutes per family.")
 @click.option("--kimg", type=float, default=None, help="Thousands of training images per family.")
 @click.option("--fid-num", type=int, default=1000, show_default=True, help="Generated images per FID repeat.")
@@ -725,10 +726,11 @@ def project_command(run, images, out, space, loss, steps, video, seed, device, c
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--nfe-steps", default="10,20,50,100", show_default=True,
               help="DDPM: FID also with DDIM and DPM-Solver++ at these step counts, and ancestral at all steps; 'none': skip.")
+@click.option("--nfe-num", type=int, default=None, help="Generated images per point of the DDPM sweep [default: --fid-num].")
 @click.option("--runs", "run_folders", multiple=True, type=_NonEmptyPath(), metavar="RUN",
               help="Evaluate these existing runs instead of training (repeatable).")
 def compare_command(data, out, models, preset, sets, minutes, kimg, fid_num, fid_every, repeats, device, nfe_steps,
-                    run_folders):
+                    nfe_num, run_folders):
     """Train several families for one budget, evaluate them under one protocol, and write the papers' tables.
 
     \b
@@ -744,7 +746,8 @@ def compare_command(data, out, models, preset, sets, minutes, kimg, fid_num, fid
     result = run_comparison(data, out, [m.strip() for m in models.split(",") if m.strip()], preset=preset,
                             target=target, fid_num=fid_num, repeats=repeats, device=device,
                             runs_given=list(run_folders) or None, sets=parse_sets(list(sets)),
-                            fid_every=fid_every, nfe_steps=parse_nfe_steps(nfe_steps), echo=click.echo)
+                            fid_every=fid_every, nfe_steps=parse_nfe_steps(nfe_steps), nfe_num=nfe_num,
+                            echo=click.echo)
     if result["signal"]:
         sys.exit(128 + result["signal"])
     count = len(result["models"])

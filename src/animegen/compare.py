@@ -50,26 +50,32 @@ NOTE_2 = ("The paper's numbers come from full training with NVlabs' metrics (FID
 def run_comparison(data: str | None, out: str, models: Sequence[str] = tuple(registry.names()),
                    preset: str = "tiny", target: Target | None = None, fid_num: int = 1000, repeats: int | None = None,
                    device: str = "auto", runs_given: Sequence[str] | None = None, sets: dict | None = None,
-                   fid_every: str | None = None, nfe_steps: Sequence[int] = NFE_STEPS, echo=print) -> dict:
+                   fid_every: str | None = None, nfe_steps: Sequence[int] = NFE_STEPS, nfe_num: int | None = None,
+                   echo=print) -> dict:
     """Train each of `models` on `data` into OUT/runs/<family> up to `target` (or take the
     existing runs `runs_given`), evaluate each, and write OUT/results.json, OUT/report.md
     and OUT/grids/. Returns the results; with "signal" set when a signal stopped training
     (the comparison continues from there when run again). `repeats` defaults to 3 on a GPU,
-    1 on the CPU. A DDPM is also measured at each of `nfe_steps` (empty: not)."""
+    1 on the CPU. A DDPM is also measured at each of `nfe_steps` (empty: not), with FID-`nfe_num`
+    (default `fid_num`). A `sets` key FAMILY.KEY applies to that family only."""
     out = Path(out)
     check_int("--fid-num", fid_num, 2, 10**6)
     if repeats is None:
         repeats = 3 if resolve_device(device).type == "cuda" else 1
     check_int("--repeats", repeats, 1, MAX_REPEATS)
+    nfe_num = fid_num if nfe_num is None else nfe_num
+    check_int("--nfe-num", nfe_num, 2, 10**6)
     for steps in nfe_steps:
         check_int("--nfe-steps", steps, 1, 100_000)
     _check_report_folder(out)
     folders = _existing_runs(runs_given) if runs_given else _planned_runs(out, data, models, target)
+    family_sets(sets or {}, None)  # an unknown family in FAMILY.KEY fails before any training
     progress = _Progress(len(folders) * (1 if runs_given else 2) + 1, echo)
     if not runs_given:
         for k, (family, folder) in enumerate(folders.items(), 1):
             progress.line(f"training {family} ({k} of {len(folders)}) to {target.describe()}")
-            signal = _train_family(family, folder, data, preset, target, sets, device, fid_every, echo)
+            signal = _train_family(family, folder, data, preset, target, family_sets(sets or {}, family), device,
+                                   fid_every, echo)
             if signal:
                 echo(f"stopped by {signal_module.Signals(signal).name}: run the same command again to continue the comparison.")
                 return {"signal": signal}
@@ -78,8 +84,8 @@ def run_comparison(data: str | None, out: str, models: Sequence[str] = tuple(reg
         progress.line(f"evaluating {family} ({k} of {len(folders)}): FID-{fid_num} x {repeats}")
         models_out[family] = _evaluate(family, folder, fid_num, repeats, device)
         if family == "ddpm" and nfe_steps:
-            progress.echo(f"  ddpm: FID-{fid_num} against NFE")
-            models_out[family]["nfe_sweep"] = nfe_sweep(folder, fid_num, device, nfe_steps)
+            progress.echo(f"  ddpm: FID-{nfe_num} against NFE")
+            models_out[family]["nfe_sweep"] = nfe_sweep(folder, nfe_num, device, nfe_steps)
     progress.line("writing grids and the report")
     grids = out / "grids"
     grids.mkdir(parents=True, exist_ok=True)
@@ -111,6 +117,18 @@ def _planned_runs(out: Path, data: str | None, models: Sequence[str], target: Ta
     if not models:
         raise UserError(f"--models is empty; choose from {', '.join(registry.names())}.")
     return {name: out / "runs" / name for name in models}
+
+
+def family_sets(sets: dict, family: str | None) -> dict:
+    """The settings for `family`: plain keys apply to every family, FAMILY.KEY to that one."""
+    out = {}
+    for key, value in sets.items():
+        owner, dot, name = key.rpartition(".")
+        if dot and owner not in registry.names():
+            raise UserError(f"--set {key}: {owner!r} is not a family; choose from {', '.join(registry.names())}.")
+        if not dot or owner == family:
+            out[name] = value
+    return out
 
 
 def _existing_runs(paths: Sequence[str]) -> dict[str, Path]:
