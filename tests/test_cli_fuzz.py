@@ -470,7 +470,7 @@ def test_every_setting_of_every_family_refuses_its_bad_values(family, fixtures):
     ("lr=-1", "setting lr=-1 is out of range: it must be in [0, 10]."),
     ("lr=NaN", "setting lr=nan is out of range: it must be a finite number"),
     ("ema_rampup=fast", "setting ema_rampup='fast' should be a number or null."),
-    ("fid_num=1", "setting fid_num=1 is out of range: it must be in [2, 1e+06]."),
+    ("fid_num=3", "setting fid_num=3 is out of range: it must be in [4, 1e+06]."),
     ("ckpt_every=-5", "setting ckpt_every=-5 is not accepted"),
     ("betas=[0.9, 1]", "setting betas=[0.9, 1] is out of range: it must be in [0, 1)."),
     ("channels=0", "setting channels=0 is out of range"),

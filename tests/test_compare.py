@@ -1,26 +1,35 @@
-"""`animegen compare`: a smoke comparison of three families on procedural 16 px faces
-(two training steps each, FID-8), its report, and that running it again continues the
-runs instead of training them again."""
+"""`animegen compare`: a smoke comparison of all six families on procedural 16 px faces
+(two training steps each, FID-4), its report (markdown, HTML, plots, results.json), and
+that running it again continues the runs instead of training them again."""
 
 import json
 import re
+from html.parser import HTMLParser
 
 import pytest
+import torch
 from click.testing import CliRunner
+from PIL import Image
 
 from animegen.cli import main
-from animegen.compare import PAPER_1, PAPER_2, nfe_sweep, nfe_table, run_comparison
-from animegen.training.loop import Target, train
+from animegen.compare import PAPER_1, PAPER_2, run_comparison
+from animegen.generate import load_generator
+from animegen.models.base import Noise
+from animegen.models import registry
+from animegen.training.loop import Target
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-FAMILIES = ("vae", "dcgan", "stylegan3-t")
+FAMILIES = tuple(registry.names())
 FAST = {"batch": 8, "log_every": "1", "grid_seeds": 4}
+SMALL_DDPM = {"base_channels": 16, "channel_mults": [1, 2], "attention_resolutions": [8], "num_groups": 4,
+              "time_embed_dim": 32, "timesteps": 12, "sample_steps": 2}
 
 
-def _compare(data, out, lines, families=FAMILIES, kimg=0.016):
-    return run_comparison(str(data), str(out), families, target=Target(kimg=kimg), fid_num=8, repeats=1,
-                          device="cpu", sets=FAST, echo=lines.append)
+def _compare(data, out, lines, families=FAMILIES, kimg=0.016, **options):
+    sets = {**FAST, **{f"ddpm.{key}": value for key, value in SMALL_DDPM.items()}}
+    return run_comparison(str(data), str(out), families, target=Target(kimg=kimg), fid_num=4, repeats=1,
+                          device="cpu", sets=sets, nfe_steps=(1,), echo=lines.append, **options)
 
 
 def _table_rows(report: str, header: str) -> dict[str, list[str]]:
@@ -30,9 +39,44 @@ def _table_rows(report: str, header: str) -> dict[str, list[str]]:
     return {row[0]: row for row in rows[1:]}
 
 
+class _Page(HTMLParser):
+    """The tables (body rows), image sources, links and CSP of an HTML page."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables, self.images, self.links, self.policy, self.headings, self.row = [], [], [], "", [], None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.row = []
+        elif tag == "img":
+            self.images.append(attrs["src"])
+        elif tag in ("a", "link", "script", "iframe"):
+            self.links.append(tag)
+        elif tag == "meta" and attrs.get("http-equiv") == "Content-Security-Policy":
+            self.policy = attrs["content"]
+
+    def handle_endtag(self, tag):
+        if tag == "tr":
+            if self.row:
+                self.tables[-1].append(self.row)
+            self.row = None
+
+    def handle_data(self, data):
+        if self.row is not None and self.lasttag == "td":
+            self.row.append(data)
+
+    def titles_with_tables(self, report):
+        return [line[3:] for line in report.splitlines() if line.startswith("## ")
+                and report.split(line, 1)[1].split("\n## ", 1)[0].strip().startswith("| ")]
+
+
 def test_smoke_comparison_and_rerun(tmp_path, faces16):
     out, lines = tmp_path / "cmp", []
-    results = _compare(faces16, out, lines)
+    results = _compare(faces16, out, lines, fid_every="2")
     assert results["signal"] is None
     on_disk = json.loads((out / "results.json").read_text())
     assert list(on_disk["models"]) == list(FAMILIES)
@@ -47,8 +91,8 @@ def test_smoke_comparison_and_rerun(tmp_path, faces16):
     sg3 = on_disk["models"]["stylegan3-t"]["scores"]
     assert paper2["stylegan3-t"][1:] == ["4.62", f"{sg3['fid']['mean']:.2f}", "63.01", f"{sg3['eqt']:.2f}",
                                           "13.12", f"{sg3['eqr']:.2f}"]
-    assert paper1["ddpm"][2] == "—" and paper2["stylegan2"][2] == "—"  # not in this comparison
-    assert "FID-8 against the test split (8 images) after 0.016 kimg" in report
+    assert paper2["stylegan2"][4] == "—" and "eqt" in on_disk["models"]["stylegan3-r"]["scores"]
+    assert "FID-4 against the test split (8 images) after 0.016 kimg" in report
 
     # The full table: a row per model, with training facts, parameters and speed.
     full = _table_rows(report, "## All models")
@@ -61,44 +105,50 @@ def test_smoke_comparison_and_rerun(tmp_path, faces16):
         assert (out / "grids" / f"{family}.png").is_file()
         assert f"grids/{family}.png" in report
     assert "eqt" not in on_disk["models"]["vae"]["scores"]  # EQ only where an input transform exists
+
+    # DDPM against NFE: ancestral at all 12 timesteps, DDIM and DPM-Solver++ at 1 and at 12.
+    sweep = on_disk["models"]["ddpm"]["nfe_sweep"]
+    assert [(p["sampler"], p["nfe"]) for p in sweep] == [
+        ("ddpm", 12), ("ddim", 1), ("ddim", 12), ("dpm-solver++", 1), ("dpm-solver++", 12)]
+    assert sweep[1]["fid"] != sweep[2]["fid"]  # the step count reaches the sampler
+    nfe = _table_rows(report, "## DDPM: FID-4 against NFE")
+    assert nfe["ddpm"][1:] == ["—", f"{sweep[0]['fid']:.2f}"] and nfe["ddim"][1] == f"{sweep[1]['fid']:.2f}"
+
+    # FID curves from the snapshots training wrote (FID-4: a fifth of --fid-num, at least 4).
+    for family in FAMILIES:
+        curve = on_disk["models"][family]["curve"]
+        assert [(p["kimg"], p["num"]) for p in curve] == [(0.016, 4)] and curve[0]["fid"] > 0
+    for figure in ("fid_curves.png", "ddpm_nfe.png"):
+        with Image.open(out / figure) as image:
+            assert image.format == "PNG" and image.width > 400
+    assert "z 3x16x16: ddpm" in report and "z 64: vae, dcgan, stylegan2, stylegan3-t, stylegan3-r" in report
+    drawn = [load_generator(out / "runs" / f)[0].draw(Noise(range(4)))["z"] for f in ("vae", "dcgan", "stylegan3-r")]
+    assert torch.equal(drawn[0], drawn[1]) and torch.equal(drawn[0], drawn[2])  # the grids share z seed by seed
+
+    # index.html: self-contained, with the same tables as report.md.
+    page = _Page()
+    page.feed((out / "index.html").read_text())
+    assert page.tables == [list(_table_rows(report, header).values()) for header in page.titles_with_tables(report)]
+    assert len(page.images) == len(FAMILIES) + 2 and all(src.startswith("data:image/png;base64,") for src in page.images)
+    assert page.links == [] and "default-src 'none'" in page.policy
     protocol = on_disk["protocol"]
-    assert protocol["generated"] == 8 and protocol["num_real"] == 8 and protocol["split"] == "test"
+    assert protocol["generated"] == 4 and protocol["num_real"] == 8 and protocol["split"] == "test"
     assert protocol["weights"] == "ema" and protocol["truncation_psi"] == 1.0 and protocol["device"] == "cpu"
     assert len(protocol["inception_sha256"]) == 12
-    assert re.search(r"\[compare 2/7, .*\] training stylegan3-t \(3 of 3\).*ETA", "\n".join(lines))
+    assert re.search(r"\[compare 5/13, .*\] training stylegan3-r \(6 of 6\).*ETA", "\n".join(lines))
 
-    # Running it again trains nothing: every run already reached the budget.
-    logs = {f: (out / "runs" / f / "metrics.jsonl").read_bytes() for f in FAMILIES}
+    # Running it again trains nothing: the runs already reached the budget.
+    logs = {f: (out / "runs" / f / "metrics.jsonl").read_bytes() for f in ("vae", "dcgan")}
     again = []
-    _compare(faces16, out, again)
-    assert sum("already reached 0.016 kimg" in line for line in again) == len(FAMILIES)
-    assert {f: (out / "runs" / f / "metrics.jsonl").read_bytes() for f in FAMILIES} == logs
+    _compare(faces16, out, again, families=("vae", "dcgan"))
+    assert sum("already reached 0.016 kimg" in line for line in again) == 2
+    assert {f: (out / "runs" / f / "metrics.jsonl").read_bytes() for f in ("vae", "dcgan")} == logs
 
     # A larger budget continues the runs from their checkpoints (as after a kill).
     more = []
     _compare(faces16, out, more, families=("vae",), kimg=0.032)
     assert any("from step 2 to 0.032 kimg" in line for line in more)
     assert json.loads((out / "results.json").read_text())["models"]["vae"]["training"]["step"] == 4
-
-
-@pytest.mark.slow  # 24 s: seven FID evaluations
-def test_ddpm_fid_against_nfe(tmp_path, faces16):
-    """Ancestral DDPM at all its timesteps; DDIM and DPM-Solver++ at each requested count below
-    them and at all of them; one table row per sampler."""
-    run = tmp_path / "ddpm"
-    small = {"base_channels": 16, "channel_mults": [1, 2], "attention_resolutions": [8], "num_groups": 4,
-             "time_embed_dim": 32, "timesteps": 12, "sample_steps": 2}
-    train(str(run), model="ddpm", data=str(faces16), sets={**FAST, **small}, target=Target(steps=2), device="cpu",
-          echo=lambda line: None)
-    sweep = nfe_sweep(run, 8, "cpu", steps=(2, 5, 20))
-    assert [(p["sampler"], p["nfe"]) for p in sweep] == [
-        ("ddpm", 12), ("ddim", 2), ("ddim", 5), ("ddim", 12), ("dpm-solver++", 2), ("dpm-solver++", 5),
-        ("dpm-solver++", 12)]
-    assert all(p["fid"] > 0 for p in sweep)
-    assert sweep[1]["fid"] != sweep[3]["fid"]  # the step count reaches the sampler
-    table = nfe_table(sweep)
-    assert table[0] == "| sampler | NFE 2 | NFE 5 | NFE 12 |"
-    assert table[2].startswith("| ddpm | — | — | ") and len(table) == 5
 
 
 @pytest.mark.parametrize("args, message", [

@@ -721,7 +721,9 @@ def project_command(run, images, out, space, loss, steps, video, seed, device, c
 @click.option("--minutes", type=float, default=None, help="Training minutes per family.")
 @click.option("--kimg", type=float, default=None, help="Thousands of training images per family.")
 @click.option("--fid-num", type=int, default=1000, show_default=True, help="Generated images per FID repeat.")
-@click.option("--fid-every", default=None, help="FID snapshots while training: steps, 'Nkimg' or 'Nmin' [default: off].")
+@click.option("--fid-every", default=None,
+              help="FID snapshots while training, for the curves: steps, 'Nkimg' or 'Nmin' [default: a fifth of the budget].")
+@click.option("--curve-num", type=int, default=None, help="Generated images per FID snapshot [default: --fid-num / 5, at least 4].")
 @click.option("--repeats", type=int, default=None, help="Disjoint seed ranges for FID [default: 3 on a GPU, 1 on CPU].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--nfe-steps", default="10,20,50,100", show_default=True,
@@ -730,7 +732,7 @@ def project_command(run, images, out, space, loss, steps, video, seed, device, c
 @click.option("--runs", "run_folders", multiple=True, type=_NonEmptyPath(), metavar="RUN",
               help="Evaluate these existing runs instead of training (repeatable).")
 def compare_command(data, out, models, preset, sets, minutes, kimg, fid_num, fid_every, repeats, device, nfe_steps,
-                    nfe_num, run_folders):
+                    nfe_num, curve_num, run_folders):
     """Train several families for one budget, evaluate them under one protocol, and write the papers' tables.
 
     \b
@@ -747,7 +749,7 @@ def compare_command(data, out, models, preset, sets, minutes, kimg, fid_num, fid
                             target=target, fid_num=fid_num, repeats=repeats, device=device,
                             runs_given=list(run_folders) or None, sets=parse_sets(list(sets)),
                             fid_every=fid_every, nfe_steps=parse_nfe_steps(nfe_steps), nfe_num=nfe_num,
-                            echo=click.echo)
+                            curve_num=curve_num, echo=click.echo)
     if result["signal"]:
         sys.exit(128 + result["signal"])
     count = len(result["models"])

@@ -43,7 +43,7 @@ class TrainConfig:
     limits: ClassVar[dict[str, Limit]] = {
         "batch": between(1, 65536), "ema_kimg": at_least(0, 1e6), "ema_rampup": FRACTION,
         "log_every": INTERVAL, "sample_every": INTERVAL, "ckpt_every": INTERVAL, "fid_every": INTERVAL,
-        "fid_num": between(2, 10**6),  # FID needs a covariance: two images at least
+        "fid_num": between(4, 10**6),  # snapshots include precision/recall, whose k=3 neighbours need 4 images
         "keep": between(1, 10**4), "grid_seeds": between(1, 1024)}
 
 

@@ -3,7 +3,8 @@ protocol, with the two papers' tables beside ours.
 
 The report folder OUT holds runs/<family> (ordinary run folders: running the comparison
 again continues them where a kill stopped them), grids/<family>.png (seeds 0-63, the same
-z wherever the latent shapes match), results.json (every number) and report.md.
+z wherever the latent shapes match), fid_curves.png, ddpm_nfe.png (with a DDPM),
+results.json (every number), report.md and index.html (the same report in one file).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from animegen.devices import resolve_device
 from animegen.errors import UserError
 from animegen.generate import evaluate_run, load_generator, sample_batches, write_samples
 from animegen.io import atomic_write_bytes, atomic_write_json
+from animegen.compare import plots
+from animegen.compare.report import PAPER_1, PAPER_2, html_page, markdown, sections
 from animegen.metrics.equivariance import EQ_METRICS
 from animegen.models import registry
 from animegen.training.config import RunConfig
@@ -37,34 +40,28 @@ NFE_STEPS = (10, 20, 50, 100)  # DDIM / DPM-Solver++ step counts of the DDPM swe
 DETERMINISTIC_SAMPLERS = ("ddim", "dpm-solver++")  # one network evaluation per step, as ancestral DDPM
 MAX_REPEATS = 100
 
-# Table 1 of each paper: FID (and EQ in dB) as published.
-PAPER_1 = {"vae": 198.35, "dcgan": 222.64, "stylegan2": 4.17, "ddpm": 19.07}
-PAPER_2 = {"stylegan2": (5.14, None, None), "stylegan3-t": (4.62, 63.01, 13.12), "stylegan3-r": (4.50, 66.65, 40.48)}
-NOTE_1 = ("The paper states neither its FID sample count nor its reference set, and trained each model to "
-          "convergence at 64 px; ours is FID-{num} against the {split} split ({num_real} images) after {budget}.")
-NOTE_2 = ("The paper's numbers come from full training with NVlabs' metrics (FID against the training set, EQ "
-          "over many latents); ours is FID-{num} against the {split} split ({num_real} images) and EQ over "
-          "{num} latents after {budget}.")
-
-
 def run_comparison(data: str | None, out: str, models: Sequence[str] = tuple(registry.names()),
                    preset: str = "tiny", target: Target | None = None, fid_num: int = 1000, repeats: int | None = None,
                    device: str = "auto", runs_given: Sequence[str] | None = None, sets: dict | None = None,
                    fid_every: str | None = None, nfe_steps: Sequence[int] = NFE_STEPS, nfe_num: int | None = None,
-                   echo=print) -> dict:
+                   curve_num: int | None = None, echo=print) -> dict:
     """Train each of `models` on `data` into OUT/runs/<family> up to `target` (or take the
     existing runs `runs_given`), evaluate each, and write OUT/results.json, OUT/report.md
     and OUT/grids/. Returns the results; with "signal" set when a signal stopped training
     (the comparison continues from there when run again). `repeats` defaults to 3 on a GPU,
     1 on the CPU. A DDPM is also measured at each of `nfe_steps` (empty: not), with FID-`nfe_num`
-    (default `fid_num`). A `sets` key FAMILY.KEY applies to that family only."""
+    (default `fid_num`). Training records FID-`curve_num` snapshots (default a fifth of
+    `fid_num`, at least 4) every `fid_every` (default a fifth of the budget) for the training curves.
+    A `sets` key FAMILY.KEY applies to that family only."""
     out = Path(out)
-    check_int("--fid-num", fid_num, 2, 10**6)
+    check_int("--fid-num", fid_num, 4, 10**6)  # precision/recall's k=3 neighbours need 4 images
     if repeats is None:
         repeats = 3 if resolve_device(device).type == "cuda" else 1
     check_int("--repeats", repeats, 1, MAX_REPEATS)
     nfe_num = fid_num if nfe_num is None else nfe_num
     check_int("--nfe-num", nfe_num, 2, 10**6)
+    curve_num = max(4, fid_num // 5) if curve_num is None else curve_num
+    check_int("--curve-num", curve_num, 4, 10**6)
     for steps in nfe_steps:
         check_int("--nfe-steps", steps, 1, 100_000)
     _check_report_folder(out)
@@ -74,8 +71,9 @@ def run_comparison(data: str | None, out: str, models: Sequence[str] = tuple(reg
     if not runs_given:
         for k, (family, folder) in enumerate(folders.items(), 1):
             progress.line(f"training {family} ({k} of {len(folders)}) to {target.describe()}")
+            snapshots = {"fid_every": fid_every or _fifth_of(target), "fid_num": curve_num}
             signal = _train_family(family, folder, data, preset, target, family_sets(sets or {}, family), device,
-                                   fid_every, echo)
+                                   snapshots, echo)
             if signal:
                 echo(f"stopped by {signal_module.Signals(signal).name}: run the same command again to continue the comparison.")
                 return {"signal": signal}
@@ -86,17 +84,21 @@ def run_comparison(data: str | None, out: str, models: Sequence[str] = tuple(reg
         if family == "ddpm" and nfe_steps:
             progress.echo(f"  ddpm: FID-{nfe_num} against NFE")
             models_out[family]["nfe_sweep"] = nfe_sweep(folder, nfe_num, device, nfe_steps)
-    progress.line("writing grids and the report")
-    grids = out / "grids"
-    grids.mkdir(parents=True, exist_ok=True)
+    progress.line("writing grids, plots and the report")
+    (out / "grids").mkdir(parents=True, exist_ok=True)
     for family, folder in folders.items():
-        models_out[family]["grid"] = _write_grid(folder, grids / f"{family}.png", device)
+        models_out[family]["grid"] = _write_grid(folder, out, f"grids/{family}.png", device)
+    plots.fid_curves({family: m["curve"] for family, m in models_out.items()}, out / "fid_curves.png")
+    if "nfe_sweep" in models_out.get("ddpm", {}):
+        plots.nfe_plot(models_out["ddpm"]["nfe_sweep"], out / "ddpm_nfe.png")
     results = {"protocol": _protocol(models_out, fid_num, repeats, device, target), "models": models_out,
                "papers": {"paper1_table1": PAPER_1, "paper2_table1": {k: dict(zip(("fid", "eqt", "eqr"), v))
                                                                       for k, v in PAPER_2.items()}}}
     atomic_write_json(out / "results.json", results)
-    atomic_write_bytes(out / "report.md", report_markdown(results).encode())
-    progress.line(f"done: {out / 'report.md'}")
+    parts = sections(results)
+    atomic_write_bytes(out / "report.md", markdown(parts).encode())
+    atomic_write_bytes(out / "index.html", html_page(parts, out).encode())
+    progress.line(f"done: {out / 'index.html'} and {out / 'report.md'}")
     return {**results, "signal": None}
 
 
@@ -117,6 +119,13 @@ def _planned_runs(out: Path, data: str | None, models: Sequence[str], target: Ta
     if not models:
         raise UserError(f"--models is empty; choose from {', '.join(registry.names())}.")
     return {name: out / "runs" / name for name in models}
+
+
+def _fifth_of(target: Target) -> str:
+    """An FID snapshot interval giving five points over the budget."""
+    if target.unit == "steps":
+        return str(max(1, int(target.value) // 5))
+    return f"{target.value / 5:g}{'kimg' if target.unit == 'kimg' else 'min'}"
 
 
 def family_sets(sets: dict, family: str | None) -> dict:
@@ -145,7 +154,7 @@ def _existing_runs(paths: Sequence[str]) -> dict[str, Path]:
 
 
 def _train_family(family: str, folder: Path, data: str, preset: str, target: Target, sets: dict | None,
-                  device: str, fid_every: str | None, echo) -> int | None:
+                  device: str, snapshots: dict, echo) -> int | None:
     """Train (or continue) one run up to `target`; a run already there is left alone, so
     running the comparison again adds nothing to it. Returns the signal that stopped it."""
     if runs.Run(folder).steps():
@@ -156,7 +165,7 @@ def _train_family(family: str, folder: Path, data: str, preset: str, target: Tar
     with PeakMemory(resolve_device(device)).apart():  # forget the previous family's peak (one process)
         pass
     result = train(str(folder), model=family, data=data, preset=preset, sets=sets, target=target, resume=True,
-                   device=device, fid_every=fid_every, echo=echo)
+                   device=device, echo=echo, **snapshots)
     return result["signal"]
 
 
@@ -171,8 +180,9 @@ def _evaluate(family: str, folder: Path, fid_num: int, repeats: int, device: str
     first = repeats_out[0]
     scores = {key: _mean_sd([result[key] for result in repeats_out]) for key in SCORES}
     scores.update({key: first[key] for key in ("kid_std", *EQ_METRICS) if key in first})
-    return {"run": str(folder), "scores": scores, "repeats": repeats_out, "training": training_facts(folder),
-            "parameters": _parameters(folder), "sampling": _sampling_speed(folder, device)}
+    events = _events(folder)
+    return {"run": str(folder), "scores": scores, "repeats": repeats_out, "training": training_facts(events, folder),
+            "curve": fid_curve(events), "parameters": _parameters(folder), **_sampling_speed(folder, device)}
 
 
 def parse_nfe_steps(text: str) -> tuple[int, ...]:
@@ -193,7 +203,7 @@ def nfe_sweep(folder: Path, fid_num: int, device: str, steps: Sequence[int] = NF
     timesteps = runs.Run(folder).read_config()["model_config"]["timesteps"]
     counts = sorted({n for n in steps if n < timesteps} | {timesteps})
     points = [("ddpm", timesteps), *((sampler, n) for sampler in DETERMINISTIC_SAMPLERS for n in counts)]
-    return [{"sampler": sampler, "nfe": n,
+    return [{"sampler": sampler, "nfe": n, "num": fid_num,
              "fid": evaluate_run(str(folder), ["fid"], fid_num, options={"sampler": sampler, "steps": n},
                                  device=device, record=False)["fid"]} for sampler, n in points]
 
@@ -203,12 +213,21 @@ def _mean_sd(values: list[float]) -> dict:
             "values": values}
 
 
-def training_facts(folder: Path) -> dict:
-    """Steps, kimg, training minutes, img/s over the whole run and peak training memory
-    (on CPU the process's peak resident size), from RUN/metrics.jsonl; a run without one
-    (an import) gives what its newest checkpoint says."""
+def _events(folder: Path) -> list[dict]:
     metrics = runs.Run(folder).metrics
-    events = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
+    return [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
+
+
+def fid_curve(events: list[dict]) -> list[dict]:
+    """The run's FID snapshots: kimg, training minutes, FID and its image count."""
+    return [{"kimg": e["kimg"], "minutes": e["train_seconds"] / 60, "fid": e["fid"], "num": e["num"]}
+            for e in events if e.get("event") == "fid"]
+
+
+def training_facts(events: list[dict], folder: Path) -> dict:
+    """Steps, kimg, training minutes, img/s over the whole run and peak training memory
+    (on CPU the process's peak resident size), from the run's events; a run without any
+    (an import) gives what its newest checkpoint says."""
     clocked = [e for e in events if "train_seconds" in e]
     if clocked:
         last = clocked[-1]
@@ -227,7 +246,8 @@ def _parameters(folder: Path) -> dict[str, int]:
 
 
 def _sampling_speed(folder: Path, device: str) -> dict:
-    """Images per second of the EMA generator over the grid's seeds (one warm-up image first)."""
+    """Images per second of the EMA generator over the grid's seeds (one warm-up image
+    first), and its latent shape."""
     model, _ = load_generator(folder, device)
     options = model.resolve_sample_options({})
     for batch in sample_batches(model, range(1), 1, options):
@@ -236,13 +256,15 @@ def _sampling_speed(folder: Path, device: str) -> dict:
     for batch in sample_batches(model, range(GRID_SEEDS), GRID_SEEDS, options):
         batch.cpu()  # waits for the device
     speed = {"img_per_s": GRID_SEEDS / (time.perf_counter() - start), "images": GRID_SEEDS}
-    return {**speed, "nfe": options["steps"]} if "steps" in options else speed
+    return {"sampling": {**speed, "nfe": options["steps"]} if "steps" in options else speed,
+            "z_shape": list(model.z_shape)}
 
 
-def _write_grid(folder: Path, grid: Path, device: str) -> str:
-    with tempfile.TemporaryDirectory(dir=grid.parent) as tmp:
-        write_samples(str(folder), str(Path(tmp) / "seeds"), GRID_SEEDS, grid=str(grid), device=device)
-    return str(grid)
+def _write_grid(folder: Path, out: Path, grid: str, device: str) -> str:
+    """Seeds 0-63 as OUT/`grid`; returns `grid` (relative, as the report links it)."""
+    with tempfile.TemporaryDirectory(dir=out / "grids") as tmp:
+        write_samples(str(folder), str(Path(tmp) / "seeds"), GRID_SEEDS, grid=str(out / grid), device=device)
+    return grid
 
 
 def _protocol(models: dict, fid_num: int, repeats: int, device: str, target: Target | None) -> dict:
@@ -266,63 +288,6 @@ def _commit() -> str | None:
     if done.returncode != 0:
         return None
     return done.stdout.strip() or None
-
-
-# ---------------------------------------------------------------- report
-def report_markdown(results: dict) -> str:
-    protocol, models = results["protocol"], results["models"]
-    facts = {"num": protocol["generated"], "split": protocol["split"], "num_real": protocol["num_real"],
-             "budget": protocol["budget"]}
-    lines = ["# Model comparison", "", "## Protocol", ""]
-    lines += [f"- {key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}"
-              for key, value in protocol.items()]
-    lines += ["", "## Paper 1, Table 1 (FID, 64x64 anime faces)", "", "| model | paper FID | our FID |", "|---|---|---|"]
-    lines += [f"| {family} | {fid:.2f} | {_score(models, family, 'fid')} |" for family, fid in PAPER_1.items()]
-    lines += ["", NOTE_1.format(**facts), "", "## Paper 2, Table 1 (FID, EQ-T dB, EQ-R dB)", "",
-              "| model | paper FID | our FID | paper EQ-T | our EQ-T | paper EQ-R | our EQ-R |", "|---|---|---|---|---|---|---|"]
-    for family, (fid, eqt, eqr) in PAPER_2.items():
-        lines.append(f"| {family} | {fid:.2f} | {_score(models, family, 'fid')} | {_number(eqt)} | "
-                     f"{_score(models, family, 'eqt')} | {_number(eqr)} | {_score(models, family, 'eqr')} |")
-    lines += ["", NOTE_2.format(**facts), "", "StyleGAN2 has no input transform, so EQ is not measured for it.",
-              "", "## All models", "", "| model | params G | params other | kimg | img/s | train min | peak MB | "
-              f"FID-{protocol['generated']} | KID x 10^3 | precision | recall | EQ-T | EQ-T frac | EQ-R | sample img/s | NFE |",
-              "|" + "---|" * 16]
-    for family, m in models.items():
-        t, p, s = m["training"], m["parameters"], m["sampling"]
-        other = sum(v for k, v in p.items() if k != "model")
-        kid = f"{_score(models, family, 'kid')} (std {m['scores']['kid_std']:.4g})"
-        lines.append(f"| {family} | {p['model']:,} | {other:,} | {t['kimg']:g} | {_number(t['img_per_s'], '.1f')} | "
-                     f"{t['minutes']:.2f} | {_number(t['peak_mem_mb'], '.0f')} | {_score(models, family, 'fid')} | {kid} | "
-                     + " | ".join(_score(models, family, k) for k in ("precision", "recall", *EQ_METRICS))
-                     + f" | {s['img_per_s']:.1f} | {s.get('nfe', '—')} |")
-    if "nfe_sweep" in models.get("ddpm", {}):
-        lines += ["", f"## DDPM: FID-{protocol['generated']} against NFE", "", *nfe_table(models["ddpm"]["nfe_sweep"])]
-    lines += ["", "## Same-seed grids (seeds 0-63)", ""]
-    lines += [f"### {family}\n\n![{family}](grids/{family}.png)\n" for family in models]
-    return "\n".join(lines) + "\n"
-
-
-def nfe_table(sweep: list[dict]) -> list[str]:
-    """Markdown rows: a sampler per row, an NFE per column."""
-    counts = sorted({point["nfe"] for point in sweep})
-    fids = {(point["sampler"], point["nfe"]): point["fid"] for point in sweep}
-    samplers = list(dict.fromkeys(point["sampler"] for point in sweep))
-    return ["| sampler | " + " | ".join(f"NFE {n}" for n in counts) + " |", "|---|" + "---|" * len(counts),
-            *(f"| {s} | " + " | ".join(_number(fids.get((s, n))) for n in counts) + " |" for s in samplers)]
-
-
-def _score(models: dict, family: str, key: str) -> str:
-    """mean ± sd of a repeated score, a single score, or a dash where it was not measured."""
-    value = models.get(family, {}).get("scores", {}).get(key)
-    if value is None:
-        return "—"
-    if isinstance(value, dict):
-        return _number(value["mean"]) + (f" ± {value['sd']:.2f}" if value["sd"] is not None else "")
-    return _number(value)
-
-
-def _number(value: float | None, spec: str = ".2f") -> str:
-    return "—" if value is None else format(value, spec)
 
 
 class _Progress:

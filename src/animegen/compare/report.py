@@ -1,0 +1,184 @@
+"""The comparison's report: one list of sections (tables, notes, figures) built from
+results.json's content, written as report.md and as a self-contained index.html (images
+inlined as data: URIs, a Content-Security-Policy that forbids every request)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from animegen.metrics.equivariance import EQ_METRICS
+
+# Table 1 of each paper: FID (and EQ in dB) as published.
+PAPER_1 = {"vae": 198.35, "dcgan": 222.64, "stylegan2": 4.17, "ddpm": 19.07}
+PAPER_2 = {"stylegan2": (5.14, None, None), "stylegan3-t": (4.62, 63.01, 13.12), "stylegan3-r": (4.50, 66.65, 40.48)}
+NOTE_1 = ("The paper states neither its FID sample count nor its reference set, and trained each model to "
+          "convergence at 64 px (30 min to 3 days on one RTX 3090); ours is FID-{num} against the {split} split "
+          "({num_real} images) after {budget}.")
+NOTE_2 = ("The paper's numbers come from full training with NVlabs' metrics (FID-50k against the training set, EQ "
+          "over 50,000 latents); ours is FID-{num} against the {split} split ({num_real} images) and EQ over "
+          "{eq_images} latents after {budget}. StyleGAN2 has no input transform, so EQ is not measured for it.")
+CAVEAT = ("A small budget and a small FID count both push FID up, so the papers' columns are a reference point, not "
+          "a target: what carries over between reports made under the same protocol is the ranking and the gaps.")
+
+
+@dataclass
+class Section:
+    title: str
+    header: list[str] = field(default_factory=list)  # a table when set
+    rows: list[list[str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    figures: list[tuple[str, str]] = field(default_factory=list)  # (caption, path relative to the report)
+    numbers_right: bool = True  # a table of numbers (not of settings)
+
+
+def sections(results: dict) -> list[Section]:
+    protocol, models = results["protocol"], results["models"]
+    facts = {"num": protocol["generated"], "split": protocol["split"], "num_real": protocol["num_real"],
+             "budget": protocol["budget"], "eq_images": protocol["eq_images"]}
+    out = [Section("Protocol", ["item", "value"], [[key, _text(value)] for key, value in protocol.items()], [CAVEAT],
+                   numbers_right=False),
+           Section("Paper 1, Table 1 (FID, 64x64 anime faces)", ["model", "paper FID", "our FID"],
+                   [[family, f"{fid:.2f}", _score(models, family, "fid")] for family, fid in PAPER_1.items()],
+                   [NOTE_1.format(**facts)]),
+           Section("Paper 2, Table 1 (FID, EQ-T dB, EQ-R dB)",
+                   ["model", "paper FID", "our FID", "paper EQ-T", "our EQ-T", "paper EQ-R", "our EQ-R"],
+                   [[family, f"{fid:.2f}", _score(models, family, "fid"), _number(eqt), _score(models, family, "eqt"),
+                     _number(eqr), _score(models, family, "eqr")] for family, (fid, eqt, eqr) in PAPER_2.items()],
+                   [NOTE_2.format(**facts)]),
+           _full_table(models, protocol["generated"])]
+    if models:
+        out.append(Section("FID during training", figures=[("FID against training time and kimg", "fid_curves.png")],
+                           notes=[_curve_note(models)]))
+    if "nfe_sweep" in models.get("ddpm", {}):
+        sweep = models["ddpm"]["nfe_sweep"]
+        header, rows = nfe_table(sweep)
+        out.append(Section(f"DDPM: FID-{sweep[0]['num']} against NFE", header, rows,
+                           ["Ancestral DDPM runs every timestep; DDIM (eta 0) and DPM-Solver++(2M) take one network "
+                            "evaluation per step."], [("FID against NFE", "ddpm_nfe.png")]))
+    out.append(Section("Same-seed grids (seeds 0-63)", notes=[_shared_z_note(models)],
+                       figures=[(family, m["grid"]) for family, m in models.items()]))
+    return out
+
+
+def _full_table(models: dict, num: int) -> Section:
+    header = ["model", "params G", "params D", "kimg", "img/s", "train min", "peak MB", f"FID-{num}",
+              "KID x 10^3", "precision", "recall", "EQ-T", "EQ-T frac", "EQ-R", "sample img/s", "NFE"]
+    rows = []
+    for family, m in models.items():
+        t, p, s = m["training"], m["parameters"], m["sampling"]
+        rows.append([family, f"{p['model']:,}", f"{sum(v for k, v in p.items() if k != 'model'):,}", f"{t['kimg']:g}",
+                     _number(t["img_per_s"], ".1f"), f"{t['minutes']:.2f}", _number(t["peak_mem_mb"], ".0f"),
+                     _score(models, family, "fid"),
+                     f"{_score(models, family, 'kid')} (std {m['scores']['kid_std']:.2f})",
+                     *(_score(models, family, k) for k in ("precision", "recall", *EQ_METRICS)),
+                     f"{s['img_per_s']:.1f}", str(s.get("nfe", "—"))])
+    return Section("All models", header, rows, [
+        "params G: the model's networks (the VAE's encoder and decoder, the DDPM's denoiser); params D: the nets only "
+        "training uses (discriminators). img/s and minutes count training steps only, not FID snapshots. KID x 10^3: mean "
+        "± sd over repeats, and its std over subsets (first repeat). sample img/s: the EMA generator on the report's device, batch 64."])
+
+
+def nfe_table(sweep: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """A sampler per row, an NFE per column."""
+    counts = sorted({point["nfe"] for point in sweep})
+    fids = {(point["sampler"], point["nfe"]): point["fid"] for point in sweep}
+    samplers = list(dict.fromkeys(point["sampler"] for point in sweep))
+    return ["sampler", *(f"NFE {n}" for n in counts)], [[s, *(_number(fids.get((s, n))) for n in counts)]
+                                                         for s in samplers]
+
+
+def _curve_note(models: dict) -> str:
+    counts = sorted({point["num"] for m in models.values() for point in m["curve"]})
+    if not counts:
+        return "No run recorded FID snapshots (train with --fid-every to draw these curves)."
+    return (f"FID-{'/'.join(map(str, counts))} snapshots written while training (seeds 0..N-1 of the EMA weights), "
+            "read from each run's metrics.jsonl; training time excludes the snapshots.")
+
+
+def _shared_z_note(models: dict) -> str:
+    groups: dict[str, list[str]] = {}
+    for family, m in models.items():
+        groups.setdefault("x".join(map(str, m["z_shape"])), []).append(family)
+    return "Seed s draws the same z in every family of a group: " + "; ".join(
+        f"z {shape}: {', '.join(names)}" for shape, names in groups.items()) + "."
+
+
+def _score(models: dict, family: str, key: str) -> str:
+    """mean ± sd of a repeated score, a single score, or a dash where it was not measured."""
+    value = models.get(family, {}).get("scores", {}).get(key)
+    if value is None:
+        return "—"
+    if isinstance(value, dict):
+        return _number(value["mean"]) + (f" ± {value['sd']:.2f}" if value["sd"] is not None else "")
+    return _number(value)
+
+
+def _number(value: float | None, spec: str = ".2f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _text(value) -> str:
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+
+# ---------------------------------------------------------------- writers
+def markdown(parts: list[Section]) -> str:
+    lines = ["# Model comparison"]
+    for part in parts:
+        lines += ["", f"## {part.title}", ""]
+        if part.header:
+            lines += [_md_row(part.header), "|" + "---|" * len(part.header), *map(_md_row, part.rows), ""]
+        for note in part.notes:
+            lines += [note, ""]
+        if len(part.figures) > 1:  # side by side
+            lines += [_md_row([caption for caption, _ in part.figures]), "|" + "---|" * len(part.figures),
+                      _md_row([f"![{caption}]({path})" for caption, path in part.figures])]
+        lines += [f"![{caption}]({path})" for caption, path in part.figures if len(part.figures) == 1]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+NUMBER = re.compile(r"^(—|[-+]?[\d,.]+( ± [\d.]+)?( \(std [\d.]+\))?)$")  # right-aligned in the page
+STYLE = """body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em}
+th{background:#f3f3f3;text-align:left}td.num{text-align:right}p{max-width:60em;color:#444}
+.figures{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}figcaption{text-align:center;font-weight:600}
+img{image-rendering:pixelated}.figures img{width:200px}.wide img{max-width:100%}"""
+
+
+def html_page(parts: list[Section], folder: Path) -> str:
+    """One file with no external request: CSS inline, images as data: URIs."""
+    body = []
+    for part in parts:
+        body.append(f"<h2>{html.escape(part.title)}</h2>")
+        if part.header:
+            body.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in part.header) + "</tr>"
+                        + "".join("<tr>" + "".join(_cell(c, part.numbers_right) for c in row) + "</tr>" for row in part.rows) + "</table>")
+        body += [f"<p>{html.escape(note)}</p>" for note in part.notes]
+        if part.figures:
+            kind = "figures" if len(part.figures) > 1 else "wide"
+            body.append(f'<div class="{kind}">' + "".join(
+                f'<figure><img alt="{html.escape(caption)}" src="{_data_uri(folder / path)}">'
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>" for caption, path in part.figures) + "</div>")
+    policy = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+    return ("<!doctype html><html lang=en><head><meta charset=utf-8>"
+            f'<meta http-equiv="Content-Security-Policy" content="{policy}">'
+            f"<title>animegen comparison</title><style>{STYLE}</style></head><body><h1>Model comparison</h1>"
+            + "\n".join(body) + "</body></html>\n")
+
+
+def _cell(text: str, numbers_right: bool) -> str:
+    numeric = numbers_right and NUMBER.match(text) is not None
+    return f"<td{' class=num' if numeric else ''}>{html.escape(text)}</td>"
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
