@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from animegen.cli import main
-from animegen.compare import PAPER_1, PAPER_2, run_comparison
+from animegen.compare import PAPER_1, PAPER_2, family_sets, run_comparison
 from animegen.generate import load_generator
 from animegen.models.base import Noise
 from animegen.models import registry
@@ -151,6 +151,13 @@ def test_smoke_comparison_and_rerun(tmp_path, faces16):
     assert json.loads((out / "results.json").read_text())["models"]["vae"]["training"]["step"] == 4
 
 
+def test_family_sets():
+    sets = {"batch": 8, "ddpm.timesteps": 12, "stylegan3-t.r1_gamma": 2.0}
+    assert family_sets(sets, "ddpm") == {"batch": 8, "timesteps": 12}
+    assert family_sets(sets, "stylegan3-t") == {"batch": 8, "r1_gamma": 2.0}
+    assert family_sets(sets, "vae") == {"batch": 8}
+
+
 @pytest.mark.parametrize("args, message", [
     (["--out", "{tmp}/o", "--kimg", "1"], "needs --data"),
     (["--out", "{tmp}/o", "--data", "{data}"], "needs --data and one of --minutes and --kimg"),
@@ -161,6 +168,9 @@ def test_smoke_comparison_and_rerun(tmp_path, faces16):
     (["--out", "{tmp}/o", "--data", "{data}", "--kimg", "1", "--nfe-steps", "10,x"], "--nfe-steps"),
     (["--out", "{tmp}/o", "--data", "{data}", "--kimg", "1", "--nfe-steps", "0"], "--nfe-steps"),
     (["--out", "{data}/manifest.json", "--data", "{data}", "--kimg", "1"], "is a file"),
+    (["--out", "{tmp}/o", "--data", "{data}", "--kimg", "1", "--set", "gpt.batch=4"], "'gpt' is not a family"),
+    (["--out", "{tmp}/o", "--data", "{data}", "--kimg", "1", "--curve-num", "3"], "--curve-num"),
+    (["--out", "{tmp}/o", "--data", "{data}", "--kimg", "1", "--nfe-num", "1"], "--nfe-num"),
 ])
 def test_bad_input_is_one_line(tmp_path, faces16, args, message):
     args = [a.format(tmp=tmp_path, data=faces16) for a in args]

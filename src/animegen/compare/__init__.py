@@ -67,10 +67,11 @@ def run_comparison(data: str | None, out: str, models: Sequence[str] = tuple(reg
     _check_report_folder(out)
     folders = _existing_runs(runs_given) if runs_given else _planned_runs(out, data, models, target)
     family_sets(sets or {}, None)  # an unknown family in FAMILY.KEY fails before any training
-    progress = _Progress(len(folders) * (1 if runs_given else 2) + 1, echo)
+    progress = _Progress({"train": 0 if runs_given else len(folders), "evaluate": len(folders), "write": 1}, echo,
+                         {"train": target.value * 60} if target is not None and target.unit == "minutes" else None)
     if not runs_given:
         for k, (family, folder) in enumerate(folders.items(), 1):
-            progress.line(f"training {family} ({k} of {len(folders)}) to {target.describe()}")
+            progress.line("train", f"training {family} ({k} of {len(folders)}) to {target.describe()}")
             snapshots = {"fid_every": fid_every or _fifth_of(target), "fid_num": curve_num}
             signal = _train_family(family, folder, data, preset, target, family_sets(sets or {}, family), device,
                                    snapshots, echo)
@@ -79,12 +80,12 @@ def run_comparison(data: str | None, out: str, models: Sequence[str] = tuple(reg
                 return {"signal": signal}
     models_out = {}
     for k, (family, folder) in enumerate(folders.items(), 1):
-        progress.line(f"evaluating {family} ({k} of {len(folders)}): FID-{fid_num} x {repeats}")
+        progress.line("evaluate", f"evaluating {family} ({k} of {len(folders)}): FID-{fid_num} x {repeats}")
         models_out[family] = _evaluate(family, folder, fid_num, repeats, device)
         if family == "ddpm" and nfe_steps:
             progress.echo(f"  ddpm: FID-{nfe_num} against NFE")
             models_out[family]["nfe_sweep"] = nfe_sweep(folder, nfe_num, device, nfe_steps)
-    progress.line("writing grids, plots and the report")
+    progress.line("write", "writing grids, plots and the report")
     (out / "grids").mkdir(parents=True, exist_ok=True)
     for family, folder in folders.items():
         models_out[family]["grid"] = _write_grid(folder, out, f"grids/{family}.png", device)
@@ -98,7 +99,7 @@ def run_comparison(data: str | None, out: str, models: Sequence[str] = tuple(reg
     parts = sections(results)
     atomic_write_bytes(out / "report.md", markdown(parts).encode())
     atomic_write_bytes(out / "index.html", html_page(parts, out).encode())
-    progress.line(f"done: {out / 'index.html'} and {out / 'report.md'}")
+    progress.line(None, f"done: {out / 'index.html'} and {out / 'report.md'}")
     return {**results, "signal": None}
 
 
@@ -291,18 +292,34 @@ def _commit() -> str | None:
 
 
 class _Progress:
-    """One line per phase with an ETA for the whole comparison: the mean phase time so far
-    times the phases left."""
+    """One line per phase with an ETA for the whole comparison: for each kind of phase
+    (training, evaluating, writing) its mean time so far, or the mean of all phases while
+    none of that kind has finished, times the phases of that kind left. `guess`: seconds
+    per phase of a kind before one has finished (a --minutes budget's training)."""
 
-    def __init__(self, phases: int, echo):
-        self.phases, self.done, self.echo, self.start = phases, -1, echo, time.perf_counter()
+    def __init__(self, phases: dict[str, int], echo, guess: dict[str, float] | None = None):
+        self.left, self.took, self.echo = dict(phases), {kind: [] for kind in phases}, echo
+        self.guess = guess or {}
+        self.start = self.mark = time.perf_counter()
+        self.kind = None
 
-    def line(self, text: str) -> None:
-        self.done += 1
-        elapsed = time.perf_counter() - self.start
-        left = max(self.phases - self.done, 0)
-        eta = f"ETA {_minutes(elapsed / self.done * left)}" if self.done and left else ""
-        self.echo(f"[compare {self.done}/{self.phases}, {_minutes(elapsed)}] {text}  {eta}".rstrip())
+    def line(self, kind: str | None, text: str) -> None:
+        now = time.perf_counter()
+        if self.kind:
+            self.took[self.kind].append(now - self.mark)
+        self.kind, self.mark = kind, now
+        if kind:
+            self.left[kind] -= 1
+        done = sum(map(len, self.took.values()))
+        total = done + sum(self.left.values()) + (kind is not None)
+        everything = [t for times in self.took.values() for t in times]
+        eta = ""
+        if (everything or self.guess) and (sum(self.left.values()) or kind):
+            mean = {k: statistics.fmean(times) if times else self.guess.get(k, statistics.fmean(everything or [0]))
+                    for k, times in self.took.items()}
+            seconds = sum(mean[k] * n for k, n in self.left.items()) + (mean[kind] if kind else 0)
+            eta = f"ETA {_minutes(max(seconds - (now - self.mark), 0))}"
+        self.echo(f"[compare {done}/{total}, {_minutes(now - self.start)}] {text}  {eta}".rstrip())
 
 
 def _minutes(seconds: float) -> str:
