@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from animegen.metrics.fid import frechet_distance
 from animegen.metrics.inception import InceptionV3, network_input
 from animegen.metrics.sources import open_source
 
@@ -85,6 +86,7 @@ def network_variants(images: np.ndarray, args) -> list[tuple[str, float, str]]:
         "frozen": lambda: frozen(x),
         "frozen + JIT optimization off (ours)": lambda: jit_off(frozen, x),
         "channels_last": lambda: plain(x.contiguous(memory_format=torch.channels_last)),
+        "frozen + JIT off + channels_last (ours on CPU)": lambda: jit_off(frozen, x.contiguous(memory_format=torch.channels_last)),
     }
     with torch.inference_mode():
         reference = plain(x)
@@ -96,6 +98,20 @@ def network_variants(images: np.ndarray, args) -> list[tuple[str, float, str]]:
                     seconds[name].append(t)
         diffs = {name: (run() - reference).abs().max().item() for name, run in variants.items()}
     return [(name, len(x) / statistics.median(s), f"max |feature diff| {diffs[name]:.1e}") for name, s in seconds.items()]
+
+
+def fid_agreement(images: np.ndarray, args) -> str:
+    """FID between the two halves of `images`, through our extractor (channels_last on CPU)
+    and through the plain TorchScript network in its stored layout."""
+    ours = InceptionV3(device=args.device)
+    plain = torch.jit.load(str(ours.path), map_location=ours.device).eval()
+    half = len(images) // 2
+    with torch.inference_mode():
+        fast = [ours.extract([part], batch_size=args.batch_size) for part in (images[:half], images[half:])]
+        slow = [np.concatenate([plain(network_input(part[i:i + args.batch_size], ours.device)).reshape(-1, 2048).cpu().numpy()
+                                for i in range(0, len(part), args.batch_size)]) for part in (images[:half], images[half:])]
+    a, b = (frechet_distance(*pair) for pair in (fast, slow))
+    return f"FID of the halves ({half} vs {len(images) - half} images): ours {a:.6f}, plain {b:.6f}, relative difference {abs(a - b) / b:.1e}"
 
 
 def main():
@@ -120,6 +136,7 @@ def main():
         rows = end_to_end(Path(tmp), args)
     if not args.skip_variants:
         rows += network_variants(images, args)
+        print(fid_agreement(images, args))
     print(f"{'extractor':40} {'img/s':>8}  notes")
     for name, rate, note in rows:
         print(f"{name:40} {rate:8.2f}  {note}")

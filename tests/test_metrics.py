@@ -24,7 +24,7 @@ from animegen.errors import UserError
 from animegen.metrics import InceptionV3, Metric, compare_sources, evaluate_generator, registry
 from animegen.metrics.cache import cache_dir, cached_features
 from animegen.metrics.fid import covariance_factor, frechet_distance, trace_sqrt_product
-from animegen.metrics.inception import resize_tf_bilinear
+from animegen.metrics.inception import network_input, resize_tf_bilinear
 from animegen.metrics.kid import kernel_inception_distance
 from animegen.metrics.precision_recall import precision_recall
 from animegen.metrics.sources import open_source
@@ -109,6 +109,18 @@ def test_features_equal_fid_helpers(folders, features):
     assert features[0].shape == theirs.shape == (PER_SET, 2048)
     np.testing.assert_allclose(features[0][order], theirs, rtol=0, atol=1e-4)
     assert np.abs(theirs).max() > 0.5  # real activations, not zeros
+
+
+def test_fast_layout_keeps_fid(folders, features, net):
+    """Our extractor feeds the network NHWC on the CPU (faster); its FID equals the plain
+    TorchScript network's, in the stored NCHW layout, to 1e-4 relative."""
+    plain = torch.jit.load(str(net.path), map_location="cpu").eval()
+    images = [next(iter(open_source(f).batches(PER_SET))) for f in folders]
+    ours = features  # extracted by `net` into a cache of this session (conftest)
+    with torch.inference_mode():
+        stored = [plain(network_input(batch, net.device)).reshape(-1, 2048).numpy() for batch in images]
+    assert 0 < np.abs(ours[0] - stored[0]).max() < 1e-4  # a different summation order, not the same path
+    assert frechet_distance(*ours) == pytest.approx(frechet_distance(*stored), rel=1e-4)
 
 
 def test_fid_formula_equals_fid_helpers(features):
