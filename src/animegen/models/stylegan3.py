@@ -212,6 +212,11 @@ class SynthesisLayer(nn.Module):
                              persistent=False)
         self.torgb, self.in_size, self.out_size = torgb, inp.size, out.size
         self.magnitude_ema_beta, self.conv_clamp = config.magnitude_ema_beta, config.conv_clamp
+        self.resampling = {}  # the filters' resampling matrices by shape (ops.filtered_lrelu)
+
+    def _apply(self, fn, *args, **kwargs):
+        self.resampling.clear()  # .to(), .float() ... replace the filters the matrices came from
+        return super()._apply(fn, *args, **kwargs)
 
     def padding(self) -> list[int]:
         """Padding of the upsampled signal that yields exactly out_size samples, centred on the
@@ -235,7 +240,7 @@ class SynthesisLayer(nn.Module):
         x = modulated_conv2d(F.pad(x, [k // 2] * 4), self.weight, styles, demodulate=not self.torgb)  # full conv
         return filtered_lrelu(x, self.up_filter, self.down_filter, self.bias, up=self.up, down=self.down,
                               padding=self.padding(), gain=1.0 if self.torgb else math.sqrt(2),
-                              slope=1.0 if self.torgb else 0.2, clamp=self.conv_clamp)
+                              slope=1.0 if self.torgb else 0.2, clamp=self.conv_clamp, cache=self.resampling)
 
 
 class SynthesisNetwork(nn.Module):

@@ -11,7 +11,8 @@ Plain PyTorch on top of `upfirdn2d`, so it runs (and is differentiable) on any d
 separable (1-D) filter runs as two matrix products with the per-axis resampling matrix,
 which `upfirdn2d` itself builds from an identity: dense GEMMs beat depthwise convolutions
 (2.5x forward + backward on CPU, where depthwise backward is slow) and suit GPUs' tensor
-cores. A 2-D (radial) filter goes through `upfirdn2d` directly.
+cores. A caller that owns fixed filters passes a `cache` dict, and each matrix is built once
+per shape, dtype and device. A 2-D (radial) filter goes through `upfirdn2d` directly.
 """
 
 from __future__ import annotations
@@ -26,34 +27,46 @@ from animegen.models.ops.upfirdn2d import upfirdn2d
 
 def filtered_lrelu(x: torch.Tensor, fu: torch.Tensor, fd: torch.Tensor, bias: torch.Tensor | None = None,
                    up: int = 1, down: int = 1, padding=0, gain: float = math.sqrt(2), slope: float = 0.2,
-                   clamp: float | None = None) -> torch.Tensor:
+                   clamp: float | None = None, cache: dict | None = None) -> torch.Tensor:
     """Bias, upsample by `up` with `fu`, leaky ReLU (negative slope `slope`) times `gain`,
     clamp to [-clamp, clamp], then low-pass with `fd` and keep every `down`-th pixel.
 
     `padding` (int or x0, x1, y0, y1) is applied once, to the zero-inserted signal before
     `fu`; it fixes the output size, which is (H*up + pad - len(fu) - len(fd) + 1) // down + 1.
-    With gain 1 and slope 1 the layer is linear (StyleGAN3's ToRGB).
+    With gain 1 and slope 1 the layer is linear (StyleGAN3's ToRGB). `cache`: see the module doc.
     """
     if bias is not None:
         x = x + bias.to(x.dtype).reshape(1, -1, 1, 1)
-    x = resample(x, fu, up=up, padding=padding, gain=up * up)  # up**2 restores the zero-inserted energy
+    x = resample(x, fu, up=up, padding=padding, gain=up * up, cache=cache)  # up**2 restores the zero-inserted energy
     if slope != 1:
         x = F.leaky_relu(x, slope)
     if clamp is not None:  # gain * clamp(y, c / gain) == clamp(gain * y, c): the gain rides on fd, free
         x = x.clamp_(-clamp / gain, clamp / gain)  # in place: x is this function's own fresh tensor
-    return resample(x, fd, down=down, gain=gain)
+    return resample(x, fd, down=down, gain=gain, cache=cache)
 
 
-def resample(x: torch.Tensor, f: torch.Tensor, up: int = 1, down: int = 1, padding=0, gain: float = 1.0) -> torch.Tensor:
+def resample(x: torch.Tensor, f: torch.Tensor, up: int = 1, down: int = 1, padding=0, gain: float = 1.0,
+             cache: dict | None = None) -> torch.Tensor:
     """`upfirdn2d(x, f, up, down, padding, gain)`; a 1-D filter as two matrix products."""
     if f.ndim == 2:
         return upfirdn2d(x, f, up=up, down=down, padding=padding, gain=gain)
     x0, x1, y0, y1 = (padding,) * 4 if isinstance(padding, int) else padding
     h, w = x.shape[-2:]
-    cols = resampling_matrix(w, f, up, down, (x0, x1), gain**0.5, x.dtype, x.device)
-    rows = cols if (h, y0, y1) == (w, x0, x1) else resampling_matrix(h, f, up, down, (y0, y1), gain**0.5,
-                                                                      x.dtype, x.device)
+    cols = _matrix(cache, w, f, up, down, (x0, x1), gain**0.5, x)
+    rows = cols if (h, y0, y1) == (w, x0, x1) else _matrix(cache, h, f, up, down, (y0, y1), gain**0.5, x)
     return rows.T @ x @ cols
+
+
+def _matrix(cache: dict | None, n: int, f: torch.Tensor, up: int, down: int, padding: tuple[int, int], gain: float,
+            x: torch.Tensor) -> torch.Tensor:
+    """`resampling_matrix` for x's dtype and device, from `cache` when given (compiled code
+    builds it inside the graph instead)."""
+    if cache is None or torch.compiler.is_compiling():
+        return resampling_matrix(n, f, up, down, padding, gain, x.dtype, x.device)
+    key = (n, id(f), up, down, padding, gain, x.dtype, x.device)
+    if key not in cache:
+        cache[key] = resampling_matrix(n, f, up, down, padding, gain, x.dtype, x.device)
+    return cache[key]
 
 
 def resampling_matrix(n: int, f: torch.Tensor, up: int, down: int, padding: tuple[int, int], gain: float,
