@@ -51,6 +51,7 @@ class NoiseSchedule:
         self.num_steps = num_steps
         self.betas = linear_betas(num_steps) if kind == "linear" else cosine_betas(num_steps)
         self.alphas_cumprod = torch.cumprod(1 - self.betas, dim=0)
+        self._on_device = {torch.device("cpu"): self.alphas_cumprod}  # copies for the batch helpers
 
     def __repr__(self) -> str:
         return f"NoiseSchedule(kind={self.kind!r}, num_steps={self.num_steps})"
@@ -71,8 +72,10 @@ class NoiseSchedule:
     def _alpha_sigma_like(self, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """alpha(t) and sigma(t) shaped to broadcast against x (one value per batch entry)."""
         shape = tuple(t.shape) + (1,) * (x.ndim - t.ndim)
-        alpha, sigma = self.alpha(t).view(shape), self.sigma(t).view(shape)
-        return alpha.to(x.device, x.dtype), sigma.to(x.device, x.dtype)
+        if x.device not in self._on_device:  # indexing a copy on x's device: no host-device sync per step
+            self._on_device[x.device] = self.alphas_cumprod.to(x.device)
+        alpha_bar = self._on_device[x.device][t.to(x.device)].view(shape)
+        return alpha_bar.sqrt().to(x.dtype), (1 - alpha_bar).sqrt().to(x.dtype)
 
     # Batch helpers.
 
