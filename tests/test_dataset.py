@@ -8,6 +8,7 @@ from animegen.data.dataset import ImageDataset
 from animegen.data.store import load_split, write_dataset
 from animegen.data.synth import synthesize_dataset
 from animegen.io import to_uint8
+from animegen.training.data import TrainStream
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +70,32 @@ def test_dataloader_with_workers(faces):
     expected = torch.from_numpy(np.asarray(load_split(faces, "train"), np.float32)).permute(0, 3, 1, 2) / 127.5 - 1
     assert torch.equal(batches[:32], expected)
     assert torch.equal(batches[32:], torch.flip(expected, dims=[3]))
+
+
+def test_batch_equals_stacked_items(faces):
+    ds = ImageDataset(faces, "train", xflip=True)
+    indices = [0, 33, 5, 63, -1, 32]  # plain, mirrored, negative
+    assert torch.equal(ds.batch(indices), torch.stack([ds[i] for i in indices]))
+    with pytest.raises(IndexError):
+        ds.batch([64])
+
+
+def test_prefetching_stream_hands_out_the_seeded_order(faces):
+    """The stream gathers ahead in a thread; what it hands out, and the position it saves,
+    are those of the plain definition: epoch e in the permutation seeded (seed, e), the
+    incomplete batch at an epoch's end dropped, rank r taking items r, r + K, ..."""
+    stream = TrainStream(str(faces), batch=6, seed=3, xflip=True, rank=1, world_size=2)
+    ds = ImageDataset(faces, "train", xflip=True)
+    expected = []
+    for epoch in range(3):
+        order = np.random.default_rng([3, epoch]).permutation(len(ds))
+        expected += [order[start + 1 : start + 6 : 2] for start in range(0, len(ds) - 5, 6)]
+    states = []
+    for items in expected:
+        states.append(stream.state())
+        assert torch.equal(stream.next(torch.device("cpu")), ds.batch(items))
+    # Restored at any saved position, a new stream continues identically (the prefetch is not state).
+    for k in (0, 9, 10, 17):
+        again = TrainStream(str(faces), batch=6, seed=3, xflip=True, rank=1, world_size=2)
+        again.load_state(states[k])
+        assert all(torch.equal(again.next(torch.device("cpu")), ds.batch(items)) for items in expected[k:k + 3])

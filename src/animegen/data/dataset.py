@@ -10,6 +10,7 @@ sampler sees each image flipped half of the time.
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -49,6 +50,18 @@ class ImageDataset(torch.utils.data.Dataset):
         if index >= self.num_images:
             image = image[:, ::-1]
         x = torch.from_numpy(np.array(image.transpose(2, 0, 1), dtype=np.float32))
+        return x / 127.5 - 1
+
+    def batch(self, indices: Sequence[int]) -> torch.Tensor:
+        """Items `indices` stacked (N x 3 x R x R), gathered in one read: equal to stacking them."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if len(indices) and not (-len(self) <= indices.min() and indices.max() < len(self)):
+            raise IndexError(f"indices out of range for {len(self)} items")
+        indices %= len(self)
+        images = self.images[indices % self.num_images]  # a copy: fancy indexing of the memmap
+        flipped = indices >= self.num_images
+        images[flipped] = images[flipped, :, ::-1]
+        x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32))
         return x / 127.5 - 1
 
     def __getstate__(self):
