@@ -37,7 +37,7 @@ from animegen.metrics.sources import open_source
 from animegen.models import registry
 from animegen.settings import check_value, limits_of
 from animegen.training import checkpoint, distributed, transfer
-from animegen.training.config import Every, RunConfig, TrainConfig, make_config
+from animegen.training.config import Every, RunConfig, TrainConfig, make_config, resolve_precision
 from animegen.training.data import TrainStream
 from animegen.training.ema import ema_beta, make_ema, update_ema
 from animegen.training.objective import TrainContext
@@ -84,8 +84,12 @@ def train(run: str, *, model: str | None = None, data: str | None = None, preset
     request = {"model": model, "data": data, "preset": preset, "sets": sets or {}, "seed": seed,
                "init_from": init_from}
     ctx = distributed.setup(device)
+    if "precision" in request["sets"]:  # "auto" compares and is stored as what it means here
+        request["sets"] = {**request["sets"], "precision": resolve_precision(request["sets"]["precision"],
+                                                                            ctx.device.type)}
     try:
         config, mode, line = _plan(folder, request, resume)
+        config.train.precision = resolve_precision(config.train.precision, ctx.device.type)
         _set_snapshots(config, fid_every, fid_num)
         sizes = parameter_counts(config)
         if dry_run:
@@ -248,6 +252,7 @@ class _Abandon(Exception):
 
 class Trainer:
     def __init__(self, folder: runs.Run, config: RunConfig, ctx, echo):
+        ctx = dataclasses.replace(ctx, precision=config.train.precision)
         self.folder, self.config, self.ctx, self.echo = folder, config, ctx, echo
         self.spec = registry.get(config.model)
         self.tc = config.train
@@ -263,6 +268,8 @@ class Trainer:
         self.ema = make_ema(self.model)
         self.objective = self.spec.objective(self.model, config.objective_config, ctx)
         self.objective.draws.manual_seed(derived_seed(config.seed, DRAWS))
+        if self.tc.compile:  # after the EMA copy, which samples eagerly
+            self.objective.compile()
         self.step, self.nimg, self.seconds = 0, 0, 0.0
         self.saved_step = self.snapshot_step = self.grid_step = None
         self.start_step = 0
