@@ -101,6 +101,16 @@ def test_auto_precision_is_stored_as_what_it_means(tmp_path, faces16):
               device="cpu")
 
 
+def test_a_run_stored_without_precision_resumes_in_what_auto_means(tmp_path, faces16):
+    _train(tmp_path / "run", "dcgan", faces16, 1, precision="auto")
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    del config["train"]["precision"]  # as written before precision was a setting
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    _train(tmp_path / "run", "dcgan", faces16, 2, resume=True, precision="fp32")  # fp32 on the CPU: accepted
+    with pytest.raises(UserError, match="precision bf16 differs"):
+        _train(tmp_path / "run", "dcgan", faces16, 3, resume=True, precision="bf16")
+
+
 def _objective(family, data):
     spec = registry.get(family)
     config = make_config(spec, str(data), 16, "tiny", SMALLEST[family], seed=0)
