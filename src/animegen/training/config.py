@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from animegen.errors import UserError
 from animegen.models import registry
 from animegen.models.registry import PRESETS, ModelSpec
-from animegen.settings import FRACTION, SEED, Limit, at_least, between, build, field_names, parsed_by
+from animegen.settings import FRACTION, SEED, Limit, at_least, between, build, field_names, one_of, parsed_by
 
 # (a lambda: Every is defined below)
 INTERVAL = parsed_by(lambda text: Every(text), "a number of steps ('500'), 'Nkimg', 'Nmin', or 0 for off")
@@ -39,12 +39,21 @@ class TrainConfig:
     keep: int = 3  # newest checkpoints kept (plus the best-FID one)
     grid_seeds: int = 64  # grids show seeds 0..grid_seeds-1
     tensorboard: bool = True  # also write scalars and grids to RUN/tb
+    precision: str = "auto"  # autocast of training steps: "bf16", "fp32", or "auto" (bf16 on CUDA, else fp32)
+    compile: bool = False  # torch.compile the networks' forward passes (training steps only)
 
     limits: ClassVar[dict[str, Limit]] = {
         "batch": between(1, 65536), "ema_kimg": at_least(0, 1e6), "ema_rampup": FRACTION,
         "log_every": INTERVAL, "sample_every": INTERVAL, "ckpt_every": INTERVAL, "fid_every": INTERVAL,
         "fid_num": between(4, 10**6),  # snapshots include precision/recall, whose k=3 neighbours need 4 images
-        "keep": between(1, 10**4), "grid_seeds": between(1, 1024)}
+        "keep": between(1, 10**4), "grid_seeds": between(1, 1024), "precision": one_of("auto", "fp32", "bf16")}
+
+
+def resolve_precision(precision: str, device_type: str) -> str:
+    """"auto" made concrete for a device, so that config.json says what the run trains in."""
+    if precision != "auto":
+        return precision
+    return "bf16" if device_type == "cuda" else "fp32"
 
 
 @dataclass
@@ -102,6 +111,8 @@ def changed_settings(stored: dict) -> list[str]:
     spec = registry.get(stored["model"])
     preset = make_config(spec, stored["data"], stored["model_config"]["resolution"], stored["preset"], {},
                          stored["seed"]).to_json()
+    if "precision" not in stored["overrides"]:  # "auto" resolved for the run's device is no change
+        preset["train"]["precision"] = stored["train"].get("precision")
     return [f"{key}={json.dumps(value)}" for section in ("model_config", "objective_config", "train")
             for key, value in stored[section].items()
             if json.dumps(value) != json.dumps(preset[section].get(key))]

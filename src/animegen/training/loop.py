@@ -37,7 +37,7 @@ from animegen.metrics.sources import open_source
 from animegen.models import registry
 from animegen.settings import check_value, limits_of
 from animegen.training import checkpoint, distributed, transfer
-from animegen.training.config import Every, RunConfig, TrainConfig, make_config
+from animegen.training.config import Every, RunConfig, TrainConfig, make_config, resolve_precision
 from animegen.training.data import TrainStream
 from animegen.training.ema import ema_beta, make_ema, update_ema
 from animegen.training.objective import TrainContext
@@ -84,8 +84,12 @@ def train(run: str, *, model: str | None = None, data: str | None = None, preset
     request = {"model": model, "data": data, "preset": preset, "sets": sets or {}, "seed": seed,
                "init_from": init_from}
     ctx = distributed.setup(device)
+    if "precision" in request["sets"]:  # "auto" compares and is stored as what it means here
+        request["sets"] = {**request["sets"], "precision": resolve_precision(request["sets"]["precision"],
+                                                                            ctx.device.type)}
     try:
-        config, mode, line = _plan(folder, request, resume)
+        config, mode, line = _plan(folder, request, resume, ctx.device.type)
+        config.train.precision = resolve_precision(config.train.precision, ctx.device.type)
         _set_snapshots(config, fid_every, fid_num)
         sizes = parameter_counts(config)
         if dry_run:
@@ -130,14 +134,14 @@ def _train(trainer: Trainer, mode: str, line: str | None, init_from, target: Tar
     return trainer.run(target)
 
 
-def _plan(folder: runs.Run, request: dict, resume: bool) -> tuple[RunConfig, str, str | None]:
+def _plan(folder: runs.Run, request: dict, resume: bool, device_type: str) -> tuple[RunConfig, str, str | None]:
     """The run's config, how it starts ("new", "restart" or "resume") and a line saying so
     where the user may not expect it."""
     if folder.has_config():
         stored = folder.read_config()
         steps = folder.steps()
         if resume:
-            config = _resume_config(folder, stored, request)
+            config = _resume_config(folder, stored, request, device_type)
             return config, "resume", (None if steps else
                                       f"{folder} has no checkpoint yet: starting from step 0 with its config.json")
         if steps:
@@ -170,13 +174,15 @@ def _new_config(request: dict) -> RunConfig:
                        data_hash=manifest["content_hash"])
 
 
-def _resume_config(folder: runs.Run, stored: dict, request: dict) -> RunConfig:
+def _resume_config(folder: runs.Run, stored: dict, request: dict, device_type: str) -> RunConfig:
     """The stored config, after checking that every option given again equals the stored one
     and that the dataset still holds what the run trained on."""
     try:
         config = RunConfig.from_json(stored, registry.get(stored["model"]))
     except (KeyError, TypeError) as e:
         raise UserError(f"{folder.config_path} is not a complete run config (missing {e}).") from None
+    # A config written before precision was a setting (or by an import) says "auto".
+    config.train.precision = resolve_precision(config.train.precision, device_type)
     given = {"MODEL": (request["model"], config.model), "--preset": (request["preset"], config.preset),
              "--seed": (request["seed"], config.seed)}
     sections = (config.model_config, config.objective_config, config.train)
@@ -248,6 +254,7 @@ class _Abandon(Exception):
 
 class Trainer:
     def __init__(self, folder: runs.Run, config: RunConfig, ctx, echo):
+        ctx = dataclasses.replace(ctx, precision=config.train.precision)
         self.folder, self.config, self.ctx, self.echo = folder, config, ctx, echo
         self.spec = registry.get(config.model)
         self.tc = config.train
@@ -263,6 +270,8 @@ class Trainer:
         self.ema = make_ema(self.model)
         self.objective = self.spec.objective(self.model, config.objective_config, ctx)
         self.objective.draws.manual_seed(derived_seed(config.seed, DRAWS))
+        if self.tc.compile:  # after the EMA copy, which samples eagerly
+            self.objective.compile()
         self.step, self.nimg, self.seconds = 0, 0, 0.0
         self.saved_step = self.snapshot_step = self.grid_step = None
         self.start_step = 0

@@ -29,13 +29,17 @@ Implementers subclass `Objective` and provide:
                             batch B sees the same numbers as a 1-rank run with B). Randomness
                             inside modules (dropout) comes from torch's global generator,
                             which the loop seeds from (seed, rank, step) before every step;
-                          * run forward passes inside `with self.autocast():` (bf16 on GPU,
-                            a no-op on CPU);
+                          * run forward passes inside `with self.autocast():` (bf16 autocast
+                            under precision bf16, the default on CUDA; a no-op under fp32), and
+                            compute losses, penalties and statistics from `.float()` values;
                           * update with `self.optimize(name, loss)` (zero grad, backward,
                             average gradients across ranks, optional clipping, step), never
                             opt.step() directly;
                           * return detached scalar tensors; the loop averages them across
                             ranks, logs them, and stops the run if any is NaN or Inf.
+    compiled_modules() -> list[nn.Module]
+                        optional: the modules whose forward `compile=true` compiles (default:
+                        the Model and every added net); see `compile`.
     extra_state() / load_extra_state(state)
                         optional: JSON-able non-tensor state (tensors belong in buffers of
                         a net added with add_net, which are checkpointed already).
@@ -61,11 +65,13 @@ from animegen.models.base import Model
 
 @dataclass(frozen=True)
 class TrainContext:
-    """Where and how this process trains: its device and its place among the ranks."""
+    """Where and how this process trains: its device, its place among the ranks, and the
+    precision of its training steps (TrainConfig.precision)."""
 
     device: torch.device
     rank: int = 0
     world_size: int = 1
+    precision: str = "auto"  # "bf16", "fp32", or "auto": bf16 on CUDA, fp32 elsewhere
 
     @property
     def distributed(self) -> bool:
@@ -73,8 +79,9 @@ class TrainContext:
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
-        """bf16 on GPU; None (full fp32) on CPU."""
-        return torch.bfloat16 if self.device.type == "cuda" else None
+        """bf16 under precision "bf16" (and "auto" on CUDA); None: full fp32."""
+        bf16 = self.precision == "bf16" or (self.precision == "auto" and self.device.type == "cuda")
+        return torch.bfloat16 if bf16 else None
 
 
 class Objective:
@@ -104,6 +111,22 @@ class Objective:
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.ctx.device.type, dtype=dtype)
+
+    def compiled_modules(self) -> list[nn.Module]:
+        return [self.model, *self.nets.values()]
+
+    def compile(self) -> None:
+        """torch.compile each of `compiled_modules()` in place (nn.Module.compile), which
+        leaves parameter names and state_dict keys as they are. Code that needs a second
+        derivative through them runs them eagerly (`eager()`): compiled graphs have no
+        double backward."""
+        for module in self.compiled_modules():
+            module.compile()
+
+    @staticmethod
+    def eager():
+        """Run compiled modules eagerly inside this block."""
+        return torch.compiler.set_stance("force_eager")
 
     def optimize(self, name: str, loss: torch.Tensor, clip_grad_norm: float | None = None) -> None:
         """Zero the optimizer's gradients, backpropagate `loss`, average the gradients

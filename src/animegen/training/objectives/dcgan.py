@@ -42,11 +42,11 @@ class DCGANObjective(Objective):
         z = self.randn(real.shape[0], self.model.config.latent_dim)
         with self.autocast():
             fake = self.model(z)
-            d_loss = F.softplus(-self.d(real)).mean() + F.softplus(self.d(fake.detach())).mean()
+            d_loss = F.softplus(-self.d(real).float()).mean() + F.softplus(self.d(fake.detach()).float()).mean()
         self.optimize("d", d_loss)
         self.d.requires_grad_(False)
         with self.autocast():
-            g_loss = F.softplus(-self.d(fake)).mean()
+            g_loss = F.softplus(-self.d(fake).float()).mean()
         self.optimize("g", g_loss)
         self.d.requires_grad_(True)
         return {"loss_d": d_loss.detach().float(), "loss_g": g_loss.detach().float()}

@@ -91,6 +91,13 @@ class StyleGANObjective(Objective):
         """R1 weight when `r1_gamma` is unset, for the global `batch`: StyleGAN2-ADA's heuristic."""
         return r1_gamma_heuristic(self.model.resolution, batch)
 
+    def compiled_modules(self) -> list[torch.nn.Module]:
+        """The mapping network and D. Not the synthesis network: StyleGAN2's per-image noise
+        draws (a torch.Generator) break its graph at every layer, and the layers' shared code
+        then recompiles per layer until dynamo gives up (measured on CPU: 7 minutes to
+        compile 4 tiny steps)."""
+        return [self.model.mapping, self.D]
+
     # ------------------------------------------------------------ pieces
     def generate_ws(self, n: int, update_w_avg: bool = False) -> torch.Tensor:
         """ws for n fresh latents; with probability `style_mixing` an image takes its layers
@@ -131,7 +138,7 @@ class StyleGANObjective(Objective):
         self.D.requires_grad_(False)
         with self.autocast():
             logits = self.discriminate(self.synthesize(self.generate_ws(n)))
-            loss = F.softplus(-logits).float().mean()  # non-saturating: -log sigmoid(D(G(z)))
+            loss = F.softplus(-logits.float()).mean()  # non-saturating: -log sigmoid(D(G(z)))
         self.optimize("G", loss)
         self.D.requires_grad_(True)
         return loss.detach()
@@ -141,13 +148,13 @@ class StyleGANObjective(Objective):
         around its running mean pl_mean: a smooth, well-conditioned mapping from w to images."""
         c = self.config
         m = max(n // c.pl_batch_shrink, 1)
-        with self.autocast():
+        with self.eager(), self.autocast():  # a double backward: no compiled graphs
             ws = self.generate_ws(m)
             images = self.synthesize(ws)
             h, w = images.shape[2:]
             y = self.randn(m, *images.shape[1:]) / math.sqrt(h * w)
             (grad,) = torch.autograd.grad((images.float() * y).sum(), ws, create_graph=True)
-            lengths = grad.square().sum(2).mean(1).sqrt()
+        lengths = grad.float().square().sum(2).mean(1).sqrt()
         mean = self._mean_over_ranks(lengths.detach().mean())
         self.pl_mean = self.pl_mean.lerp(mean, c.pl_decay)
         penalty = (lengths - self.pl_mean).square().mean()
@@ -161,7 +168,7 @@ class StyleGANObjective(Objective):
         with self.autocast():
             fake_logits = self.discriminate(fake)
             real_logits = self.discriminate(real)
-            loss = F.softplus(fake_logits).float().mean() + F.softplus(-real_logits).float().mean()
+            loss = F.softplus(fake_logits.float()).mean() + F.softplus(-real_logits.float()).mean()
         self.optimize("D", loss)
         self.model.requires_grad_(True)
         return loss.detach(), real_logits.detach()
@@ -171,16 +178,16 @@ class StyleGANObjective(Objective):
         c = self.config
         gamma = c.r1_gamma if c.r1_gamma is not None else self.default_r1_gamma(real.shape[0] * self.ctx.world_size)
         real = real.detach().requires_grad_(True)
-        with self.autocast():
+        with self.eager(), self.autocast():  # a double backward: no compiled graphs
             logits = self.discriminate(real)
             (grad,) = torch.autograd.grad(logits.float().sum(), real, create_graph=True)
-            penalty = grad.float().square().sum(dim=[1, 2, 3]).mean()
+        penalty = grad.float().square().sum(dim=[1, 2, 3]).mean()
         self.optimize("D", penalty * (gamma / 2) * c.r1_interval)
         return penalty.detach()
 
     # ------------------------------------------------------------ ADA
     def _observe(self, real_logits: torch.Tensor) -> None:
-        self.ada_signs[0] += real_logits.sign().sum().item()
+        self.ada_signs[0] += real_logits.float().sign().sum().item()
         self.ada_signs[1] += real_logits.numel()
 
     def _adjust_augment(self, n: int) -> torch.Tensor:

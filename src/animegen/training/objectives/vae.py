@@ -30,12 +30,16 @@ class VAEObjective(Objective):
         super().__init__(model, config, ctx)
         self.add_optimizer("vae", torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas))
 
+    def compiled_modules(self) -> list[torch.nn.Module]:
+        return [self.model.encoder, self.model.decoder]  # called directly, not through forward
+
     def train_step(self, real: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         with self.autocast():
             mean, logvar = self.model.encode(real)
-            z = mean + (0.5 * logvar).exp() * self.randn(*mean.shape)
+        mean, logvar = mean.float(), logvar.float()  # the KL and the sampled z in fp32
+        z = mean + (0.5 * logvar).exp() * self.randn(*mean.shape)
+        with self.autocast():
             recon = self.model.decoder(z)
-        mean, logvar = mean.float(), logvar.float()
         squared_error = (recon.float() - real).square().flatten(1).sum(1)
         kl = 0.5 * (mean.square() + logvar.exp() - 1 - logvar).sum(1)
         loss = (squared_error + self.config.kl_weight * kl).mean()
