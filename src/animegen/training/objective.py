@@ -166,7 +166,10 @@ class Objective:
         this rank's strided share along the first dimension, as the data stream does."""
         n = local_shape[0]
         full = draw((n * self.ctx.world_size, *local_shape[1:]))
-        return full[self.ctx.rank :: self.ctx.world_size].to(self.ctx.device)
+        mine = full[self.ctx.rank :: self.ctx.world_size]
+        if self.ctx.device.type != "cuda":
+            return mine.to(self.ctx.device)
+        return mine.pin_memory().to(self.ctx.device, non_blocking=True)  # from pageable memory a copy would sync
 
 
 def _average_gradients(params: list[torch.Tensor], world_size: int) -> None:

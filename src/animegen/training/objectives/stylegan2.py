@@ -85,7 +85,9 @@ class StyleGANObjective(Objective):
         self.augment_pipe = AugmentPipe(config.augment, config.augment_ops, config.ada_target,
                                         config.ada_kimg).to(ctx.device)
         self.pl_mean = torch.zeros([], device=ctx.device)
-        self.ada_signs = [0.0, 0]  # sum of sign(D(real)) and count since the last p adjustment
+        # Sum of sign(D(real)) (on the device: read only at each p adjustment, not every step)
+        # and their count, since the last adjustment.
+        self.ada_sign_sum, self.ada_count = torch.zeros((), dtype=torch.float64, device=ctx.device), 0
 
     def default_r1_gamma(self, batch: int) -> float:
         """R1 weight when `r1_gamma` is unset, for the global `batch`: StyleGAN2-ADA's heuristic."""
@@ -187,15 +189,16 @@ class StyleGANObjective(Objective):
 
     # ------------------------------------------------------------ ADA
     def _observe(self, real_logits: torch.Tensor) -> None:
-        self.ada_signs[0] += real_logits.float().sign().sum().item()
-        self.ada_signs[1] += real_logits.numel()
+        self.ada_sign_sum += real_logits.float().sign().sum(dtype=torch.float64)
+        self.ada_count += real_logits.numel()
 
     def _adjust_augment(self, n: int) -> torch.Tensor:
         """r_t = E[sign D(real)] over all ranks since the last adjustment; then move p."""
-        total, count = self._sum_over_ranks(torch.tensor(self.ada_signs, dtype=torch.float64)).tolist()
+        count = torch.tensor(self.ada_count, dtype=torch.float64, device=self.ctx.device)
+        total, count = self._sum_over_ranks(torch.stack([self.ada_sign_sum, count])).tolist()
         rt = total / max(count, 1)
         self.augment_pipe.adjust(rt, n * self.ctx.world_size * self.config.ada_interval)
-        self.ada_signs = [0.0, 0]
+        self.ada_sign_sum, self.ada_count = torch.zeros_like(self.ada_sign_sum), 0
         return torch.tensor(rt, device=self.ctx.device)
 
     def _sum_over_ranks(self, x: torch.Tensor) -> torch.Tensor:
@@ -213,11 +216,12 @@ class StyleGANObjective(Objective):
 
     # ------------------------------------------------------------ state
     def extra_state(self) -> dict:
-        return {"ada_p": self.augment_pipe.p, "ada_signs": list(self.ada_signs), "pl_mean": self.pl_mean.item()}
+        return {"ada_p": self.augment_pipe.p, "ada_signs": [self.ada_sign_sum.item(), self.ada_count], "pl_mean": self.pl_mean.item()}
 
     def load_extra_state(self, state: dict) -> None:
         self.augment_pipe.p = float(state["ada_p"])
-        self.ada_signs = [float(state["ada_signs"][0]), int(state["ada_signs"][1])]
+        self.ada_sign_sum = torch.tensor(float(state["ada_signs"][0]), dtype=torch.float64, device=self.ctx.device)
+        self.ada_count = int(state["ada_signs"][1])
         self.pl_mean = torch.tensor(state["pl_mean"], dtype=torch.float32, device=self.ctx.device)
 
 
