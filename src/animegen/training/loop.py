@@ -270,8 +270,7 @@ class Trainer:
         self.ema = make_ema(self.model)
         self.objective = self.spec.objective(self.model, config.objective_config, ctx)
         self.objective.draws.manual_seed(derived_seed(config.seed, DRAWS))
-        if self.tc.compile:  # after the EMA copy, which samples eagerly
-            self.objective.compile()
+        self.objective.prepare(self.tc.compile)  # after the EMA copy, which samples eagerly in NCHW
         self.step, self.nimg, self.seconds = 0, 0, 0.0
         self.saved_step = self.snapshot_step = self.grid_step = None
         self.start_step = 0

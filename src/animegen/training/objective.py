@@ -115,6 +115,19 @@ class Objective:
     def compiled_modules(self) -> list[nn.Module]:
         return [self.model, *self.nets.values()]
 
+    def channels_last_modules(self) -> list[nn.Module]:
+        """The modules whose convolutions run faster on NHWC weights (measured per family in
+        benchmarks/train_step.py); the Model and every added net by default."""
+        return [self.model, *self.nets.values()]
+
+    def prepare(self, compile: bool = False) -> None:
+        """Once the nets exist, before the first step: NHWC weights where that is faster,
+        then `compile` if asked. Checkpoints store plain contiguous tensors either way."""
+        for module in self.channels_last_modules():
+            module.to(memory_format=torch.channels_last)
+        if compile:
+            self.compile()
+
     def compile(self) -> None:
         """torch.compile each of `compiled_modules()` in place (nn.Module.compile), which
         leaves parameter names and state_dict keys as they are. Code that needs a second
