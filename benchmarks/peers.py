@@ -14,7 +14,8 @@
 Peers are never dependencies: diffusers comes from `--peers-site DIR` (a `pip install --target`
 folder, appended to sys.path so it cannot shadow our own packages). A peer that is absent skips
 its rows with a message. Timing: after warm-up, ours and the peer alternate within each repeat;
-the table shows the median img/s of each and ours / peer.
+the table shows the median img/s of each (per CPU second of the process, which other jobs on a
+shared machine do not inflate) and ours / peer.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import math
 import statistics
 import sys
 import time
@@ -45,16 +47,29 @@ def count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def median_rates(ours, peer, batch: int, repeats: int, warmup: int) -> tuple[float, float]:
-    """img/s of two callables, alternated in each repeat after `warmup` calls of each."""
-    for _ in range(warmup):
-        ours(), peer()
+def median_rates(ours, peer, batch: int, repeats: int, warmup: int, min_seconds: float = 0.5
+                 ) -> tuple[float, float]:
+    """img/s of two callables, in CPU seconds of this process (time.process_time), so that the other
+    jobs on a shared machine do not enter. After `warmup` calls of each, `repeats` timings of each;
+    a timing sums as many calls as it takes the slower callable to fill `min_seconds`, ours and the
+    peer alternating call by call. The medians over the repeats."""
+    took = {}
+    for name, fn in (("ours", ours), ("peer", peer)):
+        for _ in range(warmup):
+            start = time.process_time()
+            fn()
+            took[name] = time.process_time() - start
+    calls = max(1, math.ceil(min_seconds / max(took.values()))) if warmup else 1
     times = {"ours": [], "peer": []}
     for _ in range(repeats):
-        for name, fn in (("ours", ours), ("peer", peer)):
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+        spent = {"ours": 0.0, "peer": 0.0}
+        for _ in range(calls):
+            for name, fn in (("ours", ours), ("peer", peer)):
+                start = time.process_time()
+                fn()
+                spent[name] += time.process_time() - start
+        for name in times:
+            times[name].append(spent[name] / calls)
     return batch / statistics.median(times["ours"]), batch / statistics.median(times["peer"])
 
 
@@ -159,13 +174,16 @@ def import_nvlabs(folder: Path):
 
 
 def nvlabs_kwargs(family: str, model_config, objective_config) -> tuple[dict, dict]:
-    """NVIDIA Generator and Discriminator kwargs for our configs (fp32: num_fp16_res 0)."""
+    """NVIDIA Generator and Discriminator kwargs for our configs, fp32 (num_fp16_res 0) and, for
+    StyleGAN2, fused modulated convolutions outside training as train.py sets them."""
     c = model_config
     g = {"z_dim": c.z_dim, "c_dim": 0, "w_dim": c.w_dim, "img_resolution": c.resolution, "img_channels": 3,
          "mapping_kwargs": {"num_layers": c.mapping_layers, "lr_multiplier": c.mapping_lr_mult,
                             "w_avg_beta": c.w_avg_beta},
          "channel_base": c.channel_base, "channel_max": c.channel_max, "conv_clamp": c.conv_clamp, "num_fp16_res": 0}
-    if family != "stylegan2":
+    if family == "stylegan2":
+        g["fused_modconv_default"] = "inference_only"
+    else:
         g.update(num_layers=c.num_layers, num_critical=c.num_critical, first_cutoff=c.first_cutoff,
                  first_stopband=c.first_stopband, last_stopband_rel=c.last_stopband_rel, margin_size=c.margin,
                  output_scale=c.output_scale, conv_kernel=c.conv_kernel, filter_size=c.filter_size,
@@ -221,11 +239,11 @@ def stylegan_rows(family: str, args, nvlabs) -> list[str]:
     g_params = f"G {count(model) / 1e6:.3f} M / {count(peer_g) / 1e6:.3f} M"
     d_params = f"D {count(ours_d) / 1e6:.3f} M / {count(peer_d) / 1e6:.3f} M"
     note = "NVlabs/stylegan3, reference ops"
-    model.train(), peer_g.train(), ours_d.train(), peer_d.train()
-    rows = []
+    model.eval(), peer_g.eval()
     with torch.no_grad():
         rates = median_rates(ours_g, peer_g_forward, batch, args.repeats, args.warmup)
-    rows.append(row(family, "G forward (no grad)", shape, args, batch, rates, g_params, note))
+    rows = [row(family, "G forward (eval, no grad)", shape, args, batch, rates, g_params, note)]
+    model.train(), peer_g.train(), ours_d.train(), peer_d.train()
     rates = median_rates(backward(ours_g), backward(peer_g_forward), batch, args.repeats, args.warmup)
     rows.append(row(family, "G forward+backward", shape, args, batch, rates, g_params, note))
     rates = median_rates(d_step(ours_d, ours_opt, lambda d, x: d(x)), d_step(peer_d, peer_opt, lambda d, x: d(x, c)),
@@ -267,8 +285,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     families = args.families.split(",")
-    lines = [f"torch {torch.__version__}, CPU, {torch.get_num_threads()} thread(s); {args.repeats} repeats "
-             f"after {args.warmup} warm-up calls\n", HEADER]
+    lines = [f"torch {torch.__version__}, CPU, {torch.get_num_threads()} thread(s); img/s per CPU second; "
+             f"median of {args.repeats} repeats after {args.warmup} warm-up calls\n", HEADER]
     print("\n".join(lines), flush=True)
     diffusers = load_diffusers(args.peers_site) if "ddpm" in families else None
     nvlabs = None
