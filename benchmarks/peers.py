@@ -15,7 +15,7 @@ Peers are never dependencies: diffusers comes from `--peers-site DIR` (a `pip in
 folder, appended to sys.path so it cannot shadow our own packages). A peer that is absent skips
 its rows with a message. Timing: after warm-up, ours and the peer alternate within each repeat;
 the table shows the median img/s of each (per CPU second of the process, which other jobs on a
-shared machine do not inflate) and ours / peer.
+shared machine do not inflate) and ours / peer. CPU only: process time does not see a GPU's work.
 """
 
 from __future__ import annotations
@@ -255,7 +255,7 @@ def stylegan_rows(family: str, args, nvlabs) -> list[str]:
 # ---------------------------------------------------------------- table
 def row(family, what, shape, args, batch, rates, params, notes) -> str:
     ours, peer = rates
-    return (f"| {family} | {what} | {shape} | {args.resolution} | {batch} | {ours:.1f} | {peer:.1f} | "
+    return (f"| {family} | {what} | {shape} | {args.resolution} | {batch} | {ours:.3g} | {peer:.3g} | "
             f"{ours / peer:.2f} | {params} | {notes} |")
 
 
