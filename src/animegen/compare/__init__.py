@@ -71,6 +71,10 @@ def run_comparison(data: str | None, out: str, models: Sequence[str] = tuple(reg
                          {"train": target.value * 60} if target is not None and target.unit == "minutes" else None)
     if not runs_given:
         for k, (family, folder) in enumerate(folders.items(), 1):
+            if _reached(folder, target):  # running the comparison again adds nothing to it
+                progress.line("train", f"{folder} already reached {target.describe()}: not training it again",
+                              timed=False)
+                continue
             progress.line("train", f"training {family} ({k} of {len(folders)}) to {target.describe()}")
             snapshots = {"fid_every": fid_every or _fifth_of(target), "fid_num": curve_num}
             signal = _train_family(family, folder, data, preset, target, family_sets(sets or {}, family), device,
@@ -154,15 +158,16 @@ def _existing_runs(paths: Sequence[str]) -> dict[str, Path]:
     return folders
 
 
+def _reached(folder: Path, target: Target) -> bool:
+    if not runs.Run(folder).steps():
+        return False
+    info = runs.describe_run(folder)
+    return target.reached({"steps": info["step"], "kimg": info["kimg"], "minutes": info["training_minutes"]})
+
+
 def _train_family(family: str, folder: Path, data: str, preset: str, target: Target, sets: dict | None,
                   device: str, snapshots: dict, echo) -> int | None:
-    """Train (or continue) one run up to `target`; a run already there is left alone, so
-    running the comparison again adds nothing to it. Returns the signal that stopped it."""
-    if runs.Run(folder).steps():
-        info = runs.describe_run(folder)
-        if target.reached({"steps": info["step"], "kimg": info["kimg"], "minutes": info["training_minutes"]}):
-            echo(f"{folder} already reached {target.describe()}: not training it again")
-            return None
+    """Train (or continue) one run up to `target`; returns the signal that stopped it."""
     with PeakMemory(resolve_device(device)).apart():  # forget the previous family's peak (one process)
         pass
     result = train(str(folder), model=family, data=data, preset=preset, sets=sets, target=target, resume=True,
@@ -300,26 +305,29 @@ class _Progress:
     def __init__(self, phases: dict[str, int], echo, guess: dict[str, float] | None = None):
         self.left, self.took, self.echo = dict(phases), {kind: [] for kind in phases}, echo
         self.guess = guess or {}
+        self.total, self.done = sum(phases.values()), 0
         self.start = self.mark = time.perf_counter()
-        self.kind = None
+        self.kind, self.timed = None, True
 
-    def line(self, kind: str | None, text: str) -> None:
+    def line(self, kind: str | None, text: str, timed: bool = True) -> None:
+        """Start a phase of `kind` (None: the end); `timed=False`: one that does no work (a
+        run already trained), left out of the means."""
         now = time.perf_counter()
         if self.kind:
-            self.took[self.kind].append(now - self.mark)
-        self.kind, self.mark = kind, now
+            self.done += 1
+            if self.timed:
+                self.took[self.kind].append(now - self.mark)
+        self.kind, self.mark, self.timed = kind, now, timed
         if kind:
             self.left[kind] -= 1
-        done = sum(map(len, self.took.values()))
-        total = done + sum(self.left.values()) + (kind is not None)
         everything = [t for times in self.took.values() for t in times]
         eta = ""
         if (everything or self.guess) and (sum(self.left.values()) or kind):
             mean = {k: statistics.fmean(times) if times else self.guess.get(k, statistics.fmean(everything or [0]))
                     for k, times in self.took.items()}
-            seconds = sum(mean[k] * n for k, n in self.left.items()) + (mean[kind] if kind else 0)
-            eta = f"ETA {_minutes(max(seconds - (now - self.mark), 0))}"
-        self.echo(f"[compare {done}/{total}, {_minutes(now - self.start)}] {text}  {eta}".rstrip())
+            seconds = sum(mean[k] * n for k, n in self.left.items()) + (mean[kind] if kind and timed else 0)
+            eta = f"ETA {_minutes(max(seconds, 0))}"
+        self.echo(f"[compare {self.done}/{self.total}, {_minutes(now - self.start)}] {text}  {eta}".rstrip())
 
 
 def _minutes(seconds: float) -> str:
