@@ -74,6 +74,7 @@ class _Page(HTMLParser):
                 and report.split(line, 1)[1].split("\n## ", 1)[0].strip().startswith("| ")]
 
 
+@pytest.mark.slow  # about a minute: six families trained, evaluated and plotted; .ci/run runs it
 def test_smoke_comparison_and_rerun(tmp_path, faces16):
     out, lines = tmp_path / "cmp", []
     results = _compare(faces16, out, lines, fid_every="2")
