@@ -17,6 +17,8 @@ weights and optional compile) where the tree has that step.
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import os
 import statistics
@@ -38,6 +40,8 @@ def measure(args) -> dict:
     from animegen.training.objective import TrainContext
 
     torch.set_num_threads(args.threads_one)
+    if importlib.util.find_spec("animegen.heap"):  # as the animegen command does (a tree that has it)
+        importlib.import_module("animegen.heap").keep_freed_memory()
     device = torch.device(args.device)
     torch.manual_seed(0)
     spec = registry.get(args.family)

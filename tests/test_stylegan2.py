@@ -48,6 +48,32 @@ def test_modulated_conv_matches_per_image_convolution(demodulate):
     torch.testing.assert_close(got, reference_modulated_conv(x.double(), weight.double(), styles.double(), demodulate))
 
 
+@pytest.mark.parametrize("demodulate,up", [(True, False), (False, False), (True, True)])
+def test_modulated_conv_gain_bias_and_padding_are_the_plain_ops(demodulate, up):
+    """The folded output scale and bias (one pass, addcmul) equal scaling and adding after."""
+    g = torch.Generator().manual_seed(2)
+    x, weight, styles = torch.randn(2, 3, 6, 6, generator=g), torch.randn(4, 3, 3, 3, generator=g), torch.randn(2, 3, generator=g)
+    bias, gain = torch.randn(4, generator=g), torch.tensor(0.7)
+    f = setup_filter([1, 3, 3, 1])
+    plain = modulated_conv2d(x, weight, styles, demodulate, up=up, resample_filter=f)
+    got = modulated_conv2d(x, weight, styles, demodulate, up=up, resample_filter=f, gain=gain, bias=bias)
+    torch.testing.assert_close(got, plain * gain + bias[None, :, None, None])
+    if not up:  # "full" convolution: padding k - 1 == pad first, then "same"
+        full = modulated_conv2d(x, weight, styles, demodulate, padding=2, bias=bias)
+        torch.testing.assert_close(full, modulated_conv2d(F.pad(x, [1] * 4), weight, styles, demodulate, bias=bias))
+
+
+def test_discriminator_scores_concatenated_batches_as_separate_ones():
+    """D(fakes ++ reals, batches=2) is D(fakes) ++ D(reals): the minibatch-stddev groups stay
+    within each batch (with one batch they would mix the two, and the logits differ)."""
+    torch.manual_seed(0)
+    D = Discriminator(16, 512, 64, mbstd_group=4)
+    fakes, reals = torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16) * 3
+    joined = torch.cat([fakes, reals])
+    torch.testing.assert_close(D(joined, batches=2), torch.cat([D(fakes), D(reals)]))
+    assert not torch.allclose(D(joined), torch.cat([D(fakes), D(reals)]))
+
+
 def test_upsampling_modulated_conv_equals_upsample_then_convolve():
     """Transposed conv + blur == blur-upsample + conv (linear filters commute), away from the border."""
     g = torch.Generator().manual_seed(1)

@@ -15,7 +15,7 @@ import sys
 
 import click
 
-from animegen import __version__
+from animegen import __version__, heap
 from animegen.errors import UserError
 
 # `animegen data` alone shows the help (click >= 8.2 raises this UsageError for it).
@@ -77,6 +77,7 @@ def main():
       animegen demo                      # synthesize data, train, sample (CPU, minutes)
       animegen data prepare faces.zip --out data/faces64 --resolution 64
     """
+    heap.keep_freed_memory()  # every command's tensors: reused, not re-faulted (animegen.heap)
 
 
 # ---------------------------------------------------------------- data

@@ -34,9 +34,13 @@ NOISE_MODES = ("random", "const", "none")
 Randn = Callable[..., torch.Tensor]  # randn(*per_image_shape) -> (N, *per_image_shape)
 
 
+SQRT2 = math.sqrt(2)  # the leaky ReLU's gain, which keeps the activations' magnitude at init
+
+
 def lrelu(x: torch.Tensor) -> torch.Tensor:
-    """Leaky ReLU(0.2) times sqrt(2), which keeps the activations' magnitude at init."""
-    return F.leaky_relu(x, 0.2) * math.sqrt(2)
+    """Leaky ReLU(0.2) times sqrt(2). The layers over activations instead fold the sqrt(2)
+    into their weights and bias (lrelu(a * x) == a * lrelu(x) for a > 0): one pass fewer."""
+    return F.leaky_relu(x, 0.2) * SQRT2
 
 
 def clamp(x: torch.Tensor, limit: float | None) -> torch.Tensor:
@@ -93,27 +97,33 @@ class Conv2dLayer(nn.Module):
         self.register_buffer("resample_filter", setup_filter([1, 3, 3, 1]), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight * self.weight_gain
+        gain = self.gain * (SQRT2 if self.activation else 1.0)  # on the weights: see lrelu
+        w = self.weight * (self.weight_gain * gain)
+        b = None if self.bias is None else self.bias * gain
         k = w.shape[-1]
         if self.down:
             # Pad so that blur + stride-2 valid conv gives exactly half the size.
             x = upfirdn2d(x, self.resample_filter, padding=_split(len(self.resample_filter) + k - 3))
-            x = F.conv2d(x, w, self.bias, stride=2)
+            x = F.conv2d(x, w, b, stride=2)
         else:
-            x = F.conv2d(x, w, self.bias, padding=k // 2)
-        x = lrelu(x) if self.activation else x
-        return clamp(x * self.gain, self.limit)
+            x = F.conv2d(x, w, b, padding=k // 2)
+        x = F.leaky_relu(x, 0.2, inplace=True) if self.activation else x  # x: the conv's own output
+        return clamp(x, self.limit)
 
 
 def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool = True,
-                     up: bool = False, resample_filter: torch.Tensor | None = None) -> torch.Tensor:
+                     up: bool = False, resample_filter: torch.Tensor | None = None, padding: int | None = None,
+                     gain: float | torch.Tensor = 1.0, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Convolve each image with its own weights: `weight` (O, I, k, k) scaled per input channel
     by `styles` (N, I) and, with `demodulate`, renormalized to unit L2 norm per output channel
-    (the expected-statistics replacement of AdaIN). Computed as scale inputs -> shared
-    convolution -> scale outputs, which equals the per-image convolution and is one dense
-    convolution for the batch. `up=True` is a stride-2 transposed convolution followed by
-    the `resample_filter` blur."""
+    (the expected-statistics replacement of AdaIN); then times `gain` (a number or a 0-d
+    tensor), plus `bias` (O,). Computed as scale inputs -> shared convolution -> scale
+    outputs and add the bias in one pass, which equals the per-image convolution and is one
+    dense convolution for the batch. `padding` defaults to "same" (k // 2). `up=True` is a
+    stride-2 transposed convolution followed by the `resample_filter` blur."""
     c_out, c_in, k, _ = weight.shape
+    if not demodulate:  # the output scale is the input scale: the gain rides on the styles
+        styles, scale = styles * gain, None
     x = x * styles[:, :, None, None].to(x.dtype)
     if up:
         # conv_transpose2d scatters (a true convolution); flipping the taps makes this equal to
@@ -122,12 +132,17 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
         # Pad so that the blur brings it to exactly 2h; gain 4 makes up for the inserted zeros.
         x = upfirdn2d(x, resample_filter, padding=_split(len(resample_filter) + 1 - k), gain=4)
     else:
-        x = F.conv2d(x, weight, padding=k // 2)
+        x = F.conv2d(x, weight, None if demodulate or bias is None else bias.to(x.dtype),
+                     padding=k // 2 if padding is None else padding)
+        bias = bias if demodulate else None  # added by the convolution
     if demodulate:
         # |weight * style| per output channel, from the squared weights summed over taps.
         norms = styles.square() @ weight.square().sum(dim=[2, 3]).t()  # (N, O)
-        x = x * torch.rsqrt(norms + 1e-8)[:, :, None, None].to(x.dtype)
-    return x
+        scale = (torch.rsqrt(norms + 1e-8) * gain)[:, :, None, None].to(x.dtype)
+    if bias is None:
+        return x if scale is None else x * scale
+    bias = bias.to(x.dtype).reshape(1, -1, 1, 1)
+    return x + bias if scale is None else torch.addcmul(bias, x, scale)
 
 
 # ---------------------------------------------------------------- generator
@@ -146,12 +161,14 @@ class StyleConv(nn.Module):
         self.up, self.conv_clamp = up, conv_clamp
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str, randn: Randn | None) -> torch.Tensor:
-        x = modulated_conv2d(x, self.weight, self.affine(w), up=self.up, resample_filter=self.resample_filter)
-        if noise_mode == "random":
-            x = x + randn(*self.noise_const.shape).to(x.dtype) * self.noise_strength
-        elif noise_mode == "const":
-            x = x + self.noise_const * self.noise_strength
-        return clamp(lrelu(x + self.bias[None, :, None, None]), self.conv_clamp)
+        # lrelu's sqrt(2) rides on the demodulation, the bias and the noise strength (see lrelu);
+        # x is then this layer's own tensor, updated in place.
+        x = modulated_conv2d(x, self.weight, self.affine(w), up=self.up, resample_filter=self.resample_filter,
+                             gain=SQRT2, bias=self.bias * SQRT2)
+        if noise_mode != "none":
+            noise = randn(*self.noise_const.shape).to(x.dtype) if noise_mode == "random" else self.noise_const
+            x = x.add_(noise * (self.noise_strength * SQRT2))
+        return clamp(F.leaky_relu(x, 0.2, inplace=True), self.conv_clamp)
 
 
 class ToRGB(nn.Module):
@@ -167,8 +184,7 @@ class ToRGB(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         styles = self.affine(w) * self.weight_gain
-        x = modulated_conv2d(x, self.weight, styles, demodulate=False) + self.bias[None, :, None, None]
-        return clamp(x, self.conv_clamp)
+        return clamp(modulated_conv2d(x, self.weight, styles, demodulate=False, bias=self.bias), self.conv_clamp)
 
 
 class SynthesisNetwork(nn.Module):
@@ -314,14 +330,16 @@ def draw_w(mapping: MappingNetwork, z: torch.Tensor, noise: Noise, truncation: f
 
 
 # ---------------------------------------------------------------- discriminator
-def minibatch_stddev(x: torch.Tensor, group_size: int) -> torch.Tensor:
+def minibatch_stddev(x: torch.Tensor, group_size: int, batches: int = 1) -> torch.Tensor:
     """Append one feature map: the standard deviation of each feature over a group of images,
-    averaged over features and pixels. It lets D see a lack of variety across the batch."""
-    n, c, h, w = x.shape
+    averaged over features and pixels. It lets D see a lack of variety across the batch.
+    `x` holds `batches` equal batches one after the other; groups never span two."""
+    total, c, h, w = x.shape
+    n = total // batches
     g = math.gcd(group_size, n)  # groups must divide the batch
-    y = x.float().reshape(g, n // g, c, h, w)
-    y = (y - y.mean(0)).square().mean(0).add(1e-8).sqrt().mean(dim=[1, 2, 3])  # (n // g,)
-    y = y.reshape(1, -1, 1, 1, 1).expand(g, -1, 1, h, w).reshape(n, 1, h, w)
+    y = x.float().reshape(batches, g, n // g, c, h, w)
+    y = (y - y.mean(1, keepdim=True)).square().mean(1).add(1e-8).sqrt().mean(dim=[2, 3, 4])  # (batches, n // g)
+    y = y.reshape(batches, 1, -1, 1, 1, 1).expand(-1, g, -1, 1, h, w).reshape(total, 1, h, w)
     return torch.cat([x, y.to(x.dtype)], dim=1)
 
 
@@ -356,7 +374,9 @@ class Discriminator(nn.Module):
         self.fc = FullyConnected(ch[-1] * 16, ch[-1], activation=True)
         self.out = FullyConnected(ch[-1], 1)
 
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
+    def forward(self, img: torch.Tensor, batches: int = 1) -> torch.Tensor:
+        """`batches`: `img` is that many equal batches concatenated (say fakes, then reals),
+        scored in one pass; the minibatch statistics stay within each."""
         x = self.blocks(self.fromrgb(img))
-        x = self.conv(minibatch_stddev(x, self.mbstd_group))
+        x = self.conv(minibatch_stddev(x, self.mbstd_group, batches))
         return self.out(self.fc(x.flatten(1))).squeeze(1)

@@ -236,9 +236,10 @@ class SynthesisLayer(nn.Module):
         styles = self.affine(w)
         if self.torgb:  # not demodulated: the equalized-lr gain instead
             styles = styles / math.sqrt(self.weight.shape[1] * k * k)
-        x = x * self.magnitude_ema.rsqrt().to(x.dtype)
-        x = modulated_conv2d(F.pad(x, [k // 2] * 4), self.weight, styles, demodulate=not self.torgb)  # full conv
-        return filtered_lrelu(x, self.up_filter, self.down_filter, self.bias, up=self.up, down=self.down,
+        # The input's normalization by its running magnitude rides on the output scale: one pass fewer.
+        x = modulated_conv2d(x, self.weight, styles, demodulate=not self.torgb, padding=k - 1,  # a "full" conv
+                             gain=self.magnitude_ema.rsqrt(), bias=self.bias)
+        return filtered_lrelu(x, self.up_filter, self.down_filter, up=self.up, down=self.down,
                               padding=self.padding(), gain=1.0 if self.torgb else math.sqrt(2),
                               slope=1.0 if self.torgb else 0.2, clamp=self.conv_clamp, cache=self.resampling)
 

@@ -62,8 +62,8 @@ class StyleGAN3Objective(StyleGANObjective):
     def synthesize(self, ws: torch.Tensor) -> torch.Tensor:
         return self.model.synthesis(ws, update_emas=not torch.is_grad_enabled())
 
-    def discriminate(self, images: torch.Tensor) -> torch.Tensor:
-        return super().discriminate(gaussian_blur(images, self.blur_pixels()))
+    def discriminate(self, images: torch.Tensor, batches: int = 1) -> torch.Tensor:
+        return super().discriminate(gaussian_blur(images, self.blur_pixels()), batches)
 
     def blur_pixels(self) -> float:
         """The blur's current standard deviation in pixels."""
