@@ -38,12 +38,14 @@ def filtered_lrelu(x: torch.Tensor, fu: torch.Tensor, fd: torch.Tensor, bias: to
     if bias is not None:
         x = x + bias.to(x.dtype).reshape(1, -1, 1, 1)
     x = resample(x, fu, up=up, padding=padding, gain=up * up, cache=cache)  # up**2 restores the zero-inserted energy
-    if slope != 1:
-        x = F.leaky_relu(x, slope)
-    if clamp is not None:  # gain * clamp(y, c / gain) == clamp(gain * y, c): the gain rides on fd, free
-        # hardtanh is clamp with a one-kernel backward (clamp's takes four passes and a copy);
-        # in place: x is this function's own fresh tensor, which no backward needs.
-        x = F.hardtanh(x, -clamp / gain, clamp / gain, inplace=True)
+    if clamp is not None:
+        # gain * clamp(y, c / gain) == clamp(gain * y, c): the gain rides on fd, free; and
+        # clamp(lrelu(y), -c, c) == lrelu(clamp(y, -c / slope, c)) for slope > 0, so the leaky
+        # ReLU can go last, in place. hardtanh is clamp with a one-kernel backward (clamp's
+        # takes four passes and a copy).
+        x = F.hardtanh(x, -clamp / gain / slope, clamp / gain)
+    if slope != 1:  # in place: x is this function's own fresh tensor, and leaky_relu_'s backward needs only its result
+        x = F.leaky_relu(x, slope, inplace=True)
     return resample(x, fd, down=down, gain=gain, cache=cache)
 
 
