@@ -99,3 +99,16 @@ def test_jinc_lowpass_is_radially_symmetric_unlike_the_separable_filter():
 def test_design_lowpass_one_tap_is_identity():
     assert torch.equal(design_lowpass(1, 4, 2, 16), torch.ones(1))
     assert design_lowpass(12, 4, 9.2, 32, radial=True).shape == (12, 12)
+
+
+def test_cached_matrices_equal_fresh_ones():
+    """With a cache, repeated calls reuse the matrices (per filter, by length, rates, padding,
+    gain) and give what fresh ones give, on a square input padded differently along its two axes."""
+    fu, fd = kaiser_lowpass(12, 4, 9.2, 32), kaiser_lowpass(6, 2, 3.0, 16)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    want = filtered_lrelu(x, fu.double(), fd.double(), up=2, down=2, padding=(6, 5, 4, 3))
+    cache = {}
+    for _ in range(2):
+        got = filtered_lrelu(x, fu.double(), fd.double(), up=2, down=2, padding=(6, 5, 4, 3), cache=cache)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert set(cache) == {"up", "down"} and len(cache["up"]) == 2  # rows and columns: two paddings

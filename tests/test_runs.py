@@ -335,3 +335,14 @@ def test_checkpoint_choice_for_sample_and_eval(tmp_path, faces16):
     b = load_generator(tmp_path / "run", checkpoint=4)[0]
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert np.isfinite(next(a.parameters()).detach().numpy()).all()
+
+
+def test_metrics_reader_leaves_out_a_line_a_kill_cut_short(tmp_path):
+    run = runs.Run(tmp_path / "run")
+    assert run.read_metrics() == []  # no file yet
+    run.path.mkdir()
+    run.append_metrics({"event": "train", "step": 1})
+    run.append_metrics({"event": "fid", "step": 2, "fid": 9.5})
+    with open(run.metrics, "a", encoding="utf-8") as f:
+        f.write('{"event": "train", "st')  # the write a SIGKILL interrupted
+    assert run.read_metrics() == [{"event": "train", "step": 1}, {"event": "fid", "step": 2, "fid": 9.5}]

@@ -20,11 +20,23 @@ MMAP_THRESHOLD = 32 << 20  # glibc's largest: blocks up to 32 MB come from the h
 TRIM_THRESHOLD = 1 << 30  # keep up to 1 GB of freed heap for reuse
 
 
+def _libc_function(name: str):
+    return getattr(ctypes.CDLL(None), name, None)
+
+
 def keep_freed_memory() -> bool:
     """Make this process's glibc heap keep freed blocks of up to 32 MB for reuse; the
     resident size then stays near its peak. True if applied (a C library without glibc's
     `mallopt`, as on macOS, is left as it is)."""
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    mallopt = _libc_function("mallopt")
     if mallopt is None:
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def release_freed_memory() -> None:
+    """Hand the heap's free memory back to the kernel now (glibc's `malloc_trim`), so that
+    the resident size is what is in use: before a peak-memory measurement starts."""
+    malloc_trim = _libc_function("malloc_trim")
+    if malloc_trim is not None:
+        malloc_trim(0)

@@ -254,6 +254,16 @@ class Run:
     def append_metrics(self, entry: dict) -> None:
         append_json_line(self.metrics, entry)
 
+    def read_metrics(self) -> list[dict]:
+        """metrics.jsonl's events, oldest first; a line a kill cut short is left out."""
+        if not self.metrics.is_file():
+            return []
+        events = []
+        for line in self.metrics.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                events.append(json.loads(line))
+        return [e for e in events if isinstance(e, dict)]
+
     def tensorboard(self, start_step: int):
         """A TensorBoard writer whose events from `start_step` on replace any written before
         (TensorBoard's purge_step), so a resumed run's curves show each step once."""

@@ -9,7 +9,6 @@ results.json (every number), report.md and index.html (the same report in one fi
 
 from __future__ import annotations
 
-import json
 import signal as signal_module
 import statistics
 import subprocess
@@ -168,8 +167,7 @@ def _reached(folder: Path, target: Target) -> bool:
 def _train_family(family: str, folder: Path, data: str, preset: str, target: Target, sets: dict | None,
                   device: str, snapshots: dict, echo) -> int | None:
     """Train (or continue) one run up to `target`; returns the signal that stopped it."""
-    with PeakMemory(resolve_device(device)).apart():  # forget the previous family's peak (one process)
-        pass
+    PeakMemory(resolve_device(device)).reset()  # forget the previous family's peak (one process)
     result = train(str(folder), model=family, data=data, preset=preset, sets=sets, target=target, resume=True,
                    device=device, echo=echo, **snapshots)
     return result["signal"]
@@ -186,7 +184,7 @@ def _evaluate(family: str, folder: Path, fid_num: int, repeats: int, device: str
     first = repeats_out[0]
     scores = {key: _mean_sd([result[key] for result in repeats_out]) for key in SCORES}
     scores.update({key: first[key] for key in ("kid_std", *EQ_METRICS) if key in first})
-    events = _events(folder)
+    events = runs.Run(folder).read_metrics()
     return {"run": str(folder), "scores": scores, "repeats": repeats_out, "training": training_facts(events, folder),
             "curve": fid_curve(events), "parameters": _parameters(folder), **_sampling_speed(folder, device)}
 
@@ -217,11 +215,6 @@ def nfe_sweep(folder: Path, fid_num: int, device: str, steps: Sequence[int] = NF
 def _mean_sd(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else None,
             "values": values}
-
-
-def _events(folder: Path) -> list[dict]:
-    metrics = runs.Run(folder).metrics
-    return [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
 
 
 def fid_curve(events: list[dict]) -> list[dict]:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from animegen import runs
+from animegen import heap, runs
 from animegen.data.limits import check_new_folder
 from animegen.data.store import read_manifest
 from animegen.errors import UserError
@@ -569,12 +569,12 @@ class PeakMemory:
     @contextlib.contextmanager
     def apart(self):
         self.training = self.training_mb()
-        self._reset()
+        self.reset()
         try:
             yield
         finally:
             self.apart_mb = max(self.apart_mb, self._peak_mb())
-            self._reset()
+            self.reset()
 
     def _peak_mb(self) -> float:
         if self.device.type == "cuda":
@@ -585,9 +585,11 @@ class PeakMemory:
         except (OSError, IndexError, ValueError):
             return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    def _reset(self) -> None:
+    def reset(self) -> None:
+        """Forget the peak so far (in this process: earlier work, say another run's)."""
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             return
+        heap.release_freed_memory()  # the heap keeps freed blocks (animegen.heap): not in use
         with contextlib.suppress(OSError):
             Path("/proc/self/clear_refs").write_text("5")

@@ -11,8 +11,8 @@ Plain PyTorch on top of `upfirdn2d`, so it runs (and is differentiable) on any d
 separable (1-D) filter runs as two matrix products with the per-axis resampling matrix,
 which `upfirdn2d` itself builds from an identity: dense GEMMs beat depthwise convolutions
 (2.5x forward + backward on CPU, where depthwise backward is slow) and suit GPUs' tensor
-cores. A caller that owns fixed filters passes a `cache` dict, and each matrix is built once
-per shape, dtype and device. A 2-D (radial) filter goes through `upfirdn2d` directly.
+cores. A caller that owns fixed filters passes a `cache` dict (one per filter), and each
+matrix is built once per shape, dtype and device. A 2-D (radial) filter goes through `upfirdn2d` directly.
 """
 
 from __future__ import annotations
@@ -33,11 +33,13 @@ def filtered_lrelu(x: torch.Tensor, fu: torch.Tensor, fd: torch.Tensor, bias: to
 
     `padding` (int or x0, x1, y0, y1) is applied once, to the zero-inserted signal before
     `fu`; it fixes the output size, which is (H*up + pad - len(fu) - len(fd) + 1) // down + 1.
-    With gain 1 and slope 1 the layer is linear (StyleGAN3's ToRGB). `cache`: see the module doc.
+    With gain 1 and slope 1 the layer is linear (StyleGAN3's ToRGB). `cache`: a dict this
+    function keeps the matrices of `fu` and `fd` in (see the module doc).
     """
     if bias is not None:
         x = x + bias.to(x.dtype).reshape(1, -1, 1, 1)
-    x = resample(x, fu, up=up, padding=padding, gain=up * up, cache=cache)  # up**2 restores the zero-inserted energy
+    up_cache, down_cache = (None, None) if cache is None else (cache.setdefault("up", {}), cache.setdefault("down", {}))
+    x = resample(x, fu, up=up, padding=padding, gain=up * up, cache=up_cache)  # up**2 restores the zero-inserted energy
     if clamp is not None:
         # gain * clamp(y, c / gain) == clamp(gain * y, c): the gain rides on fd, free; and
         # clamp(lrelu(y), -c, c) == lrelu(clamp(y, -c / slope, c)) for slope > 0, so the leaky
@@ -46,12 +48,13 @@ def filtered_lrelu(x: torch.Tensor, fu: torch.Tensor, fd: torch.Tensor, bias: to
         x = F.hardtanh(x, -clamp / gain / slope, clamp / gain)
     if slope != 1:  # in place: x is this function's own fresh tensor, and leaky_relu_'s backward needs only its result
         x = F.leaky_relu(x, slope, inplace=True)
-    return resample(x, fd, down=down, gain=gain, cache=cache)
+    return resample(x, fd, down=down, gain=gain, cache=down_cache)
 
 
 def resample(x: torch.Tensor, f: torch.Tensor, up: int = 1, down: int = 1, padding=0, gain: float = 1.0,
              cache: dict | None = None) -> torch.Tensor:
-    """`upfirdn2d(x, f, up, down, padding, gain)`; a 1-D filter as two matrix products."""
+    """`upfirdn2d(x, f, up, down, padding, gain)`; a 1-D filter as two matrix products.
+    `cache`: this filter's matrices, kept by shape."""
     if f.ndim == 2:
         return upfirdn2d(x, f, up=up, down=down, padding=padding, gain=gain)
     x0, x1, y0, y1 = (padding,) * 4 if isinstance(padding, int) else padding
@@ -67,7 +70,7 @@ def _matrix(cache: dict | None, n: int, f: torch.Tensor, up: int, down: int, pad
     builds it inside the graph instead)."""
     if cache is None or torch.compiler.is_compiling():
         return resampling_matrix(n, f, up, down, padding, gain, x.dtype, x.device)
-    key = (n, id(f), up, down, padding, gain, x.dtype, x.device)
+    key = (n, up, down, padding, gain, x.dtype, x.device)
     if key not in cache:
         cache[key] = resampling_matrix(n, f, up, down, padding, gain, x.dtype, x.device)
     return cache[key]
