@@ -13,9 +13,11 @@
 
 Peers are never dependencies: diffusers comes from `--peers-site DIR` (a `pip install --target`
 folder, appended to sys.path so it cannot shadow our own packages). A peer that is absent skips
-its rows with a message. Timing: after warm-up, ours and the peer alternate within each repeat;
-the table shows the median img/s of each (per CPU second of the process, which other jobs on a
-shared machine do not inflate) and ours / peer. CPU only: process time does not see a GPU's work.
+its rows with a message. Ours is prepared as training prepares it (`Objective.prepare`: NHWC
+weights where faster), each peer as its own code runs it. Timing: after warm-up, ours and the peer
+alternate within each repeat; the table shows the median img/s of each (per CPU second of the
+process, which other jobs on a shared machine do not inflate) and ours / peer. CPU only: process
+time does not see a GPU's work.
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ def ddpm_rows(args, diffusers) -> list[str]:
     torch.manual_seed(0)
     model = spec.model(config.model_config)
     objective = spec.objective(model, config.objective_config, TrainContext(torch.device("cpu")))
+    objective.prepare()  # as training prepares it (NHWC weights)
     peer = diffusers.UNet2DModel(**diffusers_unet_kwargs(model.unet.config))
     train_scheduler = diffusers.DDPMScheduler(**diffusers_scheduler_kwargs(model.config))
     c = config.objective_config
@@ -204,6 +207,7 @@ def stylegan_rows(family: str, args, nvlabs) -> list[str]:
     torch.manual_seed(0)
     model = spec.model(config.model_config)
     objective = spec.objective(model, config.objective_config, TrainContext(torch.device("cpu")))
+    objective.prepare()  # as training prepares it (NHWC weights where faster)
     ours_d = objective.D
     g_kwargs, d_kwargs = nvlabs_kwargs(family, config.model_config, config.objective_config)
     peer_g = (nvlabs[0] if family == "stylegan2" else nvlabs[1]).Generator(**g_kwargs)
