@@ -61,7 +61,18 @@ def resample(x: torch.Tensor, f: torch.Tensor, up: int = 1, down: int = 1, paddi
     h, w = x.shape[-2:]
     cols = _matrix(cache, w, f, up, down, (x0, x1), gain**0.5, x)
     rows = cols if (h, y0, y1) == (w, x0, x1) else _matrix(cache, h, f, up, down, (y0, y1), gain**0.5, x)
-    return rows.T @ x @ cols
+    return _times(rows.T @ x, cols)
+
+
+def _times(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """x (N, C, H, W) @ m (W, W_out). Where m lengthens the rows, as one product per image
+    and channel: the single folded GEMM (N*C*H, W) @ m that torch.matmul makes of it is 2.3x
+    slower there on the CPU (MKL, W = 46 -> 98), while it is the faster one where m shortens
+    them (1.15x at 98 -> 44)."""
+    if m.shape[0] >= m.shape[1]:
+        return x @ m
+    n, c, h, w = x.shape
+    return torch.bmm(x.reshape(n * c, h, w), m.expand(n * c, *m.shape)).reshape(n, c, h, -1)
 
 
 def _matrix(cache: dict | None, n: int, f: torch.Tensor, up: int, down: int, padding: tuple[int, int], gain: float,
