@@ -122,9 +122,13 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     dense convolution for the batch. `padding` defaults to "same" (k // 2). `up=True` is a
     stride-2 transposed convolution followed by the `resample_filter` blur."""
     c_out, c_in, k, _ = weight.shape
-    if not demodulate:  # the output scale is the input scale: the gain rides on the styles
+    if demodulate:  # |weight * style| per output channel, from the squared weights summed over taps
+        norms = styles.square() @ weight.square().sum(dim=[2, 3]).t()  # (N, O)
+        scale = (torch.rsqrt(norms + 1e-8) * gain)[:, :, None, None]
+    else:  # the output scale is the input scale: the gain rides on the styles
         styles, scale = styles * gain, None
     x = x * styles[:, :, None, None].to(x.dtype)
+    fused_bias = bias if scale is None and not up else None  # nothing after the convolution: it adds the bias
     if up:
         # conv_transpose2d scatters (a true convolution); flipping the taps makes this equal to
         # "zero-insert, then correlate like conv2d", so `weight` means the same in both branches.
@@ -132,17 +136,13 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
         # Pad so that the blur brings it to exactly 2h; gain 4 makes up for the inserted zeros.
         x = upfirdn2d(x, resample_filter, padding=_split(len(resample_filter) + 1 - k), gain=4)
     else:
-        x = F.conv2d(x, weight, None if demodulate or bias is None else bias.to(x.dtype),
+        x = F.conv2d(x, weight, None if fused_bias is None else fused_bias.to(x.dtype),
                      padding=k // 2 if padding is None else padding)
-        bias = bias if demodulate else None  # added by the convolution
-    if demodulate:
-        # |weight * style| per output channel, from the squared weights summed over taps.
-        norms = styles.square() @ weight.square().sum(dim=[2, 3]).t()  # (N, O)
-        scale = (torch.rsqrt(norms + 1e-8) * gain)[:, :, None, None].to(x.dtype)
-    if bias is None:
-        return x if scale is None else x * scale
-    bias = bias.to(x.dtype).reshape(1, -1, 1, 1)
-    return x + bias if scale is None else torch.addcmul(bias, x, scale)
+    bias = None if bias is None or fused_bias is not None else bias.to(x.dtype).reshape(1, -1, 1, 1)
+    if scale is None:
+        return x if bias is None else x + bias
+    scale = scale.to(x.dtype)
+    return x * scale if bias is None else torch.addcmul(bias, x, scale)
 
 
 # ---------------------------------------------------------------- generator
