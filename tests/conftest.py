@@ -5,8 +5,13 @@ import pytest
 import torch
 
 from animegen.data.synth import synthesize_dataset
+from animegen.models.registry import PLUGINS
 
 REPO = Path(__file__).resolve().parents[1]
+# The test-only family of tests/toy_family.py, known to the registry in this process and in every
+# process a test starts (the commands' subprocesses, torchrun's workers).
+os.environ[PLUGINS] = "toy_family"
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
 SHARED_FACES = Path(os.environ.get("ANIMEGEN_SHARED_DATA", REPO.parent / "shared" / "data" / "anime-faces"))
 
 

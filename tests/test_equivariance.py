@@ -17,7 +17,7 @@ from animegen.errors import UserError
 from animegen.metrics import evaluate_generator
 from animegen.metrics.equivariance import (EQ_METRICS, PSNR_CAP, equivariance, fractional_translate, integer_translate,
                                            psnr, rotate)
-from animegen.models.base import Model, Noise
+from animegen.models.base import Capabilities, Model, Noise
 from animegen.models.stylegan3 import content_transform
 from animegen.training.config import make_config
 from animegen.training.loop import Target, train
@@ -37,6 +37,7 @@ class PlaneWaves(Model):
     and rotation. `sticky` adds a fixed pattern glued to the pixel grid, which is not."""
 
     config_class = ToyConfig
+    capabilities = Capabilities(input_transform=True)
 
     def __init__(self, config, max_freq=0.2, sticky=0.0, waves=16):
         super().__init__(config)

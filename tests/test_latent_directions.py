@@ -265,7 +265,7 @@ def test_sefa_factorizes_the_weights_the_affines_apply(family):
     model = _model(family)
     w1, w2 = torch.randn(2, 32, generator=torch.Generator().manual_seed(3)).unbind()
     a = discover.first_linear_map(model, (0, model.num_ws - 1)).float()
-    applied = torch.cat([discover._effective(m) @ (w1 - w2) for m in model.synthesis.modules()
+    applied = torch.cat([m.effective_weight() @ (w1 - w2) for m in model.synthesis.modules()
                          if isinstance(m, FullyConnected)])
     forward = torch.cat([m(w1[None])[0] - m(w2[None])[0] for m in model.synthesis.modules()
                          if isinstance(m, FullyConnected)])

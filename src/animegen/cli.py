@@ -329,23 +329,46 @@ def import_command(pkl, out, data, preset, sets, seed):
                + (f"; ADA p {info['ada_p']:.4f}" if info["ada_p"] is not None else "") + f"; grid {info['grid']}")
 
 
+class _SamplingCommand(click.Command):
+    """A command that takes every registered family's sampling options (`Model.options`: the
+    one place each is written). They are added when the command's options are first needed,
+    so `animegen --help` imports no model."""
+
+    def get_params(self, ctx):
+        if not any(getattr(p, "sampling", False) for p in self.params):
+            self.params[:0] = _sampling_params()
+        return super().get_params(ctx)
+
+
+def _sampling_params() -> list[click.Option]:
+    from animegen.models import registry
+
+    merged: dict[str, tuple] = {}  # option name -> (an Option, the families taking it, their choices)
+    for family in registry.names():
+        for option in registry.model_class(family).options:
+            first, families, choices = merged.setdefault(option.name, (option, [], []))
+            if option.kind != first.kind:
+                raise TypeError(f"sampling option {option.name} is {first.kind} in one family, {option.kind} in {family}")
+            families.append(family)
+            choices += [c for c in option.choices if c not in choices]
+    params = []
+    for option, families, choices in merged.values():
+        kind = {"float": click.FLOAT, "int": click.INT, "choice": click.Choice(choices), "xy": click.STRING}[option.kind]
+        default = "" if option.default is None else f" [default: {_shown(option.default)}]"
+        param = click.Option([option.flag], type=kind, default=None, metavar="X,Y" if option.kind == "xy" else None,
+                             help=f"{', '.join(families)}: {option.help}{default}.")
+        param.sampling = True
+        params.append(param)
+    return params
+
+
+def _shown(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
 def _sampling_options(f):
-    f = click.option("--sampler", type=click.Choice(["ddpm", "ddim", "dpm-solver++"]), default=None,
-                     help="Diffusion sampler [default: the run's].")(f)
-    f = click.option("--steps", type=int, default=None, help="Diffusion sampling steps (NFE) [default: the run's].")(f)
-    f = click.option("--eta", type=float, default=None, help="DDIM noise scale (0 deterministic, 1 ancestral).")(f)
-    f = click.option("--truncation", type=float, default=None, help="StyleGAN truncation psi (1 = off) [default: 1].")(f)
-    f = click.option("--temperature", type=float, default=None,
-                     help="VAE/DCGAN: z scaled by this (1 = off; below 1: more typical faces) [default: 1].")(f)
-    f = click.option("--noise-mode", type=click.Choice(["random", "const", "none"]), default=None,
-                     help="StyleGAN2 noise inputs: per seed, the fixed stored noise, or none [default: random].")(f)
-    f = click.option("--mix-seed", type=int, default=None,
-                     help="StyleGAN2 style mixing: take the styles of layers MIX_LAYER.. from this seed.")(f)
-    f = click.option("--mix-layer", type=int, default=None,
-                     help="First style layer taken from --mix-seed [default: half of the layers].")(f)
-    f = click.option("--translate", default=None, metavar="X,Y",
-                     help="StyleGAN3 input translation in image widths, e.g. 0.1,0.")(f)
-    f = click.option("--rotate", type=float, default=None, help="StyleGAN3 input rotation in degrees.")(f)
+    """The options of commands that render a run's images: its sampling options (added by
+    `_SamplingCommand`), batch size, device and checkpoint."""
     f = click.option("--batch-size", type=int, default=64, show_default=True)(f)
     f = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)(f)
     f = click.option("--checkpoint", default="last", show_default=True, metavar="last|best|STEP|PATH",
@@ -364,7 +387,7 @@ def _parse_strengths(ctx, param, value):
     return strengths
 
 
-@main.command("sample")
+@main.command("sample", cls=_SamplingCommand)
 @click.argument("run", type=_NonEmptyPath())
 @click.option("--count", type=int, default=None, help="Number of images [default with --z/--w: the file's].")
 @click.option("--out", required=True, type=_NonEmptyPath(), help="Output folder of PNGs (must not exist).")
@@ -417,7 +440,7 @@ def sample_command(run, count, out, seed, grid, seed_convention, z_file, w_file,
                + (f"; grid {grid}" if grid else "") + (f"; latents {info['latents']}" if save_latents else ""))
 
 
-@main.command("eval")
+@main.command("eval", cls=_SamplingCommand)
 @click.argument("run", type=_NonEmptyPath())
 @click.option("--metrics", default="fid", show_default=True, help="Comma-separated: fid, kid, pr; StyleGAN3: eqt, eqt_frac, eqr.")
 @click.option("--num", type=int, default=1000, show_default=True, help="Generated images (seeds 0..NUM-1).")
@@ -604,7 +627,7 @@ def directions_list(file):
 
 
 # ---------------------------------------------------------------- interpolate / style-mix
-@main.command("interpolate")
+@main.command("interpolate", cls=_SamplingCommand)
 @click.argument("run", type=_NonEmptyPath())
 @click.option("--seeds", default=None, metavar="S1,S2,...[;S1,S2,...]",
               help="Keyframe seeds; ';' separates rows of a grid of interpolations (as many seeds each).")
@@ -614,8 +637,8 @@ def directions_list(file):
               help="StyleGAN keyframes from latent files' w (e.g. two `project` outputs); repeatable.")
 @click.option("--frames", type=int, default=30, show_default=True, help="Frames per keyframe transition.")
 @click.option("--loop", is_flag=True, help="Go on from the last keyframe back to the first (a seamless loop).")
-@click.option("--space", type=click.Choice(["z", "w"]), default=None,
-              help="Interpolate W+ (cubic spline) or z (slerp) [default: w for StyleGAN, z otherwise].")
+@click.option("--space", default=None, metavar="w|z",
+              help="Interpolate W+ (cubic spline) or z (slerp) [default: w where the model has a W space, else z].")
 @click.option("--fps", type=float, default=30.0, show_default=True, help="Frames a second of a .gif or .mp4.")
 @click.option("--out", required=True, type=_NonEmptyPath(),
               help="FILE.png (one row of frames per interpolation), FILE.gif or FILE.mp4 (needs animegen[video]).")
@@ -650,7 +673,7 @@ def interpolate_command(run, seeds, z_files, w_files, frames, loop, space, fps, 
                f"from {info['checkpoint']}")
 
 
-@main.command("style-mix")
+@main.command("style-mix", cls=_SamplingCommand)
 @click.argument("run", type=_NonEmptyPath())
 @click.option("--rows", required=True, metavar="S1,S2,...", help="Seeds down the left: whose images are mixed.")
 @click.option("--cols", required=True, metavar="S1,S2,...", help="Seeds across the top: whose styles are taken.")
@@ -681,13 +704,14 @@ def style_mix_command(run, rows, cols, layers, out, seed_convention, batch_size,
 @click.argument("run", type=_NonEmptyPath())
 @click.argument("images", nargs=-1, required=True, type=_NonEmptyPath())
 @click.option("--out", required=True, type=_NonEmptyPath(), help="Output folder (must not exist).")
-@click.option("--space", type=click.Choice(["w", "w+", "z"]), default=None,
-              help="StyleGAN: W (one w) or W+ (one per style input) [default: w+]; others: z.")
+@click.option("--space", default=None, metavar="w+|w|z",
+              help="With a W space: W (one w) or W+ (one per style input) [default: w+]; others: z.")
 @click.option("--loss", default=None, metavar="SPEC",
               help="pixel, inception, discriminator or a weighted sum such as pixel+0.5*inception "
                    "(discriminator: StyleGAN runs) [default: pixel].")
 @click.option("--steps", type=int, default=None,
-              help="Optimisation steps [default: 300]; VAE 0: the encoder alone; DDPM: DDIM steps [default: the run's].")
+              help="Optimisation steps [default: 300]; with an encoder 0: the encoder alone; a model inverted by "
+                   "its sampler: its steps [default: the run's].")
 @click.option("--video", is_flag=True, help="Also write a GIF of the optimisation per image (every 10 steps).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Image i's random numbers come from seed SEED+i.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -706,7 +730,7 @@ def project_command(run, images, out, space, loss, steps, video, seed, device, c
     report = project_files(run, images, out, space=space, loss=loss, steps=steps, video=video, seed=seed,
                            device=device, checkpoint=checkpoint)
     click.echo(f"{out}: {len(report['images'])} images projected into {report['space']} of {report['family']} "
-               f"({report['loss'] or 'DDIM inversion'}, {report['steps']} steps), mean PSNR {report['mean_psnr']:.2f} dB")
+               f"({report['method']}, {report['steps']} steps), mean PSNR {report['mean_psnr']:.2f} dB")
 
 
 # ---------------------------------------------------------------- compare
@@ -714,8 +738,7 @@ def project_command(run, images, out, space, loss, steps, video, seed, device, c
 @click.option("--data", type=_NonEmptyPath(), default=None, help="Prepared dataset every family trains on.")
 @click.option("--out", required=True, type=_NonEmptyPath(),
               help="Report folder (its runs/ continue when the same command runs again).")
-@click.option("--models", default="vae,dcgan,ddpm,stylegan2,stylegan3-t,stylegan3-r", show_default=True,
-              help="Comma-separated families to train.")
+@click.option("--models", default=None, help="Comma-separated families to train [default: every registered family].")
 @click.option("--preset", type=click.Choice(["tiny", "paper64"]), default="tiny", show_default=True)
 @click.option("--set", "sets", multiple=True, metavar="[FAMILY.]KEY=VALUE",
               help="Override a setting of every family, or with FAMILY. of that one (repeatable).")
@@ -746,7 +769,8 @@ def compare_command(data, out, models, preset, sets, minutes, kimg, fid_num, fid
     from animegen.training.loop import Target
 
     target = None if run_folders or (kimg is None and minutes is None) else Target(kimg=kimg, minutes=minutes)
-    result = run_comparison(data, out, [m.strip() for m in models.split(",") if m.strip()], preset=preset,
+    families = None if models is None else [m.strip() for m in models.split(",") if m.strip()]
+    result = run_comparison(data, out, families, preset=preset,
                             target=target, fid_num=fid_num, repeats=repeats, device=device,
                             runs_given=list(run_folders) or None, sets=parse_sets(list(sets)),
                             fid_every=fid_every, nfe_steps=parse_nfe_steps(nfe_steps), nfe_num=nfe_num,

@@ -39,7 +39,7 @@ NFE_STEPS = (10, 20, 50, 100)  # DDIM / DPM-Solver++ step counts of the DDPM swe
 DETERMINISTIC_SAMPLERS = ("ddim", "dpm-solver++")  # one network evaluation per step, as ancestral DDPM
 MAX_REPEATS = 100
 
-def run_comparison(data: str | None, out: str, models: Sequence[str] = tuple(registry.names()),
+def run_comparison(data: str | None, out: str, models: Sequence[str] | None = None,
                    preset: str = "tiny", target: Target | None = None, fid_num: int = 1000, repeats: int | None = None,
                    device: str = "auto", runs_given: Sequence[str] | None = None, sets: dict | None = None,
                    fid_every: str | None = None, nfe_steps: Sequence[int] = NFE_STEPS, nfe_num: int | None = None,
@@ -64,6 +64,7 @@ def run_comparison(data: str | None, out: str, models: Sequence[str] = tuple(reg
     for steps in nfe_steps:
         check_int("--nfe-steps", steps, 1, 100_000)
     _check_report_folder(out)
+    models = registry.names() if models is None else models
     folders = _existing_runs(runs_given) if runs_given else _planned_runs(out, data, models, target)
     family_sets(sets or {}, None)  # an unknown family in FAMILY.KEY fails before any training
     progress = _Progress({"train": 0 if runs_given else len(folders), "evaluate": len(folders), "write": 1}, echo,

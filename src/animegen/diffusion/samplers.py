@@ -25,6 +25,7 @@ from animegen.diffusion.schedule import NoiseSchedule, check_prediction
 from animegen.errors import UserError
 
 SAMPLERS = ("ddpm", "ddim", "dpm-solver++")
+DETERMINISTIC_SAMPLERS = ("ddim", "dpm-solver++")  # with eta 0: x_0 is a function of x_T alone
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -93,8 +93,8 @@ def load_latents(path: str | os.PathLike, kind: str, model: Model) -> LatentFile
     file's noise maps and seeds when it has them. Any problem is one UserError line."""
     if kind not in KINDS:
         raise ValueError(kind)
-    if kind == "w" and not hasattr(model, "mapping"):
-        raise UserError(f"--w: {registry.name_of(model)} has no w space (StyleGAN2 and StyleGAN3 do); use --z.")
+    if kind not in model.capabilities.spaces:
+        raise UserError(f"--{kind}: {registry.name_of(model)} has no {kind} space; use --z.")
     arrays = _read(path)
     name = Path(path).name
     meta = _meta(arrays, name, model)
@@ -151,7 +151,7 @@ def _checked(array: np.ndarray, kind: str, name: str, model: Model) -> torch.Ten
     if kind == "z":
         want = tuple(model.z_shape)
     else:
-        want = (model.num_ws, model.mapping.w_avg.numel())
+        want = (model.num_ws, model.w_dim)
         if array.ndim in (1, 2) and array.shape[-1] == want[1]:  # W: (w_dim,) or (N, w_dim), one w for every input
             array = np.repeat(array.reshape(-1, 1, want[1]), want[0], axis=1)
     if array.ndim == len(want):
@@ -168,10 +168,9 @@ def _checked(array: np.ndarray, kind: str, name: str, model: Model) -> torch.Ten
 
 
 def _noise_maps(maps: list[np.ndarray], count: int, name: str, model: Model) -> list[torch.Tensor]:
-    convs = getattr(getattr(model, "synthesis", None), "convs", None)
-    if convs is None:
-        raise UserError(f"{name} holds noise maps, which only StyleGAN2 uses.")
-    want = [(count, *conv.noise_const.shape) for conv in convs]
+    if not model.capabilities.noise_maps:
+        raise UserError(f"{name} holds noise maps, which {registry.name_of(model)} does not use.")
+    want = [(count, *shape) for shape in model.noise_shapes()]
     got = [tuple(m.shape) for m in maps]
     if got != want:
         raise UserError(f"{name}: noise maps of shapes {got}; this model needs {want}.")

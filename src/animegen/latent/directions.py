@@ -43,13 +43,11 @@ class Direction:
 
 
 def edit_space(model: Model) -> str:
-    return "w" if hasattr(model, "mapping") else "z"
+    return model.capabilities.edit_space
 
 
 def space_size(model: Model) -> int:
-    if edit_space(model) == "w":
-        return model.mapping.w_avg.numel()
-    return int(torch.Size(model.z_shape).numel())
+    return model.latent_size(edit_space(model))
 
 
 def layer_range(model: Model, spec: str | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -57,7 +55,8 @@ def layer_range(model: Model, spec: str | tuple[int, int] | None) -> tuple[int, 
     the style inputs, coarse first), "A-B" or "A" (inclusive indices); None for z spaces."""
     if edit_space(model) != "w":
         if spec not in (None, "all"):
-            raise UserError(f"layer ranges apply to StyleGAN's W; {registry.name_of(model)} edits its whole z.")
+            raise UserError(f"layer ranges apply to StyleGAN's W (a W space's style inputs); {registry.name_of(model)} "
+                            "edits its whole z.")
         return None
     n = model.num_ws
     if spec is None or spec == "all":
@@ -106,7 +105,7 @@ def save_directions(path: str | os.PathLike, model: Model, directions: list[Dire
     if len(set(names)) != len(names):
         raise UserError(f"direction names must differ: {', '.join(names)}.")
     header = {"family": registry.name_of(model), "space": edit_space(model), "size": space_size(model),
-              "num_ws": getattr(model, "num_ws", None),
+              "num_ws": model.num_ws,
               "directions": {d.name: {"method": d.method, "layers": list(d.layers) if d.layers else None,
                                       "scale": d.scale, "details": d.details} for d in directions}}
     tensors = {d.name: d.vector.detach().float().cpu().contiguous() for d in directions}
@@ -127,7 +126,7 @@ def load_directions(path: str | os.PathLike, model: Model) -> dict[str, Directio
     except (SafetensorError, OSError, KeyError, ValueError, TypeError) as e:
         raise UserError(f"{name} is not an animegen directions file ({type(e).__name__}: {e}).") from None
     family, size = registry.name_of(model), space_size(model)
-    if header.get("family") != family or header.get("size") != size or header.get("num_ws") != getattr(model, "num_ws", None):
+    if header.get("family") != family or header.get("size") != size or header.get("num_ws") != model.num_ws:
         raise UserError(f"{name} holds directions of a {header.get('family')} model with a {header.get('size')}-value "
                         f"{header.get('space')}; this run is {family} with a {size}-value {edit_space(model)}.")
     directions = {}

@@ -55,8 +55,8 @@ def mapped_moments(model: Model, samples: int, seed: int = 0) -> tuple[torch.Ten
     total, outer, count = 0.0, 0.0, 0
     with torch.no_grad():
         for start in range(0, samples, BATCH):
-            z = torch.randn(min(BATCH, samples - start), model.z_dim, generator=generator).to(model.device)
-            w = model.mapping(z)[:, 0].double()
+            z = torch.randn(min(BATCH, samples - start), *model.z_shape, generator=generator).to(model.device)
+            w = model.map_z(z)[:, 0].double()
             total, outer, count = total + w.sum(0), outer + w.T @ w, count + len(w)
     mean = total / count
     return mean, (outer - count * torch.outer(mean, mean)) / (count - 1)
@@ -76,27 +76,35 @@ def _check_num(model: Model, num: int) -> int:
 
 
 # ---------------------------------------------------------------- GANSpace
+def ganspace_source(model: Model) -> str | None:
+    """What GANSpace takes the principal axes of: "w" (mapped z), "encodings" (an encoder's
+    posterior means of real images), or None (an isotropic z has no principal axes)."""
+    if model.capabilities.edit_space == "w":
+        return "w"
+    return "encodings" if model.capabilities.inversion == "encoder" else None
+
+
 def ganspace(model: Model, num: int = 10, samples: int = DEFAULT_SAMPLES, layers: str | None = "all",
              data: str | os.PathLike | None = None) -> list[Direction]:
-    """The top `num` principal axes of the model's latents: StyleGAN's W (from `samples`
-    mapped z), or a VAE's posterior means of the test split of the prepared dataset `data`."""
-    family = registry.name_of(model)
+    """The top `num` principal axes of the model's latents: its W (from `samples` mapped z),
+    or an encoder's posterior means of the test split of the prepared dataset `data`."""
     _check_num(model, num)
     span = layer_range(model, layers)
-    if edit_space(model) == "w":
+    source = ganspace_source(model)
+    if source == "w":
         check_int("--samples", samples, max(2, num), MAX_SAMPLES)
         _, covariance = mapped_moments(model, samples)
         count = samples
-    elif family == "vae":
+    elif source == "encodings":
         codes = encoded_means(model, data)
         count = len(codes)
         if count < 2:
             raise UserError(f"the test split of {data} holds {count} image(s); GANSpace needs at least 2.")
         covariance = torch.cov(codes.double().T).reshape(codes.shape[1], codes.shape[1])
     else:
-        raise UserError(f"ganspace works on stylegan2, stylegan3-t, stylegan3-r (PCA of W) and vae (PCA of its "
-                        f"encodings); {family}'s z is isotropic N(0, I), so PCA of it finds no directions"
-                        + ("; use sefa or fit." if family == "dcgan" else "; fit one from labels."))
+        raise UserError(f"ganspace works on families with a W space (PCA of W) or an encoder (PCA of its encodings); "
+                        f"{registry.name_of(model)}'s z is isotropic N(0, I), so PCA of it finds no directions"
+                        + ("; use sefa or fit." if model.capabilities.sefa else "; fit one from labels."))
     values, vectors = principal_axes(covariance, num)
     ratios = values / torch.diagonal(covariance).sum().clamp(min=1e-30)
     return [Direction(f"pc{k}", v.float(), "ganspace", span, math.sqrt(e),
@@ -137,48 +145,11 @@ def sefa(model: Model, num: int = 10, layers: str | None = None, samples: int = 
 
 def first_linear_map(model: Model, span: tuple[int, int] | None) -> torch.Tensor:
     """A (outputs, latent size) in float64: the weights the forward pass applies to the
-    latent first, equalized-learning-rate gains included."""
-    family = registry.name_of(model)
-    if family == "stylegan2":
-        weights = [w for i in range(span[0], span[1] + 1) for w in _stylegan2_affines(model, i)]
-    elif family.startswith("stylegan3"):
-        weights = [_stylegan3_affine(model, i) for i in range(span[0], span[1] + 1)]
-    elif family == "dcgan":
-        first = model.generator[0].weight  # ConvTranspose2d (latent, C, 4, 4): z -> C x 4 x 4
-        weights = [first.reshape(first.shape[0], -1).T]
-    elif family == "vae":
-        weights = [model.decoder[0].weight]  # Linear (out, latent)
-    else:
-        raise UserError(f"sefa works on stylegan2, stylegan3-t, stylegan3-r, dcgan and vae; {family} has no "
-                        "linear map of its latent to factorize.")
-    return torch.cat([w.detach().double().cpu() for w in weights])
-
-
-def _effective(affine) -> torch.Tensor:
-    return affine.weight * affine.weight_gain  # as FullyConnected.forward applies it
-
-
-def _stylegan2_affines(model: Model, index: int) -> list[torch.Tensor]:
-    """Style input `index` feeds convs[index] and, when odd, torgbs[index // 2] (which scales
-    its styles by its own gain)."""
-    synthesis = model.synthesis
-    weights = [_effective(synthesis.convs[index].affine)] if index < len(synthesis.convs) else []
-    if index % 2 == 1:
-        torgb = synthesis.torgbs[index // 2]
-        weights.append(_effective(torgb.affine) * torgb.weight_gain)
-    return weights
-
-
-def _stylegan3_affine(model: Model, index: int) -> torch.Tensor:
-    """Style input 0 feeds the Fourier input's transform, input 1 + i layer i (ToRGB, the
-    last, divides its styles by its equalized-lr gain)."""
-    if index == 0:
-        return _effective(model.synthesis.input.affine)
-    layer = model.synthesis.layers[index - 1]
-    weight = _effective(layer.affine)
-    if layer.torgb:
-        weight = weight / math.sqrt(layer.weight.shape[1] * layer.weight.shape[-1] ** 2)
-    return weight
+    latent first, equalized-learning-rate gains included (the family's `latent_linear_map`)."""
+    if not model.capabilities.sefa:
+        raise UserError(f"sefa works on families with a linear map of their latent; {registry.name_of(model)} has "
+                        "none to factorize.")
+    return model.latent_linear_map(span).detach().double().cpu()
 
 
 # ---------------------------------------------------------------- from labels
@@ -331,7 +302,7 @@ def write_directions(run: str, out: str, method: str, force: bool = False, devic
         raise UserError(f"{out} already exists; choose another --out or pass --force to replace it.")
     model, state = load_generator(run, device)
     if method == "ganspace":
-        data = runs.Run(run).dataset(state["config"]) if registry.name_of(model) == "vae" else None
+        data = runs.Run(run).dataset(state["config"]) if ganspace_source(model) == "encodings" else None
         directions = ganspace(model, data=data, **arguments)
     elif method == "sefa":
         directions = sefa(model, **arguments)

@@ -43,7 +43,6 @@ MAX_VIDEO_FRAMES = 20000
 MAX_BYTES = 2 * 2**30  # the frames of one output, all held in memory
 MAX_FPS = 120.0
 OUTPUTS = (".png", *VIDEO_FORMATS)
-STYLE_FAMILIES = "stylegan2, stylegan3-t and stylegan3-r"
 
 
 # ---------------------------------------------------------------- paths through latent space
@@ -160,7 +159,7 @@ def interpolation_frames(model: Model, rows: list[list[int]], frames: int, loop:
     keyframes of a single row (a latent file's), used instead of what the seeds draw."""
     options = options or {}
     space = check_space(model, space)
-    check_deterministic(options)
+    check_deterministic(model, options)
     noise_source = SEED_CONVENTIONS[seed_convention]
     out = []
     for seeds in rows:
@@ -204,16 +203,16 @@ def check_space(model: Model, space: str | None) -> str:
         return own
     if space not in ("z", "w"):
         raise UserError(f"--space {space!r}: choose z or w.")
-    if space == "w" and own != "w":
-        raise UserError(f"--space w: {registry.name_of(model)} has no w space ({STYLE_FAMILIES} do); use --space z.")
+    if space not in model.capabilities.spaces:
+        raise UserError(f"--space {space}: {registry.name_of(model)} has no {space} space; use --space z.")
     return space
 
 
-def check_deterministic(options: dict) -> None:
-    """A DDPM frame must be a function of its z: stochastic samplers draw fresh noise per frame."""
-    if options.get("sampler") == "ddpm" or options.get("eta", 0) > 0:
-        raise UserError("interpolation needs a deterministic sampler (--sampler ddim --eta 0, or dpm-solver++): "
-                        "ancestral steps draw new noise for every frame.")
+def check_deterministic(model: Model, options: dict) -> None:
+    """A frame must be a function of its latents: stochastic samplers draw fresh noise per frame."""
+    if not model.deterministic(options):
+        raise UserError(f"interpolation needs a deterministic sampler ({model.deterministic_hint}): "
+                        "stochastic steps draw new noise for every frame.")
 
 
 # ---------------------------------------------------------------- style mixing
@@ -225,8 +224,9 @@ def style_mix_figure(model: Model, row_seeds: list[int], col_seeds: list[int], l
     random noise, the noise maps of those layers come from the column seed too, so "all" gives
     the column seed's image."""
     options = options or {}
-    if edit_space(model) != "w":
-        raise UserError(f"style mixing needs a StyleGAN's W: {STYLE_FAMILIES} support it; "
+    if not model.capabilities.style_mixing:
+        raise UserError(f"style mixing needs a W space with style inputs: "
+                        f"{', '.join(registry.families_that(lambda c: c.style_mixing))} have one; "
                         f"this run is {registry.name_of(model)}.")
     if "mix_seed" in options:
         raise UserError("style-mix takes the mixed styles from --cols; drop --mix-seed and --mix-layer.")

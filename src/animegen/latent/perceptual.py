@@ -5,7 +5,8 @@ have (nothing is downloaded):
   inception      the TF-FID Inception (metrics.inception's file, read without freezing so that
                  gradients flow) up to mixed_2 (Mixed_5d), on images resized to 96 px by its own
                  TF1 bilinear resize; pool3 needs the full 299 px, ~25x the cost on a CPU
-  discriminator  the run's own StyleGAN discriminator: its fromRGB and block outputs
+  discriminator  the run's own discriminator (families that declare one): its features,
+                 e.g. StyleGAN's fromRGB and block outputs
 
 Feature distances are LPIPS-style: each layer's features unit-normalized over channels,
 squared differences summed over channels, averaged over positions, then over layers. A loss
@@ -22,12 +23,11 @@ import torch
 from animegen import runs
 from animegen.errors import UserError
 from animegen.metrics import inception
-from animegen.models.stylegan2 import Discriminator
+from animegen.models import registry
 
 TERMS = ("pixel", "inception", "discriminator")
 INCEPTION_SIZE = 96  # mixed_2 is 9 x 9 there; 75 px is the network's smallest input
 INCEPTION_LAYERS = ("pool0", "pool1", "mixed_2")
-STYLEGAN_FAMILIES = ("stylegan2", "stylegan3-t", "stylegan3-r")
 TERM = re.compile(r"^(?:(\d+(?:\.\d*)?|\.\d+)\*)?([a-z]+)$")
 MAX_WEIGHT = 1e6
 
@@ -88,7 +88,7 @@ def _feature_net(name: str, run, checkpoint, device: torch.device):
         return functools.partial(_inception_features, _inception_layers(str(inception.weights_path()), device))
     if run is None:
         raise ValueError("the discriminator term needs the run")
-    return functools.partial(_discriminator_features, load_discriminator(run, checkpoint, device))
+    return load_discriminator(run, checkpoint, device).features
 
 
 @functools.lru_cache(maxsize=2)
@@ -116,28 +116,20 @@ def _inception_features(layers, images: torch.Tensor) -> list[torch.Tensor]:
     return features
 
 
-def load_discriminator(run, checkpoint, device: torch.device) -> Discriminator:
-    """The StyleGAN discriminator saved in the run's checkpoint, built from its recorded settings."""
+def load_discriminator(run, checkpoint, device: torch.device) -> torch.nn.Module:
+    """The discriminator saved in the run's checkpoint, built from its recorded settings by its
+    family (`Model.feature_discriminator`)."""
     tensors, state = runs.load_checkpoint(run, checkpoint)
+    family = registry.model_class(state["model"])
     weights = runs.module_state(tensors, "net.D")
-    if state["model"] not in STYLEGAN_FAMILIES or not weights:
-        raise UserError(f"--loss discriminator uses a StyleGAN run's discriminator; this checkpoint of a "
+    if not family.capabilities.discriminator or not weights:
+        raise UserError(f"--loss discriminator uses a StyleGAN run's discriminator (a family that declares one: "
+                        f"{', '.join(registry.families_that(lambda c: c.discriminator))}); this checkpoint of a "
                         f"{state['model']} run has none (use pixel or inception).")
-    c = state["config"]["objective_config"]
-    net = Discriminator(state["config"]["model_config"]["resolution"], c["d_channel_base"], c["d_channel_max"],
-                        c["mbstd_group"], c["d_conv_clamp"])
+    config = state["config"]
+    net = family.feature_discriminator(config["model_config"]["resolution"], config["objective_config"])
     try:
         net.load_state_dict(weights, strict=True)
     except RuntimeError as e:
-        raise UserError(f"the run's discriminator does not match StyleGAN2's: {str(e).splitlines()[0]}") from None
+        raise UserError(f"the run's discriminator does not match its family's: {str(e).splitlines()[0]}") from None
     return net.to(device).eval().requires_grad_(False)
-
-
-def _discriminator_features(net: Discriminator, images: torch.Tensor) -> list[torch.Tensor]:
-    x = net.fromrgb(images)
-    features = [x]
-    for block in net.blocks:
-        x = block(x)
-        features.append(x)
-    return features
-

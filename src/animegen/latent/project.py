@@ -1,16 +1,19 @@
-"""Projection: the latents from which a run's generator reproduces given images.
+"""Projection: the latents from which a run's generator reproduces given images. How, each
+family declares (`Model.capabilities`):
 
-  StyleGAN2/3  Adam on w from the mean of 10k mapped z, in W (one w for every style input) or
-               W+ (one per input), with NVIDIA's projector schedule (stylegan2-ada-pytorch
-               projector.py): lr ramped up over the first 5% and down by a cosine over the last
-               25%, Gaussian noise on w of 0.05 w_std fading to 0 (squared) at 75% of the steps.
-               StyleGAN2 also optimises its noise maps, per image, with the multi-scale
-               autocorrelation penalty (weight 1e5) and renormalised after every step.
-  VAE          the encoder's posterior mean, refined by the same optimisation of z (steps 0:
-               the encoder alone).
-  DCGAN        the same optimisation of z, from the best of zero and a few random draws.
-  DDPM         DDIM inversion (eta 0) to the initial noise over the sampler's own timesteps;
-               `steps` is the number of DDIM steps, and DDIM with them samples the image back.
+  a W space    (StyleGAN2/3) Adam on w from the mean of 10k mapped z, in W (one w for every
+               style input) or W+ (one per input), with NVIDIA's projector schedule
+               (stylegan2-ada-pytorch projector.py): lr ramped up over the first 5% and down
+               by a cosine over the last 25%, Gaussian noise on w of 0.05 w_std fading to 0
+               (squared) at 75% of the steps. Noise maps (StyleGAN2's) are optimised too, per
+               image, with the multi-scale autocorrelation penalty (weight 1e5) and
+               renormalised after every step.
+  "encoder"    (VAE) the encoder's posterior mean, refined by the same optimisation of z
+               (steps 0: the encoder alone).
+  "optimize"   (DCGAN) the same optimisation of z, from the best of zero and a few random draws.
+  "ode"        (DDPM) the model's deterministic sampler run backwards (`Model.invert`: DDIM
+               inversion) to the initial noise; `steps` is its number of steps, and the
+               sampler with them samples the image back.
 
 Every image is optimised independently (the loss is a sum of per-image losses and Adam acts
 per element), so projecting images together or one at a time finds the same latents.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +37,6 @@ from PIL import Image
 from animegen.data.images import BadImage, list_files, read_files
 from animegen.data.limits import check_int, check_new_folder
 from animegen.data.prepare import decode_large_enough, square_resize
-from animegen.diffusion.samplers import ddim_invert
 from animegen.errors import UserError
 from animegen.generate import load_generator, sample_batches
 from animegen.io import atomic_dir, to_uint8
@@ -42,8 +45,6 @@ from animegen.latent.directions import edit_space, edit_vectors
 from animegen.latent.perceptual import ProjectionLoss, parse_loss
 from animegen.models import registry
 from animegen.models.base import Latents, Model, Noise
-from animegen.models.ddpm import DDPM
-from animegen.models.vae import VAE
 from animegen.settings import MAX_SEED
 
 DEFAULT_STEPS = 300  # NVIDIA: 1000. 300: ~2 s per image for a tiny 32 px StyleGAN2 on one CPU thread
@@ -88,56 +89,56 @@ class Projection:
 
 def spaces(model: Model) -> tuple[str, ...]:
     """The spaces `model` projects into, the default first."""
-    return ("w+", "w") if hasattr(model, "mapping") else ("z",)
+    return model.capabilities.projection_spaces
+
+
+def inverted(model: Model) -> bool:
+    """Whether the model is projected by running its sampler backwards (no loss, no optimisation)."""
+    return model.capabilities.inversion == "ode"
 
 
 def default_steps(model: Model) -> int:
-    return model.config.sample_steps if isinstance(model, DDPM) else DEFAULT_STEPS
+    return model.inversion_steps()[0] if inverted(model) else DEFAULT_STEPS
 
 
 def project(model: Model, targets: torch.Tensor, space: str, loss: ProjectionLoss | None, steps: int,
             seed: int = 0, frames: bool = False, progress: Callable[[float], None] | None = None) -> Projection:
     """Latents reproducing `targets` (N x 3 x R x R in [-1, 1]); image i's random numbers come
-    from seed `seed + i`. `loss` is None only for the DDPM. `progress(fraction)` is called as
-    the optimisation goes."""
+    from seed `seed + i`. `loss` is None only for a model inverted by its sampler.
+    `progress(fraction)` is called as the optimisation goes."""
     noise = Noise(range(seed, seed + len(targets)), model.device)
     schedule = Schedule(steps)
-    if isinstance(model, DDPM):
-        options = model.resolve_sample_options({"sampler": "ddim", "steps": steps, "eta": 0.0})
-        z = ddim_invert(model.unet, model.schedule, targets, steps, model.config.prediction)
-        return Projection({"z": z}, options)
+    if inverted(model):
+        latents, options = model.invert(targets, steps)
+        return Projection(latents, options)
     options = model.resolve_sample_options({})
-    if hasattr(model, "mapping"):
-        latents, shots = _project_stylegan(model, noise, space, loss, schedule, seed, frames, progress)
-        return Projection(latents, options, shots)
-    if isinstance(model, VAE):
-        with torch.no_grad():
-            start = model.encode(targets)[0]
+    with torch.no_grad():  # each seed's random noise maps, to start from
+        maps = model.draw(noise).get("noise", []) if model.capabilities.noise_maps else []
+    if space in ("w", "w+"):
+        w_avg, spread = _w_statistics(model, seed)
+        start = w_avg.expand(len(noise), 1 if space == "w" else model.num_ws, -1)
+
+        def compose(value, maps):
+            return {"w": value.expand(-1, model.num_ws, -1), **({"noise": maps} if maps else {})}
     else:
-        start = _best_start(model, noise, loss, seed)
-    spread = math.sqrt(start[0].numel())  # z ~ N(0, I): the root of its total variance
-    latents, shots = _descend(model, noise, loss, schedule, seed, start, spread, lambda value, maps: {"z": value},
-                              frames=frames, progress=progress)
+        if model.capabilities.inversion == "encoder":
+            with torch.no_grad():
+                start = model.encode(targets)[0]
+        else:
+            start = _best_start(model, noise, loss, seed)
+        spread = math.sqrt(start[0].numel())  # z ~ N(0, I): the root of its total variance
+
+        def compose(value, maps):
+            return {"z": value, **({"noise": maps} if maps else {})}
+    latents, shots = _descend(model, noise, loss, schedule, seed, start, spread, compose, maps, frames, progress)
     return Projection(latents, options, shots)
-
-
-def _project_stylegan(model, noise, space, loss, schedule, seed, frames, progress):
-    w_avg, w_std = _w_statistics(model, seed)
-    start = w_avg.expand(len(noise), 1 if space == "w" else model.num_ws, -1)
-    with torch.no_grad():
-        maps = model.draw(noise).get("noise", [])  # StyleGAN2: each seed's random maps to start from
-
-    def compose(value, maps):
-        return {"w": value.expand(-1, model.num_ws, -1), **({"noise": maps} if maps else {})}
-
-    return _descend(model, noise, loss, schedule, seed, start, w_std, compose, maps, frames, progress)
 
 
 @torch.no_grad()
 def _w_statistics(model, seed: int) -> tuple[torch.Tensor, float]:
     """Mean of W_SAMPLES mapped z, and the root of their total variance (NVIDIA's w_std)."""
-    z = torch.randn(W_SAMPLES, model.z_dim, generator=torch.Generator().manual_seed(seed)).to(model.device)
-    w = model.mapping(z)[:, 0]
+    z = torch.randn(W_SAMPLES, *model.z_shape, generator=torch.Generator().manual_seed(seed)).to(model.device)
+    w = model.map_z(z)[:, 0]
     w_avg = w.mean(0)
     return w_avg, (w - w_avg).square().sum(1).mean().sqrt().item()
 
@@ -225,15 +226,16 @@ def check_request(model: Model, space: str | None, loss: str | None, steps: int 
                   ) -> tuple[str, str | None, int]:
     """The space, loss spec and steps to use, or one UserError saying what this family accepts."""
     family, accepted = registry.name_of(model), spaces(model)
-    space = space or accepted[0]
+    space = accepted[0] if space is None else space
     if space not in accepted:
         raise UserError(f"--space {space}: {family} projects into {' or '.join(accepted)}.")
     steps = default_steps(model) if steps is None else steps
-    if isinstance(model, DDPM):
+    if inverted(model):
         if loss is not None or video:
-            raise UserError("a DDPM is projected by DDIM inversion, which has no --loss and no optimisation to --video.")
-        return space, None, check_int("--steps (DDIM steps)", steps, 1, model.config.timesteps)
-    check_int("--steps", steps, 0 if isinstance(model, VAE) else 1, MAX_STEPS)
+            raise UserError(f"{family} is projected by {model.inversion_sampler} inversion, which has no --loss and no "
+                            "optimisation to --video.")
+        return space, None, check_int(f"--steps ({model.inversion_sampler} steps)", steps, 1, model.inversion_steps()[1])
+    check_int("--steps", steps, 0 if model.capabilities.inversion == "encoder" else 1, MAX_STEPS)
     if video and steps == 0:
         raise UserError("--video shows the optimisation, and --steps 0 has none.")
     return space, DEFAULT_LOSS if loss is None else loss, steps
@@ -243,7 +245,7 @@ def project_latents(model: Model, sources: Sequence[str]) -> torch.Tensor:
     """(N, D): the edit-space latent (StyleGAN: one w, projected into W; others: z) of each image
     file, projected with the defaults (the pixel loss, DEFAULT_STEPS); for fitting directions."""
     targets = as_targets(read_targets(sources, model.resolution)[1], model.device)
-    loss = None if isinstance(model, DDPM) else ProjectionLoss(parse_loss(DEFAULT_LOSS), targets)
+    loss = None if inverted(model) else ProjectionLoss(parse_loss(DEFAULT_LOSS), targets)
     latents = project(model, targets, edit_space(model), loss, default_steps(model)).latents
     return edit_vectors(model, latents).detach().cpu()
 
@@ -275,7 +277,7 @@ def project_files(run: str, sources: Sequence[str], out: str, space: str | None 
     recon = to_uint8(recon)
     kind = edit_space(model)
     report = {"run": str(run), "checkpoint": state["checkpoint"], "family": registry.name_of(model), "space": space,
-              "loss": loss_spec, "steps": steps, "seed": seed, "schedule": asdict(Schedule(steps)),
+              "loss": loss_spec, "method": loss_spec or f"{model.inversion_sampler} inversion", "steps": steps, "seed": seed, "schedule": asdict(Schedule(steps)),
               "sample_options": result.options, "seconds": seconds,
               "reproduce": _sample_command(run, out, kind, result.options, model),
               "images": [{"index": i, "source": name, "psnr": psnr(images[i], recon[i]), "loss": final[i]}
@@ -294,8 +296,9 @@ def project_files(run: str, sources: Sequence[str], out: str, space: str | None 
 
 
 def _sample_command(run, out, kind: str, options: dict, model: Model) -> str:
-    extra = f" --sampler ddim --steps {options['steps']}" if isinstance(model, DDPM) else ""
-    return f"animegen sample {run} --{kind} {Path(out) / 'latents.npz'}{extra} --out OUT"
+    args = ["animegen", "sample", str(run), f"--{kind}", str(Path(out) / "latents.npz"), *model.option_flags(options),
+            "--out", "OUT"]
+    return " ".join(shlex.quote(a) for a in args)
 
 
 def _write_gif(path: Path, target: np.ndarray, frames: list[np.ndarray]) -> None:

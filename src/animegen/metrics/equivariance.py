@@ -69,10 +69,10 @@ def equivariance_metrics(generator, names, num: int | None = None, batch_size: i
 
 
 def check_generator(model) -> None:
-    """The EQ metrics need an input transform and the raw output: StyleGAN3's `raw_sample`."""
-    if not callable(getattr(model, "raw_sample", None)):
+    """The EQ metrics need an input transform and the raw output (`Model.raw_sample`)."""
+    if not model.capabilities.input_transform:
         raise UserError(f"{type(model).__name__} has no input transform (translate/rotate), so EQ-T and EQ-R "
-                        "are undefined for it; they apply to StyleGAN3 models.")
+                        "are undefined for it; they apply to models that declare one (StyleGAN3).")
 
 
 def equivariance(model, metrics=EQ_METRICS, num: int = DEFAULT_NUM, batch_size: int = 32, seed: int = 0) -> dict:

@@ -1,4 +1,5 @@
-"""The Model contract: what every generator family (vae, dcgan, ddpm, stylegan...) provides.
+"""The Model contract: what every generator family (vae, dcgan, ddpm, stylegan...) provides,
+and what it declares it can do.
 
 A Model is an `nn.Module` holding exactly what is needed to *generate* images: the
 generator, the VAE (encoder and decoder), or the denoiser together with its noise
@@ -14,28 +15,51 @@ Implementers subclass `Model` and provide:
     __init__(config)    build every submodule from `config` alone (plain constructor,
                         no I/O), and call `super().__init__(config)` first.
     z_shape             the per-image shape of the Gaussian latent z each image draws
-                        first from its seed (the DDPM's z is its initial noise x_T).
+                        first from its seed (a diffusion model's z is its initial noise).
     render(latents, noise, **options) -> Tensor
                         len(noise) images, N x 3 x R x R, float32 in [-1, 1], on the
                         model's device, from the explicit latents `draw` returned
                         (differentiable in them, for projection).
-    draw(noise, given, **options) -> dict   (StyleGAN overrides it to add "w" and noise maps)
+    draw(noise, given, **options) -> dict   (families with a W space override it)
                         every latent of the batch that the image depends on: "z", and
-                        for StyleGAN "w" (N, num_ws, w_dim, W+) and "noise" (the noise
-                        maps, in the order the synthesis uses them). All randomness comes
+                        with a W space "w" (N, num_ws, w_dim, W+) and, with noise maps,
+                        "noise" (in the order render uses them). All randomness comes
                         from `noise.randn(...)`, so image i depends only on its seed (not
                         on batch size or on its position in the batch). `given` replaces
                         drawn latents with explicit ones; the seed's stream still advances
                         past them, so what follows is drawn as if they had been.
     sample(noise, **options) = render(draw(noise), noise): called under torch.no_grad()
                         on the EMA copy in eval mode.
-    sample_options      the option names `sample` accepts (e.g. ("sampler", "steps")),
-                        and `resolve_sample_options` to fill in their defaults, so that
-                        `animegen eval` can record exactly how images were made.
+    options             the sampling options (`Option`: name, kind, default, limit, help),
+                        the one place each is written: the CLI makes its flags from them,
+                        the studio its controls, and `resolve_sample_options` checks given
+                        values and fills in defaults, so that `animegen eval` records exactly
+                        how images were made. `option_specs()` gives them with this
+                        instance's defaults and bounds (a run's own sampler, its step count).
+    capabilities        a `Capabilities`: what the family can do beyond drawing and
+                        rendering (latent spaces, style mixing, noise maps, an input
+                        transform, how it is inverted, SeFa, a discriminator for
+                        perceptual losses). Everything above `models/` reads this and the
+                        hooks it names, never a family's name, class or attributes.
+
+The hooks a capability brings (each raises NotImplementedError unless declared):
+    "w" in spaces       num_ws, w_dim, map_z(z) -> W+ (N, num_ws, w_dim), untruncated
+    noise_maps          noise_shapes() -> the per-image shapes of the maps `draw` makes
+    input_transform     raw_sample(noise, transform, truncation) -> the unclamped output
+                        under an input transform (EQ-T / EQ-R)
+    inversion "encoder" encode(images) -> (mean, logvar) of the latent z
+    inversion "ode"     invert(images, steps) -> (latents, options): the deterministic
+                        sampler run backwards; inversion_steps() -> (default, most)
+    sefa                latent_linear_map(layers) -> the first linear map applied to the
+                        edit-space latent (outputs, latent size)
+    discriminator       feature_discriminator(resolution, objective_config) -> a
+                        discriminator module with features(images) -> [tensors]
+and, for diffusion samplers: deterministic(options), nfe(options), nfe_sweep(counts).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
@@ -43,7 +67,7 @@ import torch
 from torch import nn
 
 from animegen.errors import UserError
-from animegen.settings import MAX_RESOLUTION, Limit
+from animegen.settings import MAX_RESOLUTION, TEMPERATURE, Limit
 
 
 class Noise:
@@ -89,12 +113,128 @@ SEED_CONVENTIONS = {"animegen": Noise, "nvlabs": NvlabsNoise}
 Latents = dict[str, Any]  # "z", "w": tensors (N, ...); "noise": a list of tensors (N, 1, r, r)
 
 
+@dataclass(frozen=True)
+class Option:
+    """A sampling option of a family, written once: the CLI's `--name`, the studio's control
+    and `Model.resolve_sample_options` all come from it.
+
+    kind            "float", "int", "choice" (a name, one of `limit`'s choices) or "xy"
+                    (two numbers; "X,Y" on the command line)
+    default         filled in when the option is not given (None: unset unless given)
+    limit           the values accepted (each of the two for "xy"); the model may also
+                    refuse combinations in its own resolve_sample_options
+    applies_when    (other option, its values): the option means something only then (the
+                    studio disables it otherwise and its default is not filled in); an
+                    empty tuple of values: only when the other option is given
+    studio_range    (low, high, step) of the studio's slider: a range for the hand, inside
+                    `limit` (a wider value is typed on the command line); None: a number box
+    """
+
+    name: str
+    kind: str
+    help: str
+    default: Any = None
+    limit: Limit | None = None
+    label: str | None = None
+    applies_when: tuple[str, tuple] | None = None
+    studio_range: tuple[float, float, float] | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def choices(self) -> tuple:
+        return self.limit.choices if self.limit is not None and self.limit.choices else ()
+
+    def applies(self, resolved: dict[str, Any]) -> bool:
+        """Whether the option means something beside the options resolved so far."""
+        if self.applies_when is None:
+            return True
+        other, values = self.applies_when
+        return other in resolved if not values else resolved.get(other) in values
+
+    def check(self, value) -> Any:
+        """`value` as this option's type, within its limit; else a UserError naming the flag."""
+        typed = _typed(self, value)
+        for part in typed if self.kind == "xy" else (typed,):
+            problem = self.limit.problem(part) if self.limit is not None else None
+            if problem:
+                raise UserError(f"{self.flag} {value!r} {self.limit.verdict}: it must be {problem}.")
+        return typed
+
+    def describe(self) -> dict[str, Any]:
+        """The option as JSON, for the studio's page."""
+        limit = self.limit or Limit()
+        return {"name": self.name, "kind": self.kind, "label": self.label or self.name.replace("_", " "),
+                "help": self.help, "default": list(self.default) if isinstance(self.default, tuple) else self.default,
+                "low": limit.low, "high": limit.high, "choices": list(self.choices),
+                "applies_when": list(self.applies_when) if self.applies_when else None,
+                "studio_range": list(self.studio_range) if self.studio_range else None}
+
+
+def _typed(option: Option, value):
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if option.kind == "float" and number:
+        return float(value)
+    if option.kind == "int" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if option.kind == "choice" and isinstance(value, str):
+        return value
+    if option.kind == "xy":
+        parts = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else ()
+        try:
+            pair = tuple(float(v) for v in parts)
+        except (TypeError, ValueError):
+            pair = ()
+        if len(pair) == 2:
+            return pair
+    expected = {"float": "a number", "int": "an integer", "choice": "a name", "xy": "two numbers X,Y"}[option.kind]
+    raise UserError(f"{option.flag} {value!r} must be {expected}.")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a family can do beyond drawing and rendering (see the module docstring for the
+    hooks each brings). Steering, metrics, the studio and compare read these."""
+
+    spaces: tuple[str, ...] = ("z",)  # latents a user can give: "z" always; "w": W+, one w per style input
+    style_mixing: bool = False  # W+ can take a layer range's styles from another latent
+    noise_maps: bool = False  # draw makes per-image noise maps that render uses
+    input_transform: bool = False  # raw_sample under a translation/rotation: EQ-T, EQ-R
+    inversion: str = "optimize"  # how project finds latents: "optimize", "encoder" (then optimize) or "ode"
+    sefa: bool = False  # latent_linear_map: SeFa directions from the weights
+    discriminator: bool = False  # feature_discriminator: the run's D as a projection loss
+
+    def __post_init__(self):
+        if self.inversion not in INVERSIONS:
+            raise ValueError(f"inversion {self.inversion!r}: choose one of {', '.join(INVERSIONS)}")
+
+    @property
+    def edit_space(self) -> str:
+        """The space directions live in: one w (before its broadcast to the style inputs), else z."""
+        return "w" if "w" in self.spaces else "z"
+
+    @property
+    def projection_spaces(self) -> tuple[str, ...]:
+        """The spaces project optimises in, the default first."""
+        return ("w+", "w") if "w" in self.spaces else ("z",)
+
+
+INVERSIONS = ("optimize", "encoder", "ode")
+# A z scaled by it before rendering (the families that draw z ~ N(0, I) and nothing else).
+TEMPERATURE_OPTION = Option("temperature", "float", "z scaled by this (1 = off; below 1: more typical faces)",
+                            default=1.0, limit=TEMPERATURE, label="latent scale", studio_range=(0, 2, 0.05))
+
+
 class Model(nn.Module):
     """Base class of every generator family; see the module docstring for the contract."""
 
     config_class: ClassVar[type]
-    sample_options: ClassVar[tuple[str, ...]] = ()
-    sample_limits: ClassVar[dict[str, Limit]] = {}  # accepted values of sample options, checked on resolve
+    options: ClassVar[tuple[Option, ...]] = ()
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    num_ws: int | None = None  # style inputs of W+ ("w" in capabilities.spaces)
+    w_dim: int | None = None
 
     def __init__(self, config):
         super().__init__()
@@ -121,28 +261,66 @@ class Model(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    # ------------------------------------------------------------ sampling options
+    def option_specs(self) -> tuple[Option, ...]:
+        """The sampling options with this model's defaults and bounds (default: the class's)."""
+        return self.options
+
     def resolve_sample_options(self, options: dict[str, Any]) -> dict[str, Any]:
-        """The full set of options `sample` will use: `options` (None values dropped)
-        with the family's defaults filled in. Unknown names are a UserError."""
+        """The full set of options `sample` will use: `options` (None values dropped), typed
+        and checked, with the defaults of the options that apply filled in. Unknown names
+        are a UserError; families add their own rules across options."""
+        specs = self.option_specs()
         given = {k: v for k, v in options.items() if v is not None}
-        unknown = sorted(set(given) - set(self.sample_options))
+        unknown = sorted(set(given) - {o.name for o in specs})
         if unknown:
-            accepted = ", ".join(self.sample_options) or "none"
+            accepted = ", ".join(o.name for o in specs) or "none"
             raise UserError(f"{type(self).__name__} does not take sampling option(s) {', '.join(unknown)} "
                             f"(accepted: {accepted}).")
-        for key, value in given.items():
-            limit = self.sample_limits.get(key)
-            problem = limit.problem(value) if limit is not None else None
-            if problem:
-                raise UserError(f"--{key.replace('_', '-')} {value!r} {limit.verdict}: it must be {problem}.")
-        return given
+        resolved = {}
+        for option in specs:
+            if option.name in given:
+                resolved[option.name] = option.check(given[option.name])
+            elif option.default is not None and option.applies(resolved):
+                resolved[option.name] = option.default
+        return resolved
 
+    def option_flags(self, options: dict[str, Any]) -> list[str]:
+        """The command-line flags that give these (resolved) options: those unlike the defaults."""
+        defaults = {o.name: o.default for o in self.option_specs()}
+        flags = []
+        for name, value in options.items():
+            if value != defaults.get(name):
+                shown = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+                flags += ["--" + name.replace("_", "-"), shown]
+        return flags
+
+    def deterministic(self, options: dict[str, Any]) -> bool:
+        """Whether `render` is a function of the latents alone under these (resolved) options."""
+        return True
+
+    deterministic_hint = ""  # what to choose instead, when some options are not deterministic
+
+    def nfe(self, options: dict[str, Any]) -> int | None:
+        """Network evaluations per image under these options (None: one pass of a generator)."""
+        return None
+
+    def nfe_sweep(self, counts: Sequence[int]) -> list[dict[str, Any]]:
+        """The sampler settings an FID-against-NFE sweep measures at about these step counts
+        (none for a family without a sampler)."""
+        return []
+
+    # ------------------------------------------------------------ latents
     @property
     def z_shape(self) -> tuple[int, ...]:
         raise NotImplementedError
 
+    def latent_size(self, space: str) -> int:
+        """Values of one image's latent in `space`: z flattened, or one w."""
+        return int(torch.Size(self.z_shape).numel()) if space == "z" else int(self.w_dim)
+
     def draw(self, noise: Noise, given: Latents | None = None, temperature: float = 1.0, **options) -> Latents:
-        """`temperature` (the families that list it in sample_options) scales a drawn z."""
+        """`temperature` (the families that declare it as an option) scales a drawn z."""
         z = noise.randn(*self.z_shape)
         if given is not None and "z" in given:
             return {"z": given["z"].to(z)}
@@ -153,6 +331,43 @@ class Model(nn.Module):
 
     def sample(self, noise: Noise, **options) -> torch.Tensor:
         return self.render(self.draw(noise, **options), noise, **options)
+
+    # ------------------------------------------------------------ capability hooks
+    def map_z(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no W space")
+
+    def noise_shapes(self) -> list[tuple[int, ...]]:
+        return []
+
+    def raw_sample(self, noise: Noise, transform: torch.Tensor | None = None, truncation: float = 1.0) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no input transform")
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} has no encoder")
+
+    inversion_sampler = ""  # the sampler `invert` runs backwards, in messages ("DDIM")
+
+    def invert(self, images: torch.Tensor, steps: int) -> tuple[Latents, dict[str, Any]]:
+        raise NotImplementedError(f"{type(self).__name__} has no ODE inversion")
+
+    def inversion_steps(self) -> tuple[int, int]:
+        """(default, most) steps of `invert`."""
+        raise NotImplementedError(f"{type(self).__name__} has no ODE inversion")
+
+    def latent_linear_map(self, layers: tuple[int, int] | None) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no linear map of its latent to factorize")
+
+    @classmethod
+    def feature_discriminator(cls, resolution: int, objective_config: dict) -> nn.Module:
+        raise NotImplementedError(f"{cls.__name__} has no discriminator to measure with")
+
+
+class ResolutionBlocks(nn.Module):
+    """A network whose `blocks[i]` works at resolution R / 2^i and whose last block works at the
+    same small resolution whatever R (StyleGAN's discriminator): transfer learning matches its
+    blocks by the resolution they work at, not by their index."""
+
+    blocks: nn.Sequential
 
 
 def _ranges(values: list[int]) -> str:

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from animegen.models.base import Latents, Model, Noise
-from animegen.settings import LATENT, RESOLUTION, TEMPERATURE, WIDTH, Limit
+from animegen.models.base import TEMPERATURE_OPTION, Capabilities, Latents, Model, Noise
+from animegen.settings import LATENT, RESOLUTION, WIDTH, Limit
 
 
 @dataclass
@@ -49,8 +49,8 @@ def _init_weights(module: nn.Module) -> None:
 
 class DCGAN(Model):
     config_class = DCGANConfig
-    sample_options = ("temperature",)  # scales z: below 1 trades variety for typical faces
-    sample_limits = {"temperature": TEMPERATURE}
+    options = (TEMPERATURE_OPTION,)
+    capabilities = Capabilities(sefa=True)
 
     def __init__(self, config: DCGANConfig):
         super().__init__(config)
@@ -72,6 +72,10 @@ class DCGAN(Model):
 
     def render(self, latents: Latents, noise: Noise, **options) -> torch.Tensor:
         return self(latents["z"]).float()
+
+    def latent_linear_map(self, layers: tuple[int, int] | None) -> torch.Tensor:
+        first = self.generator[0].weight  # ConvTranspose2d (latent, C, 4, 4): z -> C x 4 x 4
+        return first.reshape(first.shape[0], -1).T
 
 
 class Discriminator(nn.Module):

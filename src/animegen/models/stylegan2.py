@@ -17,7 +17,7 @@ takes any generator with the interface documented on the class.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, ClassVar
 
 import torch
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from animegen.errors import UserError
-from animegen.models.base import Latents, Model, Noise
+from animegen.models.base import Capabilities, Latents, Model, Noise, Option, ResolutionBlocks
 from animegen.models.ops.upfirdn2d import setup_filter, upfirdn2d, upsample2d
 from animegen.settings import (CHANNEL_BASE, FRACTION, LATENT, RESOLUTION, SEED, TRUNCATION, WIDTH, Limit, at_least, between,
                                one_of, positive)
@@ -77,8 +77,12 @@ class FullyConnected(nn.Module):
         self.lr_mult = lr_mult
         self.activation = activation
 
+    def effective_weight(self) -> torch.Tensor:
+        """The weight as the forward pass applies it (equalized-lr gain included)."""
+        return self.weight * self.weight_gain
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.linear(x, self.weight * self.weight_gain, self.bias * self.lr_mult)
+        x = F.linear(x, self.effective_weight(), self.bias * self.lr_mult)
         return lrelu(x) if self.activation else x
 
 
@@ -265,6 +269,11 @@ class StyleGAN2Config:
         "conv_clamp": positive(1e9)}
 
 
+# psi: 1 off, 0 the average face, beyond 1 exaggerates
+TRUNCATION_OPTION = Option("truncation", "float", "truncation psi (1 = off)", default=1.0, limit=TRUNCATION,
+                           label="truncation ψ", studio_range=(0, 2, 0.05))
+
+
 class StyleGAN2(Model):
     """The generator. Sampling options: `truncation` (psi; 1 = off), `noise_mode` ("random":
     per-seed noise, "const": the fixed noise stored in the weights, "none"), and style mixing:
@@ -272,35 +281,46 @@ class StyleGAN2(Model):
     that seed's latent instead of the image's own."""
 
     config_class = StyleGAN2Config
-    sample_options = ("truncation", "noise_mode", "mix_seed", "mix_layer")
-    sample_limits = {"truncation": TRUNCATION, "noise_mode": one_of(*NOISE_MODES), "mix_seed": SEED,
-                     "mix_layer": at_least(0)}
+    options = (
+        TRUNCATION_OPTION,
+        Option("noise_mode", "choice", "noise inputs: per seed, the fixed stored noise, or none", default="random",
+               limit=one_of(*NOISE_MODES), label="noise"),
+        Option("mix_seed", "int", "style mixing: take the styles of layers MIX_LAYER.. from this seed", limit=SEED),
+        Option("mix_layer", "int", "first style layer taken from --mix-seed [default: half of the layers]",
+               limit=at_least(0), label="mix from layer", applies_when=("mix_seed", ())),
+    )
+    capabilities = Capabilities(spaces=("z", "w"), style_mixing=True, noise_maps=True, sefa=True, discriminator=True)
 
     def __init__(self, config: StyleGAN2Config):
         super().__init__(config)
         self.synthesis = SynthesisNetwork(config.w_dim, config.resolution, config.channel_base, config.channel_max,
                                           config.conv_clamp)
-        self.num_ws = self.synthesis.num_ws
+        self.num_ws, self.w_dim = self.synthesis.num_ws, config.w_dim
         self.z_dim = config.z_dim
         self.mapping = MappingNetwork(config.z_dim, config.w_dim, self.num_ws, config.mapping_layers,
                                       config.mapping_lr_mult, config.w_avg_beta)
 
+    def option_specs(self) -> tuple[Option, ...]:
+        *others, mix_layer = self.options
+        return (*others, replace(mix_layer, default=self.num_ws // 2, limit=between(0, self.num_ws - 1)))
+
     def resolve_sample_options(self, options: dict) -> dict:
-        options = {"truncation": 1.0, "noise_mode": "random", **super().resolve_sample_options(options)}
-        if options["noise_mode"] not in NOISE_MODES:
-            raise UserError(f"unknown noise mode {options['noise_mode']!r}; choose one of {', '.join(NOISE_MODES)}.")
-        options["truncation"] = float(options["truncation"])
-        if "mix_layer" in options and "mix_seed" not in options:
+        layer = options.get("mix_layer")
+        if layer is not None and options.get("mix_seed") is None:
             raise UserError("mix_layer needs a mix_seed to take the styles from.")
-        if "mix_seed" in options:
-            layer = int(options.setdefault("mix_layer", self.num_ws // 2))
-            if not 0 <= layer < self.num_ws:
-                raise UserError(f"mix_layer must be in 0..{self.num_ws - 1} (this generator has {self.num_ws} style inputs).")
-        return options
+        if isinstance(layer, int) and not 0 <= layer < self.num_ws:
+            raise UserError(f"mix_layer must be in 0..{self.num_ws - 1} (this generator has {self.num_ws} style inputs).")
+        return super().resolve_sample_options(options)
 
     @property
     def z_shape(self) -> tuple[int, ...]:
         return (self.z_dim,)
+
+    def map_z(self, z: torch.Tensor) -> torch.Tensor:
+        return self.mapping(z)
+
+    def noise_shapes(self) -> list[tuple[int, ...]]:
+        return [tuple(conv.noise_const.shape) for conv in self.synthesis.convs]
 
     def draw(self, noise: Noise, given: Latents | None = None, truncation: float = 1.0, noise_mode: str = "random",
              mix_seed: int | None = None, mix_layer: int | None = None, **options) -> Latents:
@@ -310,13 +330,30 @@ class StyleGAN2(Model):
         latents["w"] = given["w"].to(latents["z"]) if "w" in given else draw_w(self.mapping, latents["z"], noise, truncation,
                                                                                mix_seed, mix_layer)
         if noise_mode == "random":
-            maps = [noise.randn(*conv.noise_const.shape) for conv in self.synthesis.convs]
+            maps = [noise.randn(*shape) for shape in self.noise_shapes()]
             latents["noise"] = [m.to(n) for m, n in zip(given["noise"], maps)] if "noise" in given else maps
         return latents
 
     def render(self, latents: Latents, noise: Noise, noise_mode: str = "random", **options) -> torch.Tensor:
         maps = iter(latents.get("noise", ()))
         return self.synthesis(latents["w"], noise_mode, randn=lambda *shape: next(maps)).float().clamp(-1, 1)
+
+    def latent_linear_map(self, layers: tuple[int, int] | None) -> torch.Tensor:
+        """The style affines of style inputs `layers`, stacked. Input i feeds convs[i] and,
+        when odd, torgbs[i // 2] (which scales its styles by its own gain)."""
+        synthesis, weights = self.synthesis, []
+        for i in range(layers[0], layers[1] + 1):
+            if i < len(synthesis.convs):
+                weights.append(synthesis.convs[i].affine.effective_weight())
+            if i % 2 == 1:
+                torgb = synthesis.torgbs[i // 2]
+                weights.append(torgb.affine.effective_weight() * torgb.weight_gain)
+        return torch.cat(weights)
+
+    @classmethod
+    def feature_discriminator(cls, resolution: int, objective_config: dict) -> nn.Module:
+        c = objective_config
+        return Discriminator(resolution, c["d_channel_base"], c["d_channel_max"], c["mbstd_group"], c["d_conv_clamp"])
 
 
 def draw_w(mapping: MappingNetwork, z: torch.Tensor, noise: Noise, truncation: float, mix_seed: int | None = None,
@@ -358,7 +395,7 @@ class DiscriminatorBlock(nn.Module):
         return self.skip(x) + self.conv1(self.conv0(x))
 
 
-class Discriminator(nn.Module):
+class Discriminator(ResolutionBlocks):
     """images (N, 3, R, R) -> logits (N,): fromRGB, residual blocks down to 4x4, then minibatch
     stddev, a 3x3 convolution and two fully connected layers."""
 
@@ -380,3 +417,12 @@ class Discriminator(nn.Module):
         x = self.blocks(self.fromrgb(img))
         x = self.conv(minibatch_stddev(x, self.mbstd_group, batches))
         return self.out(self.fc(x.flatten(1))).squeeze(1)
+
+    def features(self, img: torch.Tensor) -> list[torch.Tensor]:
+        """fromRGB's and every block's output: what a projection compares (latent.perceptual)."""
+        x = self.fromrgb(img)
+        features = [x]
+        for block in self.blocks:
+            x = block(x)
+            features.append(x)
+        return features

@@ -36,11 +36,12 @@ import torch
 from torch import nn
 
 from animegen.errors import UserError
-from animegen.models.base import Latents, Model, Noise
+from animegen.models.base import Capabilities, Latents, Model, Noise, Option
 from animegen.models.ops.filtered_lrelu import filtered_lrelu
 from animegen.models.ops.filters import design_lowpass
-from animegen.models.stylegan2 import FullyConnected, MappingNetwork, draw_w, modulated_conv2d
-from animegen.settings import (CHANNEL_BASE, FRACTION, LATENT, RESOLUTION, TRUNCATION, WIDTH, Limit, between, parsed_by,
+from animegen.models.stylegan2 import (TRUNCATION_OPTION, FullyConnected, MappingNetwork, StyleGAN2, draw_w,
+                                      modulated_conv2d)
+from animegen.settings import (CHANNEL_BASE, FRACTION, LATENT, RESOLUTION, WIDTH, Limit, between,
                                positive)
 
 
@@ -267,44 +268,36 @@ class SynthesisNetwork(nn.Module):
         return x * self.output_scale
 
 
-def _parse_translate(translate) -> tuple[float, float]:
-    """"X,Y" (or a pair) -> (x, y): finite fractions of the image width, within +-10 widths."""
-    try:
-        values = tuple(float(v) for v in (translate.split(",") if isinstance(translate, str) else translate))
-    except (TypeError, ValueError):
-        values = ()
-    if len(values) != 2 or not all(abs(v) <= 10 for v in values):  # also refuses NaN
-        raise UserError(f"--translate {translate!r} must be two numbers X,Y in [-10, 10] (image widths).")
-    return values
-
-
 class StyleGAN3(Model):
     """The generator. Sampling options: `truncation` (psi; 1 = off), `translate` ((x, y) in
     image widths, or "x,y") and `rotate` (degrees, counterclockwise as displayed): the input
     transform, which moves the content continuously, not by resampling the image."""
 
     config_class = StyleGAN3Config
-    sample_options = ("truncation", "translate", "rotate")
-    sample_limits = {"truncation": TRUNCATION, "rotate": between(-3600, 3600),
-                     "translate": parsed_by(_parse_translate, "two numbers X,Y in [-10, 10] (image widths)")}
+    options = (
+        TRUNCATION_OPTION,
+        Option("translate", "xy", "input translation in image widths, e.g. 0.1,0", default=(0.0, 0.0),
+               limit=between(-10, 10), studio_range=(-1, 1, 0.01)),
+        Option("rotate", "float", "input rotation in degrees", default=0.0, limit=between(-3600, 3600),
+               label="rotate °", studio_range=(-180, 180, 1)),
+    )
+    capabilities = Capabilities(spaces=("z", "w"), style_mixing=True, input_transform=True, sefa=True,
+                                discriminator=True)
 
     def __init__(self, config: StyleGAN3Config):
         super().__init__(config)
         self.synthesis = SynthesisNetwork(config)
-        self.num_ws = self.synthesis.num_ws
+        self.num_ws, self.w_dim = self.synthesis.num_ws, config.w_dim
         self.z_dim = config.z_dim
         self.mapping = MappingNetwork(config.z_dim, config.w_dim, self.num_ws, config.mapping_layers,
                                       config.mapping_lr_mult, config.w_avg_beta)
 
-    def resolve_sample_options(self, options: dict) -> dict:
-        options = {"truncation": 1.0, "translate": (0.0, 0.0), "rotate": 0.0,
-                   **super().resolve_sample_options(options)}
-        return {**options, "translate": _parse_translate(options["translate"]),
-                "truncation": float(options["truncation"]), "rotate": float(options["rotate"])}
-
     @property
     def z_shape(self) -> tuple[int, ...]:
         return (self.z_dim,)
+
+    def map_z(self, z: torch.Tensor) -> torch.Tensor:
+        return self.mapping(z)
 
     def draw(self, noise: Noise, given: Latents | None = None, truncation: float = 1.0, **options) -> Latents:
         """z and its w (W+: one per style input, truncated)."""
@@ -321,6 +314,23 @@ class StyleGAN3(Model):
         """The synthesis output before `render`'s clamp to [-1, 1], which the equivariance
         metrics measure; `transform`: a `content_transform` matrix, or one per image (N, 3, 3)."""
         return self.synthesis(self.draw(noise, truncation=truncation)["w"], transform=transform).float()
+
+    def latent_linear_map(self, layers: tuple[int, int] | None) -> torch.Tensor:
+        """The style affines of style inputs `layers`, stacked: input 0 feeds the Fourier
+        input's transform, input 1 + i layer i (ToRGB, the last, divides its styles by its
+        equalized-lr gain)."""
+        weights = []
+        for i in range(layers[0], layers[1] + 1):
+            if i == 0:
+                weights.append(self.synthesis.input.affine.effective_weight())
+                continue
+            layer = self.synthesis.layers[i - 1]
+            weight = layer.affine.effective_weight()
+            weights.append(weight / math.sqrt(layer.weight.shape[1] * layer.weight.shape[-1] ** 2) if layer.torgb
+                           else weight)
+        return torch.cat(weights)
+
+    feature_discriminator = StyleGAN2.feature_discriminator  # StyleGAN3 trains with StyleGAN2's D
 
 
 class StyleGAN3R(StyleGAN3):

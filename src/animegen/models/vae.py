@@ -18,8 +18,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from animegen.models.base import Latents, Model, Noise
-from animegen.settings import LATENT, RESOLUTION, TEMPERATURE, WIDTH, Limit
+from animegen.models.base import TEMPERATURE_OPTION, Capabilities, Latents, Model, Noise
+from animegen.settings import LATENT, RESOLUTION, WIDTH, Limit
 
 
 @dataclass
@@ -43,8 +43,8 @@ def widths(resolution: int, channels: int, max_channels: int) -> list[int]:
 
 class VAE(Model):
     config_class = VAEConfig
-    sample_options = ("temperature",)  # scales z: below 1 trades variety for typical faces
-    sample_limits = {"temperature": TEMPERATURE}
+    options = (TEMPERATURE_OPTION,)
+    capabilities = Capabilities(inversion="encoder", sefa=True)
 
     def __init__(self, config: VAEConfig):
         super().__init__(config)
@@ -65,6 +65,9 @@ class VAE(Model):
     @property
     def z_shape(self) -> tuple[int, ...]:
         return (self.config.latent_dim,)
+
+    def latent_linear_map(self, layers: tuple[int, int] | None) -> torch.Tensor:
+        return self.decoder[0].weight  # Linear (out, latent)
 
     def render(self, latents: Latents, noise: Noise, **options) -> torch.Tensor:
         return self.decoder(latents["z"]).float()

@@ -9,7 +9,8 @@ the others keep their fresh initialization and are reported. Optimizer states, s
 and the objective's statistics (e.g. ADA's p) start fresh.
 
 The source may also be an NVIDIA snapshot pickle, imported on the fly (nvlabs.networks; its
-discriminator included). StyleGAN discriminator blocks are matched by the resolution they
+discriminator included). The blocks of a network that declares them indexed by resolution
+(models.base.ResolutionBlocks: StyleGAN's discriminator) are matched by the resolution they
 work at, not by their index, so that a source at another resolution lends each block the
 weights of its counterpart.
 """
@@ -24,19 +25,18 @@ import torch
 
 from animegen import runs
 from animegen.errors import UserError
-from animegen.models.stylegan2 import Discriminator
+from animegen.models.base import ResolutionBlocks
 from animegen.nvlabs.networks import import_snapshot
 
-D_BLOCK = re.compile(r"net\.D\.blocks\.(\d+)\.(.+)")  # block i of a StyleGAN D works at R / 2^i
 
 
 def init_from(source: str | os.PathLike, modules: dict[str, torch.nn.Module]) -> dict:
     """Load matching tensors of `source` into `modules` ({checkpoint prefix: module}) and
     return a report: the source, how many tensors were loaded, and each skipped one with why."""
     tensors, state = _read_source(source)
-    target = modules.get("net.D")
-    if isinstance(target, Discriminator) and state["model"].startswith("stylegan"):
-        tensors = _blocks_by_resolution(tensors, len(target.blocks))
+    for prefix, module in modules.items():
+        if isinstance(module, ResolutionBlocks):
+            tensors = _blocks_by_resolution(tensors, prefix, len(module.blocks))
     loaded, skipped = [], []
     for prefix, module in modules.items():
         matching = {}
@@ -66,19 +66,22 @@ def _read_source(source: str | os.PathLike) -> tuple[dict[str, torch.Tensor], di
     return runs.load_checkpoint(source)
 
 
-def _blocks_by_resolution(tensors: dict[str, torch.Tensor], target_blocks: int) -> dict[str, torch.Tensor]:
-    """D block tensors renumbered so that each lands on the target's block of its resolution.
-    Both discriminators end with their 8 px block, so the numbers shift by the difference in
-    block counts; source blocks above the target's resolution are dropped."""
-    source_blocks = len({m[1] for key in tensors if (m := D_BLOCK.fullmatch(key))})
+def _blocks_by_resolution(tensors: dict[str, torch.Tensor], prefix: str, target_blocks: int
+                          ) -> dict[str, torch.Tensor]:
+    """The tensors of blocks PREFIX.blocks.i renumbered so that each lands on the target's block
+    of its resolution. Both networks end with their block at the same small resolution, so the
+    numbers shift by the difference in block counts; source blocks above the target's
+    resolution are dropped."""
+    block = re.compile(re.escape(prefix) + r"\.blocks\.(\d+)\.(.+)")
+    source_blocks = len({m[1] for key in tensors if (m := block.fullmatch(key))})
     shift = target_blocks - source_blocks
     renamed = {}
     for key, value in tensors.items():
-        m = D_BLOCK.fullmatch(key)
+        m = block.fullmatch(key)
         if m is None:
             renamed[key] = value
         elif int(m[1]) + shift >= 0:
-            renamed[f"net.D.blocks.{int(m[1]) + shift}.{m[2]}"] = value
+            renamed[f"{prefix}.blocks.{int(m[1]) + shift}.{m[2]}"] = value
     return renamed
 
 

@@ -35,14 +35,15 @@ from animegen.latent.media import gif_bytes
 from animegen.latent.plane import check_point, plane_latents
 from animegen.latent.project import project_files
 from animegen.models import registry
-from animegen.models.base import Model
+from animegen.models.base import Model, Option
 from animegen.runs import describe_run
-from animegen.settings import MAX_SEED
+from animegen.settings import MAX_SEED, Limit
 
-MAX_GRID = 16
-MAX_STEPS = 1000
-MAX_STRENGTH = 10.0
-MAX_FRAMES = 60  # per interpolation strip
+# Caps for interactivity, tighter than the library's own limits (each named beside it); every
+# sampling option's range is the model's own (`Model.option_specs`).
+STUDIO_MAX_GRID = 16  # images per request (`sample --grid` takes up to generate.MAX_GRID)
+STUDIO_MAX_STRENGTH = 10.0  # of an edit slider (--edit takes up to latent.directions.MAX_STRENGTH)
+STUDIO_MAX_FRAMES = 60  # per interpolation strip (interpolate takes up to latent.interpolate.MAX_FRAMES)
 GIF_FPS = 12
 MAX_LABELLED = 512  # seeds marked in one few-shot fit
 SEFA_DIRECTIONS = 8  # computed on start for a run that no directions file fits
@@ -100,7 +101,7 @@ class Studio:
             except UserError as e:  # perhaps a file for another of the served runs
                 if str(file) in self.unused:
                     self.unused[str(file)] = str(e)
-        if not loaded.directions and registry.name_of(model) != "ddpm":
+        if not loaded.directions and model.capabilities.sefa:
             loaded.directions = {d.name: d for d in sefa(model, num=SEFA_DIRECTIONS, layers="all")}
         if loaded.directions:
             folder.mkdir(parents=True, exist_ok=True)
@@ -137,7 +138,7 @@ class Studio:
             seeds, target = [seed], ["--plane", f"{x:g}", f"{y:g}"]
         else:
             seed = check_int("seed", request.get("seed", 0), 0, MAX_SEED)
-            count = check_int("count", request.get("count", 1), 1, MAX_GRID)
+            count = check_int("count", request.get("count", 1), 1, STUDIO_MAX_GRID)
             if seed + count - 1 > MAX_SEED:
                 raise UserError(f"seeds {seed}..{seed + count - 1} are out of range: at most {MAX_SEED}.")
             seeds, given, target = list(range(seed, seed + count)), None, ["--seed", str(seed), "--count", str(count)]
@@ -182,9 +183,9 @@ class Studio:
         if unknown:
             raise UserError(f"unknown request field(s): {', '.join(sorted(unknown))}.")
         run = self.run(request.get("run"))
-        frames = check_int("frames", request.get("frames", 12), 1, MAX_FRAMES)
+        frames = check_int("frames", request.get("frames", 12), 1, STUDIO_MAX_FRAMES)
         options = run.model.resolve_sample_options(sample_options(run.model, request.get("options") or {}))
-        check_deterministic(options)
+        check_deterministic(run.model, options)
         specs = edit_specs(run, request.get("edits") or {})
         if "projections" in request:
             keys = request["projections"]
@@ -236,8 +237,8 @@ def edit_specs(run: LoadedRun, edits) -> list[str]:
             raise UserError(f"no direction {name!r} for this run.")
         strength, layers = (value.get("strength"), value.get("layers")) if isinstance(value, dict) else (value, None)
         strength = _number(f"edit {name}", strength)
-        if abs(strength) > MAX_STRENGTH:
-            raise UserError(f"edit {name}: the strength must be in [-{MAX_STRENGTH:g}, {MAX_STRENGTH:g}].")
+        if abs(strength) > STUDIO_MAX_STRENGTH:
+            raise UserError(f"edit {name}: the strength must be in [-{STUDIO_MAX_STRENGTH:g}, {STUDIO_MAX_STRENGTH:g}].")
         if layers is not None:
             if not isinstance(layers, str):
                 raise UserError(f"edit {name}: layers must be a range name such as coarse or 0-3.")
@@ -249,11 +250,7 @@ def edit_specs(run: LoadedRun, edits) -> list[str]:
 
 def command(verb: str, run: LoadedRun, target: list[str], options: dict, specs: list[str]) -> str:
     """The `animegen VERB` command line that makes exactly what the page shows."""
-    args = ["animegen", verb, run.path, *target]
-    for key, value in options.items():
-        if value != DEFAULTS.get(key, object()):
-            shown = ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else f"{value}"
-            args += [f"--{key.replace('_', '-')}", shown]
+    args = ["animegen", verb, run.path, *target, *run.model.option_flags(options)]
     if specs:
         args += ["--directions", run.directions_file, *[a for spec in specs for a in ("--edit", spec)]]
     return " ".join(shlex.quote(a) for a in args)
@@ -265,43 +262,41 @@ def int_list(value, name: str, least: int, most: int) -> list[int]:
     return [check_int(name, v, 0, MAX_SEED) for v in value]
 
 
-DEFAULTS = {"truncation": 1.0, "temperature": 1.0, "noise_mode": "random", "translate": (0.0, 0.0), "rotate": 0.0}
-
-
 def controls(model: Model) -> dict:
-    """The sample options a family takes, with the page's ranges."""
-    family = registry.name_of(model)
-    out = {"options": list(model.sample_options), "space": edit_space(model), "family": family,
-           "num_ws": getattr(model, "num_ws", None), "max_grid": MAX_GRID, "max_steps": MAX_STEPS}
-    if family == "ddpm":
-        out["timesteps"] = model.config.timesteps
-        out["defaults"] = {"sampler": model.config.sampler, "steps": model.config.sample_steps}
-    return out
+    """What the page builds its controls from: the model's sampling options (`Option.describe`),
+    its edit space and style inputs, and the studio's caps."""
+    return {"options": [o.describe() for o in model.option_specs()], "space": edit_space(model),
+            "family": registry.name_of(model), "num_ws": model.num_ws, "max_grid": STUDIO_MAX_GRID,
+            "max_strength": STUDIO_MAX_STRENGTH, "max_frames": STUDIO_MAX_FRAMES}
 
 
 def sample_options(model: Model, given) -> dict:
-    """The request's sample options, typed; ranges are the model's own (resolve_sample_options)."""
+    """The request's sample options, each of its option's JSON type; ranges are the model's
+    own (resolve_sample_options)."""
     if not isinstance(given, dict):
         raise UserError("options must be an object.")
-    unknown = set(given) - set(model.sample_options)
+    specs = {o.name: o for o in model.option_specs()}
+    unknown = set(given) - set(specs)
     if unknown:
         raise UserError(f"{registry.name_of(model)} takes no option(s) {', '.join(sorted(unknown))}; "
-                        f"it takes {', '.join(model.sample_options) or 'none'}.")
-    out = {}
-    for key, value in given.items():
-        if key in ("sampler", "noise_mode"):
-            if not isinstance(value, str):
-                raise UserError(f"{key} must be a name.")
-            out[key] = value
-        elif key in ("steps", "mix_seed", "mix_layer"):
-            out[key] = check_int(key, value, 0 if key != "steps" else 1, MAX_STEPS if key == "steps" else MAX_SEED)
-        elif key == "translate":
-            if not isinstance(value, list) or len(value) != 2:
-                raise UserError("translate must be two numbers [x, y].")
-            out[key] = tuple(_number(key, v) for v in value)
-        else:
-            out[key] = _number(key, value)
-    return out
+                        f"it takes {', '.join(specs) or 'none'}.")
+    return {name: _typed(specs[name], value) for name, value in given.items()}
+
+
+def _typed(option: Option, value):
+    if option.kind == "choice":
+        if not isinstance(value, str):
+            raise UserError(f"{option.name} must be a name.")
+        return value
+    if option.kind == "int":
+        limit = option.limit or Limit()
+        return check_int(option.name, value, int(limit.low if limit.low is not None else -MAX_SEED),
+                         int(limit.high if limit.high is not None else MAX_SEED))
+    if option.kind == "xy":
+        if not isinstance(value, list) or len(value) != 2:
+            raise UserError(f"{option.name} must be two numbers [x, y].")
+        return tuple(_number(option.name, v) for v in value)
+    return _number(option.name, value)
 
 
 def _number(key: str, value) -> float:

@@ -56,33 +56,48 @@ function choice(values, value) {
   return select;
 }
 
-// Each sample option a family takes: its input and how to read it back.
-const OPTIONS = {
-  truncation: () => [control("truncation", "Truncation ψ", range(0, 2, 0.05, 1), refresh), () => +$("truncation").value],
-  noise_mode: () => [control("noise_mode", "Noise", choice(["random", "const", "none"], "random"), refresh), () => $("noise_mode").value],
-  mix_seed: () => [control("mix_seed", "Mix seed", number(0, 4294967295, ""), refresh), () => $("mix_seed").value === "" ? undefined : +$("mix_seed").value],
-  mix_layer: (run) => [control("mix_layer", "Mix from layer", number(0, run.controls.num_ws - 1, ""), refresh),
-    () => $("mix_layer").value === "" || $("mix_seed").value === "" ? undefined : +$("mix_layer").value],
-  translate: () => [translateControls(), () => [+$("translate").value, +$("translate-y").value]],
-  rotate: () => [control("rotate", "Rotate °", range(-180, 180, 1, 0), refresh), () => +$("rotate").value],
-  sampler: (run) => [control("sampler", "Sampler", choice(["ddpm", "ddim", "dpm-solver++"], run.controls.defaults.sampler), samplerChanged), () => $("sampler").value],
-  steps: (run) => [control("steps", "Steps", number(1, run.controls.max_steps, run.controls.defaults.steps), refresh),
-    () => $("sampler").value === "ddpm" ? undefined : +$("steps").value],
-  temperature: () => [control("temperature", "Latent scale", range(0, 2, 0.05, 1), refresh), () => +$("temperature").value],
-  eta: () => [control("eta", "DDIM η", range(0, 1, 0.05, 0), refresh), () => $("sampler").value === "ddim" ? +$("eta").value : undefined],
-};
+// Each sampling option's control, built from the model's own spec (`Model.option_specs`): a
+// slider over its studio range, a number box, a choice, or two sliders for a pair. `read`
+// gives the value to send, or undefined (an empty box, or an option that does not apply).
+function optionControl(option) {
+  const label = option.label[0].toUpperCase() + option.label.slice(1);
+  const box = (id) => $(id);
+  let element, read;
+  if (option.kind === "choice") {
+    element = control(option.name, label, choice(option.choices, option.default), optionsChanged);
+    read = () => box(option.name).value;
+  } else if (option.kind === "xy") {
+    const [low, high, step] = option.studio_range;
+    element = document.createElement("div");
+    element.append(control(option.name, label + " x", range(low, high, step, option.default[0]), optionsChanged),
+      control(option.name + "-y", label + " y", range(low, high, step, option.default[1]), optionsChanged));
+    read = () => [+box(option.name).value, +box(option.name + "-y").value];
+  } else if (option.studio_range) {
+    const [low, high, step] = option.studio_range;
+    element = control(option.name, label, range(low, high, step, option.default), optionsChanged);
+    read = () => +box(option.name).value;
+  } else {
+    element = control(option.name, label, number(option.low, option.high, option.default ?? ""), optionsChanged);
+    read = () => (box(option.name).value === "" ? undefined : +box(option.name).value);
+  }
+  element.title = option.help;
+  return [element, () => (box(option.name).disabled ? undefined : read())];
+}
 let readers = {};
 
-function translateControls() {
-  const both = document.createElement("div");
-  both.append(control("translate", "Translate x", range(-1, 1, 0.01, 0), refresh),
-    control("translate-y", "Translate y", range(-1, 1, 0.01, 0), refresh));
-  return both;
+// An option that means something only beside another's values is disabled otherwise.
+function showApplicable() {
+  for (const option of state.run.controls.options) {
+    if (!option.applies_when) continue;
+    const [other, values] = option.applies_when;
+    const value = readers[other] ? readers[other]() : undefined;
+    const applies = values.length ? values.includes(value) : value !== undefined;
+    for (const id of [option.name, option.name + "-y"]) if ($(id)) $(id).disabled = !applies;
+  }
 }
 
-function samplerChanged() {
-  $("eta").disabled = $("sampler").value !== "ddim";
-  $("steps").disabled = $("sampler").value === "ddpm";
+function optionsChanged() {
+  showApplicable();
   refresh();
 }
 
@@ -90,16 +105,18 @@ function buildControls() {
   const run = state.run;
   const card = run.card;
   $("card").textContent = `${card.family} · ${card.preset || "imported"} · ${card.resolution} px · ${card.kimg} kimg · best FID ${card.best_fid}`;
+  $("count").max = run.controls.max_grid;
+  $("frames").max = run.controls.max_frames;
   const box = $("options");
   box.replaceChildren(box.querySelector("legend"));
   readers = {};
-  for (const name of run.controls.options) {
-    const [element, read] = OPTIONS[name](run);
+  for (const option of run.controls.options) {
+    const [element, read] = optionControl(option);
     box.append(element);
-    readers[name] = read;
+    readers[option.name] = read;
   }
   if (run.controls.options.length === 0) box.append("This family has no sampling options.");
-  if ($("eta")) samplerChanged();
+  showApplicable();
   const sliders = $("sliders");
   sliders.replaceChildren();
   for (const d of run.directions) sliders.append(directionSlider(d, run));
@@ -112,7 +129,8 @@ function buildControls() {
 }
 
 function directionSlider(d, run) {
-  const slider = control("edit-" + d.name, d.name, range(-5, 5, 0.1, 0), refresh);
+  const most = run.controls.max_strength;
+  const slider = control("edit-" + d.name, d.name, range(-most, most, 0.1, 0), refresh);
   slider.title = `${d.method}${d.layers ? ", style inputs " + d.layers.join("–") : ""}; scale ${d.scale.toFixed(3)}`;
   slider.querySelector("input").dataset.direction = d.name;
   if (run.controls.space === "w") {
