@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Sequence
 
 from animegen import runs
-from animegen.data.limits import check_int, check_new_folder
 from animegen.devices import resolve_device
 from animegen.errors import UserError
 from animegen.generate import evaluate_run, load_generator, sample_batches, write_samples
@@ -27,6 +26,7 @@ from animegen.compare import plots
 from animegen.compare.report import PAPER_1, PAPER_2, html_page, markdown, sections
 from animegen.metrics.equivariance import EQ_METRICS
 from animegen.models import registry
+from animegen.settings import check_int, check_new_folder
 from animegen.training.config import RunConfig
 from animegen.training.loop import PeakMemory, Target, parameter_counts, train
 

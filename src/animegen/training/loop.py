@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from animegen import heap, runs
-from animegen.data.limits import check_new_folder
 from animegen.data.store import read_manifest
 from animegen.errors import UserError
 from animegen.generate import sample_batches, sample_grid
@@ -35,7 +34,7 @@ from animegen.io import image_grid, save_grid
 from animegen.metrics import InceptionV3, evaluate_generator
 from animegen.metrics.sources import open_source
 from animegen.models import registry
-from animegen.settings import check_value, limits_of
+from animegen.settings import check_new_folder, check_value, limits_of
 from animegen.training import checkpoint, distributed, transfer
 from animegen.training.config import Every, RunConfig, TrainConfig, make_config, resolve_precision
 from animegen.training.data import TrainStream

@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 
 from animegen import runs
-from animegen.data.limits import check_new_folder
 from animegen.data.store import read_manifest
 from animegen.errors import UserError
 from animegen.generate import sample_grid
 from animegen.io import save_grid
 from animegen.models import registry
 from animegen.nvlabs.networks import Snapshot, import_snapshot
+from animegen.settings import check_new_folder
 from animegen.training.config import make_config
 from animegen.training.loop import Trainer
 from animegen.training.objective import TrainContext
