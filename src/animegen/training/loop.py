@@ -374,7 +374,7 @@ class Trainer:
         losses = dict(zip(names, values))
         bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
         if bad:
-            last = (f"{self.folder.checkpoints / runs.step_name(self.saved_step)} (step {self.saved_step})"
+            last = (f"{self.folder.checkpoint(self.saved_step)} (step {self.saved_step})"
                     if self.saved_step else "none")
             raise UserError(f"non-finite loss at step {self.step} ({', '.join(f'{k}={v}' for k, v in bad.items())}); "
                             f"training stopped without saving; last good checkpoint: {last}. "
@@ -400,7 +400,7 @@ class Trainer:
     def _write_grid(self) -> None:
         with self._abandoned_on_signal("sample grid"), self.memory.apart(), self._sampling_rng():
             grid = sample_grid(self.ema, range(self.tc.grid_seeds), batch_size=self._sample_batch)
-            save_grid(grid, self.folder.samples / f"{runs.step_name(self.step)}.png")
+            save_grid(grid, self.folder.grid(self.step))
             if self.tc.tensorboard:
                 self._tensorboard().add_image("samples", image_grid(grid), self.step, dataformats="HWC")
 
@@ -447,7 +447,7 @@ class Trainer:
         summary = {"event": "end", "img_per_s": (self.nimg - start["kimg"] * 1000) / (seconds or 1e-9),
                    "peak_mem_mb": self.memory.training_mb(), "sampling_peak_mem_mb": self.memory.apart_mb,
                    "stopped_early": self._stop,
-                   "checkpoint": str(self.folder.checkpoints / runs.step_name(self.step))}
+                   "checkpoint": str(self.folder.checkpoint(self.step))}
         self._record(summary, {})
         how = "done" if not self._stop else f"stopped{f' by {signal.Signals(self._signal).name}' if self._signal else ''}"
         self._log_line(f"{how}: step {self.step}, {self.nimg / 1000:.2f} kimg, "

@@ -48,7 +48,7 @@ def import_run(pkl: str | os.PathLike, out: str | os.PathLike, data: str | os.Pa
     folder.path.mkdir(parents=True)
     folder.write_config(config.to_json())
     trainer.save()
-    grid = folder.samples / f"{runs.step_name(0)}.png"
+    grid = folder.grid(0)
     save_grid(sample_grid(trainer.ema, range(config.train.grid_seeds), batch_size=16), grid)
     return {"run": str(folder), "model": snapshot.family, "resolution": snapshot.g.resolution,
             "discriminator": snapshot.d is not None, "ada_p": snapshot.ada_p, "grid": str(grid)}
