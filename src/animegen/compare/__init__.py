@@ -28,7 +28,9 @@ from animegen.metrics.equivariance import EQ_METRICS
 from animegen.models import registry
 from animegen.settings import check_int, check_new_folder
 from animegen.training.config import RunConfig
-from animegen.training.loop import PeakMemory, Target, parameter_counts, train
+from animegen.training.loop import Target, train
+from animegen.training.memory import PeakMemory
+from animegen.training.plan import parameter_counts
 
 FEATURE_METRICS = ("fid", "kid", "pr")
 SCORES = ("fid", "kid", "precision", "recall")
