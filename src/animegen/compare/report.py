@@ -1,6 +1,7 @@
-"""The comparison's report: one list of sections (tables, notes, figures) built from
-results.json's content, written as report.md and as a self-contained index.html (images
-inlined as data: URIs, a Content-Security-Policy that forbids every request)."""
+"""The comparison's report: the figures (compare.plots), results.json, and one list of
+sections (tables, notes, figures) built from results.json's content, written as report.md
+and as a self-contained index.html (images inlined as data: URIs, a Content-Security-Policy
+that forbids every request)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from animegen.compare import plots
+from animegen.io import atomic_write_bytes, atomic_write_json
 from animegen.metrics.equivariance import EQ_METRICS
 
 # Table 1 of each paper: FID (and EQ in dB) as published.
 PAPER_1 = {"vae": 198.35, "dcgan": 222.64, "stylegan2": 4.17, "ddpm": 19.07}
 PAPER_2 = {"stylegan2": (5.14, None, None), "stylegan3-t": (4.62, 63.01, 13.12), "stylegan3-r": (4.50, 66.65, 40.48)}
+PAPERS = {"paper1_table1": PAPER_1,  # as results.json records them
+          "paper2_table1": {k: dict(zip(("fid", "eqt", "eqr"), v)) for k, v in PAPER_2.items()}}
 NOTE_1 = ("The paper states neither its FID sample count nor its reference set, and trained each model to "
           "convergence at 64 px (30 min to 3 days on one RTX 3090); ours is FID-{num} against the {split} split "
           "({num_real} images) after {budget}.")
@@ -24,6 +29,19 @@ NOTE_2 = ("The paper's numbers come from full training with NVlabs' metrics (FID
           "{eq_images} latents after {budget}. StyleGAN2 has no input transform, so EQ is not measured for it.")
 CAVEAT = ("A small budget and a small FID count both push FID up, so the papers' columns are a reference point, not "
           "a target: what carries over between reports made under the same protocol is the ranking and the gaps.")
+
+
+def write_report(out: Path, results: dict) -> None:
+    """OUT/fid_curves.png, OUT/ddpm_nfe.png (with a DDPM's sweep), OUT/results.json, OUT/report.md
+    and OUT/index.html (which inlines the figures, so they come first)."""
+    models = results["models"]
+    plots.fid_curves({family: m["curve"] for family, m in models.items()}, out / "fid_curves.png")
+    if "nfe_sweep" in models.get("ddpm", {}):
+        plots.nfe_plot(models["ddpm"]["nfe_sweep"], out / "ddpm_nfe.png")
+    atomic_write_json(out / "results.json", results)
+    parts = sections(results)
+    atomic_write_bytes(out / "report.md", markdown(parts).encode())
+    atomic_write_bytes(out / "index.html", html_page(parts, out).encode())
 
 
 @dataclass
