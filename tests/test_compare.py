@@ -12,7 +12,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from animegen.cli import main
-from animegen.compare import PAPER_1, PAPER_2, family_sets, run_comparison
+from animegen.compare import run_comparison
+from animegen.compare.plan import family_sets
+from animegen.compare.report import PAPER_1, PAPER_2
 from animegen.generate import load_generator
 from animegen.models.base import Noise
 from animegen.models import registry

@@ -11,8 +11,8 @@ from PIL import Image
 from animegen.cli import main
 from animegen.data import prepare
 from animegen.data.info import dataset_info, export_split
-from animegen.data.limits import MAX_BATCH_SIZE, check_fraction, check_int
-from animegen.settings import MAX_SEED
+from animegen.data.limits import MAX_BATCH_SIZE
+from animegen.settings import MAX_SEED, check_fraction, check_int
 from animegen.data.synth import render_faces, synthesize_dataset
 from animegen.errors import UserError
 from animegen.io import read_json

@@ -40,8 +40,8 @@ GAN_STEPS = {"dcgan": 30, "stylegan2": 10, "stylegan3-t": 10}
 
 
 def generator_loss(family, objective, n=16):
-    """G's loss, softplus(-D(G(z))), on a fixed draw of latents and noise. (Run with gradients
-    on: without, StyleGAN3's synthesis would advance its magnitude EMAs.)"""
+    """G's loss, softplus(-D(G(z))), on a fixed draw of latents and noise (StyleGAN3's
+    magnitude EMAs stay as they are: `synthesize` advances them only when asked)."""
     training_draws = objective.draws.get_state()
     objective.draws.manual_seed(123)
     if family == "dcgan":

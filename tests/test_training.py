@@ -234,7 +234,7 @@ def test_sigterm_ends_the_run_with_a_checkpoint(tmp_path, faces16, monkeypatch):
 
 
 def test_peak_memory_of_training_leaves_out_grids_and_snapshots():
-    from animegen.training.loop import PeakMemory
+    from animegen.training.memory import PeakMemory
 
     memory = PeakMemory(torch.device("cpu"))
     before = memory.training_mb()
@@ -249,7 +249,7 @@ def test_peak_memory_leaves_out_what_the_kept_heap_holds():
     """The CLI keeps freed heap blocks for reuse (animegen.heap); blocks a snapshot freed are
     handed back before training's peak is measured again, so they do not count towards it."""
     from animegen import heap
-    from animegen.training.loop import PeakMemory
+    from animegen.training.memory import PeakMemory
 
     if not heap.keep_freed_memory():
         pytest.skip("no glibc mallopt here")

@@ -764,7 +764,8 @@ def compare_command(data, out, models, preset, sets, minutes, kimg, fid_num, fid
       animegen compare --data data/faces32 --out cmp32 --minutes 10 --fid-num 1000
       animegen compare --out cmp --runs runs/sg2 --runs runs/sg3t --fid-num 5000 --repeats 3
     """
-    from animegen.compare import parse_nfe_steps, run_comparison
+    from animegen.compare import run_comparison
+    from animegen.compare.plan import parse_nfe_steps
     from animegen.training.config import parse_sets
     from animegen.training.loop import Target
 

@@ -13,6 +13,7 @@ from typing import Iterator
 
 import torch
 
+from animegen import runs
 from animegen.data.store import is_dataset, load_split, read_manifest
 from animegen.data.synth import synthesize_dataset
 from animegen.generate import load_generator, sample_grid
@@ -53,7 +54,7 @@ def run_demo(out: str | os.PathLike, minutes: float = DEMO_MINUTES) -> Iterator[
     default_threads = torch.get_num_threads()
     torch.set_num_threads(cpu_threads(default_threads))
     try:
-        if (run / "checkpoints" / "last").exists():
+        if runs.Run(run).steps():
             yield f"reusing the trained model in {run}"
         else:
             yield (f"training {DEMO_MODEL} (preset tiny) on the CPU, {torch.get_num_threads()} thread(s), "

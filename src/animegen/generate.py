@@ -17,7 +17,6 @@ from PIL import Image
 from tqdm import tqdm
 
 from animegen import runs
-from animegen.data.limits import check_file_output, check_int, check_new_folder
 from animegen.devices import resolve_device
 from animegen.errors import UserError
 from animegen.io import atomic_dir, save_grid, to_uint8
@@ -27,7 +26,7 @@ from animegen.latent import codes
 from animegen.latent.plane import plane_latents
 from animegen.latent.directions import Direction, apply_edits, load_all_directions, parse_edits
 from animegen.models.base import SEED_CONVENTIONS, Latents, Model
-from animegen.settings import MAX_SEED, build
+from animegen.settings import MAX_SEED, build, check_file_output, check_int, check_new_folder
 
 WEIGHTS = ("ema", "model")
 MAX_COUNT = 10**8  # images one `sample` writes

@@ -52,16 +52,12 @@ CONFIG, INIT_FROM, METRICS = "config.json", "init_from.json", "metrics.jsonl"
 CHECKPOINTS, SAMPLES, TENSORBOARD = "checkpoints", "samples", "tb"
 TENSORS, STATE = "tensors.safetensors", "state.json"
 DAMAGED = "damaged"  # checkpoints/damaged/: checkpoints a resume found unreadable and skipped
-STEP_NAME = re.compile(r"step-(\d{8,})(\.png)?")
+_STEP_NAME = re.compile(r"step-(\d{8,})(\.png)?")  # what Run.checkpoint and Run.grid name
 TEMPORARY = re.compile(r"\..*\.tmp-.*")  # what io.atomic_* and the link swap name their temporaries
 
 
 class CheckpointError(UserError):
     """A checkpoint that cannot be read; the message names the file and what is wrong."""
-
-
-def step_name(step: int) -> str:
-    return f"step-{step:08d}"
 
 
 class Run:
@@ -112,37 +108,23 @@ class Run:
         """Steps of the checkpoint folders present, oldest first (temporaries excluded)."""
         if not self.checkpoints.is_dir():
             return []
-        found = (STEP_NAME.fullmatch(p.name) for p in self.checkpoints.iterdir() if p.is_dir() and not p.is_symlink())
+        found = (_STEP_NAME.fullmatch(p.name) for p in self.checkpoints.iterdir() if p.is_dir() and not p.is_symlink())
         return sorted(int(m.group(1)) for m in found if m and not m.group(2))
 
-    def checkpoint_folder(self, which: str | int = "last") -> Path:
-        """The folder of checkpoint `which`: "last", "best", a step number, or a path."""
-        text = str(which)
-        if text.isdigit():
-            folder = self.checkpoints / step_name(int(text))
-            if not folder.is_dir():
-                kept = ", ".join(map(str, self.steps())) or "none"
-                raise UserError(f"{self.path} has no checkpoint of step {int(text)} (kept: {kept}).")
-            return folder
-        # From the step folders themselves, not the links: a copied run may hold stale copies of them.
-        steps = self.steps()
-        if text == "last":
-            if not steps:
-                raise UserError(f"{self.path} has no checkpoint yet.")
-            return self.checkpoints / step_name(steps[-1])
-        if text == "best":
-            best = self._best_step(steps)
-            if best is None:
-                raise UserError(f"{self.path} has no best checkpoint (no FID snapshot ran).")
-            return self.checkpoints / step_name(best)
-        raise UserError(f"--checkpoint {which!r} is not last, best or a step number.")
+    def checkpoint(self, step: int) -> Path:
+        """The folder of the checkpoint of `step` (whether or not it exists)."""
+        return self.checkpoints / _step_name(step)
+
+    def grid(self, step: int) -> Path:
+        """The sample grid of `step`."""
+        return self.samples / f"{_step_name(step)}.png"
 
     def save_checkpoint(self, step: int, tensors: dict[str, torch.Tensor], state: dict, keep: int) -> Path:
         """Write checkpoint `step` atomically, point `last` (and `best`) at it, prune old ones;
         the one just written is never pruned."""
         if keep < 1:
             raise UserError(f"keep={keep}: at least the newest checkpoint must be kept.")
-        final = self.checkpoints / step_name(step)
+        final = self.checkpoint(step)
         # Copies: safetensors refuses tensors that share memory (e.g. a view kept by a module).
         data = save_safetensors({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()})
         with atomic_dir(final, overwrite=True) as tmp:
@@ -153,21 +135,21 @@ class Run:
         self._prune(keep, step)
         return final
 
-    def _best_step(self, steps: list[int]) -> int | None:
+    def best_step(self, steps: list[int]) -> int | None:
         """The step of the lowest snapshot FID among `steps`, if any has one."""
-        fids = {s: _snapshot_fid(self.checkpoints / step_name(s)) for s in steps}
+        fids = {s: _snapshot_fid(self.checkpoint(s)) for s in steps}
         scored = {s: f for s, f in fids.items() if f is not None}
         return min(scored, key=scored.get) if scored else None
 
     def _prune(self, keep: int, newest: int) -> None:
         steps = self.steps()
-        best = self._best_step(steps)
+        best = self.best_step(steps)
         kept = set(steps[-keep:]) | {newest, best}
         for s in steps:
             if s not in kept:
-                remove_tree(self.checkpoints / step_name(s))
+                remove_tree(self.checkpoint(s))
         if best is not None:
-            _point(self.checkpoints / "best", step_name(best))
+            _point(self.checkpoints / "best", _step_name(best))
 
     def load_newest_readable(self, set_aside: bool = True) -> tuple[dict[str, torch.Tensor], dict, list[str]]:
         """The newest checkpoint that reads back intact, and one line for each newer one that
@@ -176,7 +158,7 @@ class Run:
         moves them)."""
         problems = []
         for step in reversed(self.steps()):
-            folder = self.checkpoints / step_name(step)
+            folder = self.checkpoint(step)
             try:
                 tensors, state = read_checkpoint(folder)
             except CheckpointError as e:
@@ -184,7 +166,7 @@ class Run:
                 continue
             for damaged in self.steps()[self.steps().index(step) + 1:] if set_aside else ():
                 (self.checkpoints / DAMAGED).mkdir(exist_ok=True)
-                os.replace(self.checkpoints / step_name(damaged), self.checkpoints / DAMAGED / step_name(damaged))
+                os.replace(self.checkpoint(damaged), self.checkpoints / DAMAGED / _step_name(damaged))
             return tensors, state, problems
         raise CheckpointError(f"{self.path} has no readable checkpoint: " + "; ".join(problems))
 
@@ -233,8 +215,8 @@ class Run:
                     shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
                     removed.append(str(p.relative_to(self.path)))
         steps, last = self.steps(), self.checkpoints / "last"
-        if steps and not (last.exists() and last.resolve().name == step_name(steps[-1])):
-            _point(last, step_name(steps[-1]))  # killed between a checkpoint's rename and the link swap
+        if steps and not (last.exists() and last.resolve().name == _step_name(steps[-1])):
+            _point(last, _step_name(steps[-1]))  # killed between a checkpoint's rename and the link swap
         return sorted(removed)
 
     def forget_after(self, step: int) -> None:
@@ -247,7 +229,7 @@ class Run:
                 atomic_write_bytes(self.metrics, "".join(kept).encode())
         if self.samples.is_dir():
             for p in self.samples.iterdir():
-                m = STEP_NAME.fullmatch(p.name)
+                m = _STEP_NAME.fullmatch(p.name)
                 if m and m.group(2) and int(m.group(1)) > step:
                     p.unlink()
 
@@ -299,7 +281,7 @@ def describe_run(path: str | os.PathLike) -> dict:
     """`animegen runs info`: what a run folder holds, read without loading any tensor."""
     run = Run(path)
     config = run.read_config()
-    states = {s: _read_state(run.checkpoints / step_name(s)) for s in run.steps()}
+    states = {s: _read_state(run.checkpoint(s)) for s in run.steps()}
     readable = {s: st for s, st in states.items() if st is not None}
     newest = readable[max(readable)] if readable else {}
     fids = {s: st.get("snapshot", {}).get("fid") for s, st in readable.items()}
@@ -339,23 +321,44 @@ def _describe_dataset(run: Run, config: dict) -> str:
 
 # ---------------------------------------------------------------- reading checkpoints
 def resolve_checkpoint(path: str | os.PathLike, which: str | int = "last") -> Path:
-    """A checkpoint folder: `which` (last, best, a step number) of run folder `path`, or
-    `which` itself when it is a checkpoint folder's path, or `path` when it is one."""
+    """The checkpoint folder that --checkpoint names (last|best|STEP|PATH): `which` (last, best,
+    a step number) of run folder `path`, or `which` itself when it is a checkpoint folder's
+    path, or `path` when it is one."""
     p, text = Path(path), str(which)
     if text not in ("last", "best") and not text.isdigit():
-        return _checkpoint_path(Path(text))
-    if (p / STATE).is_file() or (p / TENSORS).is_file():
-        return _checkpoint_path(p)
-    if Run(p).has_config() or (p / CHECKPOINTS).is_dir():
-        return Run(p).checkpoint_folder(which)
-    raise UserError(f"{p} is neither a run folder nor a checkpoint folder.")
+        folder = Path(text)
+        if not _holds_checkpoint(folder):
+            raise UserError(f"{folder} is not a checkpoint folder (no {STATE} or {TENSORS}); "
+                            "--checkpoint takes last, best, a step number or a checkpoint folder.")
+        return folder.resolve()
+    if _holds_checkpoint(p):
+        return p.resolve()
+    if not (Run(p).has_config() or (p / CHECKPOINTS).is_dir()):
+        raise UserError(f"{p} is neither a run folder nor a checkpoint folder.")
+    return _run_checkpoint(Run(p), text)
 
 
-def _checkpoint_path(p: Path) -> Path:
-    if not (p / STATE).is_file() and not (p / TENSORS).is_file():
-        raise UserError(f"{p} is not a checkpoint folder (no {STATE} or {TENSORS}); "
-                        "--checkpoint takes last, best, a step number or a checkpoint folder.")
-    return p.resolve()
+def _run_checkpoint(run: Run, which: str) -> Path:
+    """Checkpoint `which` (last, best, a step number) of `run`."""
+    if which.isdigit():
+        if not run.checkpoint(int(which)).is_dir():
+            kept = ", ".join(map(str, run.steps())) or "none"
+            raise UserError(f"{run} has no checkpoint of step {int(which)} (kept: {kept}).")
+        return run.checkpoint(int(which))
+    # From the step folders themselves, not the links: a copied run may hold stale copies of them.
+    steps = run.steps()
+    if which == "last":
+        if not steps:
+            raise UserError(f"{run} has no checkpoint yet.")
+        return run.checkpoint(steps[-1])
+    best = run.best_step(steps)
+    if best is None:
+        raise UserError(f"{run} has no best checkpoint (no FID snapshot ran).")
+    return run.checkpoint(best)
+
+
+def _holds_checkpoint(folder: Path) -> bool:
+    return (folder / STATE).is_file() or (folder / TENSORS).is_file()
 
 
 def read_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
@@ -394,6 +397,10 @@ def module_state(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, tor
 
 
 # ---------------------------------------------------------------- internals
+def _step_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
 def _point(link: Path, target: str) -> None:
     """Make `link` point at `target` atomically (a new link renamed over the old)."""
     tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")

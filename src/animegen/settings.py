@@ -12,15 +12,24 @@ the accepted range of each field beside it:
 default, so a field defaulting to None still refuses a string) and its limit, and raises
 a one-line UserError naming the setting, the value and what is accepted. A test checks
 that every field of every registered config has a limit (booleans need none).
+
+The same module checks the single options that library functions and commands take
+outside a config: `check_int`, `check_fraction`, and the output paths (`check_new_folder`,
+`check_file_output`). Library functions call these themselves, so a library caller is
+refused exactly as the command line is, and always before any work or any write. The
+ranges of the data and metric commands' numbers are in animegen.data.limits.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import os
 import types
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from animegen.errors import UserError
@@ -188,3 +197,42 @@ def _type_name(hint) -> str:
         return f"a list of {len(args)} ({', '.join(_type_name(a) for a in args)})"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a non-empty text"}.get(
         hint, getattr(hint, "__name__", str(hint)))
+
+
+# ---------------------------------------------------------------- single options
+def check_int(option: str, value, low: int, high: int) -> int:
+    """`value` if it is an integer in low..high; otherwise a UserError naming `option`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+        raise UserError(f"{option} must be an integer from {low} to {high}, got {value!r}.")
+    return int(value)
+
+
+def check_fraction(option: str, value) -> float:
+    """`value` if it is a number in [0, 1); otherwise a UserError naming `option`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+        raise UserError(f"{option} must be a number from 0 up to (not including) 1, got {value!r}.")
+    return float(value)
+
+
+def check_new_folder(option: str, path: str | os.PathLike) -> None:
+    """`path` must not exist yet and must be creatable, so a long job cannot fail at its last step."""
+    if Path(path).exists():
+        raise UserError(f"{path} already exists; choose another {option} or delete it first.")
+    _check_creatable(option, path)
+
+
+def check_file_output(option: str, path: str | os.PathLike) -> None:
+    """`path` may be replaced by a file: it is not a folder, and its folder is creatable."""
+    if Path(path).is_dir():
+        raise UserError(f"{option} {path} is a folder; give the path of a file.")
+    _check_creatable(option, path)
+
+
+def _check_creatable(option: str, path: str | os.PathLike) -> None:
+    existing = Path(path).absolute().parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot create {option} {path}: {existing} is a file, not a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot create {option} {path}: no permission to write in {existing}.")

@@ -1,6 +1,7 @@
-"""The comparison's report: one list of sections (tables, notes, figures) built from
-results.json's content, written as report.md and as a self-contained index.html (images
-inlined as data: URIs, a Content-Security-Policy that forbids every request)."""
+"""The comparison's report: the figures (compare.plots), results.json, and one list of
+sections (tables, notes, figures) built from results.json's content, written as report.md
+and as a self-contained index.html (images inlined as data: URIs, a Content-Security-Policy
+that forbids every request)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from animegen.compare import plots
+from animegen.io import atomic_write_bytes, atomic_write_json
 from animegen.metrics.equivariance import EQ_METRICS
 
 # Table 1 of each paper: FID (and EQ in dB) as published.
 PAPER_1 = {"vae": 198.35, "dcgan": 222.64, "stylegan2": 4.17, "ddpm": 19.07}
 PAPER_2 = {"stylegan2": (5.14, None, None), "stylegan3-t": (4.62, 63.01, 13.12), "stylegan3-r": (4.50, 66.65, 40.48)}
+PAPERS = {"paper1_table1": PAPER_1,  # as results.json records them
+          "paper2_table1": {k: dict(zip(("fid", "eqt", "eqr"), v)) for k, v in PAPER_2.items()}}
 NOTE_1 = ("The paper states neither its FID sample count nor its reference set, and trained each model to "
           "convergence at 64 px (30 min to 3 days on one RTX 3090); ours is FID-{num} against the {split} split "
           "({num_real} images) after {budget}.")
@@ -24,6 +29,20 @@ NOTE_2 = ("The paper's numbers come from full training with NVlabs' metrics (FID
           "{eq_images} latents after {budget}. StyleGAN2 has no input transform, so EQ is not measured for it.")
 CAVEAT = ("A small budget and a small FID count both push FID up, so the papers' columns are a reference point, not "
           "a target: what carries over between reports made under the same protocol is the ranking and the gaps.")
+
+
+def write_report(out: Path, results: dict) -> None:
+    """OUT/fid_curves.png, OUT/<family>_nfe.png (per family with an NFE sweep), OUT/results.json,
+    OUT/report.md and OUT/index.html (which inlines the figures, so they come first)."""
+    models = results["models"]
+    plots.fid_curves({family: m["curve"] for family, m in models.items()}, out / "fid_curves.png")
+    for family, m in models.items():
+        if "nfe_sweep" in m:
+            plots.nfe_plot(m["nfe_sweep"], out / f"{family}_nfe.png")
+    atomic_write_json(out / "results.json", results)
+    parts = sections(results)
+    atomic_write_bytes(out / "report.md", markdown(parts).encode())
+    atomic_write_bytes(out / "index.html", html_page(parts, out).encode())
 
 
 @dataclass
@@ -54,12 +73,12 @@ def sections(results: dict) -> list[Section]:
     if models:
         out.append(Section("FID during training", figures=[("FID against training time and kimg", "fid_curves.png")],
                            notes=[_curve_note(models)]))
-    if "nfe_sweep" in models.get("ddpm", {}):
-        sweep = models["ddpm"]["nfe_sweep"]
-        header, rows = nfe_table(sweep)
-        out.append(Section(f"DDPM: FID-{sweep[0]['num']} against NFE", header, rows,
-                           ["Ancestral DDPM runs every timestep; DDIM (eta 0) and DPM-Solver++(2M) take one network "
-                            "evaluation per step."], [("FID against NFE", "ddpm_nfe.png")]))
+    for family, m in models.items():
+        if "nfe_sweep" in m:
+            header, rows = nfe_table(m["nfe_sweep"])
+            out.append(Section(f"{family}: FID-{m['nfe_sweep'][0]['num']} against NFE", header, rows,
+                               ["NFE: network evaluations per image, as the sampler spends them (a second-order "
+                                "step takes two)."], [("FID against NFE", f"{family}_nfe.png")]))
     out.append(Section("Same-seed grids (seeds 0-63)", notes=[_shared_z_note(models)],
                        figures=[(family, m["grid"]) for family, m in models.items()]))
     return out

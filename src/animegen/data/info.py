@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from animegen.data.limits import check_file_output, check_new_folder
 from animegen.data.store import SPLITS, load_split, read_manifest
 from animegen.errors import UserError
 from animegen.io import atomic_dir, save_grid
+from animegen.settings import check_file_output, check_new_folder
 
 GRID_IMAGES = 64
 GRID_COLUMNS = 8

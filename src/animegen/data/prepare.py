@@ -32,10 +32,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from animegen.data.images import MAX_PIXELS, WHITE, BadImage, ImageFile, decode_rgb, list_files, read_files
-from animegen.data.limits import MAX_MIN_SIZE, MAX_WORKERS, MIN_RESOLUTION, check_fraction, check_int, check_new_folder
+from animegen.data.limits import MAX_MIN_SIZE, MAX_WORKERS, MIN_RESOLUTION
 from animegen.data.store import SPLITS, read_manifest, split_indices, write_dataset
 from animegen.errors import UserError
-from animegen.settings import MAX_RESOLUTION, MAX_SEED
+from animegen.settings import MAX_RESOLUTION, MAX_SEED, check_fraction, check_int, check_new_folder
 
 RESIZE_FILTER = Image.Resampling.LANCZOS
 CROP_MODES = ("center", "pad")

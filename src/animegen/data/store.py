@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from animegen import __version__
-from animegen.data.limits import check_fraction
 from animegen.errors import UserError
 from animegen.io import atomic_dir, atomic_write_json, read_json
+from animegen.settings import check_fraction
 
 SPLITS = ("train", "test")
 FORMAT = "animegen-dataset/1"

@@ -18,10 +18,10 @@ import os
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 
-from animegen.data.limits import MAX_DATASET_BYTES, MAX_IMAGES, MIN_SYNTH_RESOLUTION, check_int, check_new_folder
+from animegen.data.limits import MAX_DATASET_BYTES, MAX_IMAGES, MIN_SYNTH_RESOLUTION
 from animegen.data.store import split_indices, write_dataset
 from animegen.errors import UserError
-from animegen.settings import MAX_RESOLUTION, MAX_SEED
+from animegen.settings import MAX_RESOLUTION, MAX_SEED, check_int, check_new_folder
 
 SUPERSAMPLE = 4
 ZOOM = 1.12  # canonical face -> frame: chin near the bottom edge, hair cropped at the top, like real crops

@@ -27,7 +27,6 @@ from safetensors import SafetensorError, safe_open
 
 from animegen import runs
 from animegen.data.dataset import ImageDataset
-from animegen.data.limits import check_file_output, check_int
 from animegen.errors import UserError
 from animegen.generate import load_generator
 from animegen.latent.project import project_latents
@@ -35,7 +34,7 @@ from animegen.latent.directions import (Direction, check_name, edit_space, edit_
                                        space_size)
 from animegen.models import registry
 from animegen.models.base import Model, Noise
-from animegen.settings import MAX_SEED
+from animegen.settings import MAX_SEED, check_file_output, check_int
 
 DEFAULT_SAMPLES = 100_000  # mapped z for GANSpace's PCA of W
 SCALE_SAMPLES = 10_000  # mapped z estimating SeFa's scales

@@ -25,7 +25,6 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from animegen.data.limits import check_file_output, check_int
 from animegen.errors import UserError
 from animegen.generate import MAX_GRID, check_batch_size, load_generator
 from animegen.io import image_grid, save_grid, to_uint8
@@ -34,7 +33,7 @@ from animegen.latent.directions import Direction, apply_edits, edit_space, layer
 from animegen.latent.media import VIDEO_FORMATS, check_video_writer, write_video
 from animegen.models import registry
 from animegen.models.base import SEED_CONVENTIONS, Latents, Model, Noise
-from animegen.settings import MAX_SEED
+from animegen.settings import MAX_SEED, check_file_output, check_int
 
 MAX_FRAMES = 1000  # in-between frames per keyframe transition
 MAX_KEYFRAMES = 1000  # seeds in one row

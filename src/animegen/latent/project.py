@@ -35,7 +35,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 from animegen.data.images import BadImage, list_files, read_files
-from animegen.data.limits import check_int, check_new_folder
 from animegen.data.prepare import decode_large_enough, square_resize
 from animegen.errors import UserError
 from animegen.generate import load_generator, sample_batches
@@ -45,7 +44,7 @@ from animegen.latent.directions import edit_space, edit_vectors
 from animegen.latent.perceptual import ProjectionLoss, parse_loss
 from animegen.models import registry
 from animegen.models.base import Latents, Model, Noise
-from animegen.settings import MAX_SEED
+from animegen.settings import MAX_SEED, check_int, check_new_folder
 
 DEFAULT_STEPS = 300  # NVIDIA: 1000. 300: ~2 s per image for a tiny 32 px StyleGAN2 on one CPU thread
 DEFAULT_LOSS = "pixel"  # the best PSNR, and the fastest (docs/results/latent.md)

@@ -12,13 +12,14 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from animegen.data.limits import MAX_BATCH_SIZE, check_int
+from animegen.data.limits import MAX_BATCH_SIZE
 from animegen.errors import UserError
 from animegen.io import to_uint8
 from animegen.metrics.cache import cached_features
 from animegen.metrics.inception import RESIZE, InceptionV3
 from animegen.metrics.catalog import Metric, lookup
 from animegen.metrics.sources import open_source
+from animegen.settings import check_int
 
 
 def compare_sources(a: str | os.PathLike, b: str | os.PathLike, metrics: Sequence[str] = ("fid",), split: str = "test",

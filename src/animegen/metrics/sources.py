@@ -16,9 +16,10 @@ from typing import Callable, Iterator
 import numpy as np
 
 from animegen.data.images import BadImage, ImageFile, decode_rgb, list_files, read_files
-from animegen.data.limits import MAX_IMAGES, check_int
+from animegen.data.limits import MAX_IMAGES
 from animegen.data.store import is_dataset, load_split, read_manifest
 from animegen.errors import UserError
+from animegen.settings import check_int
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 

@@ -7,7 +7,9 @@ checkpoint. A run always ends with a checkpoint, also on Ctrl-C / SIGTERM: the c
 step finishes, a grid or FID snapshot under way is abandoned, and the command exits with
 130 / 143 after writing it. A second Ctrl-C exits at once (the last checkpoint stays).
 
-The run folder (layout, checkpoints, lifecycle) belongs to animegen.runs.
+The run folder (layout, checkpoints, lifecycle) belongs to animegen.runs; how a run starts
+(its config, new or resumed) to training.plan; the signal handling to training.signals; the
+peak-memory measurement to training.memory.
 """
 
 from __future__ import annotations
@@ -15,32 +17,26 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
-import resource
 import signal
-import threading
 import time
-import typing
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from animegen import heap, runs
-from animegen.data.limits import check_new_folder
-from animegen.data.store import read_manifest
+from animegen import runs
 from animegen.errors import UserError
 from animegen.generate import sample_batches, sample_grid
 from animegen.io import image_grid, save_grid
 from animegen.metrics import InceptionV3, evaluate_generator
 from animegen.metrics.sources import open_source
 from animegen.models import registry
-from animegen.settings import check_value, limits_of
 from animegen.training import checkpoint, distributed, transfer
-from animegen.training.config import Every, RunConfig, TrainConfig, make_config, resolve_precision
+from animegen.training.config import Every, RunConfig, resolve_precision
 from animegen.training.data import TrainStream
 from animegen.training.ema import ema_beta, make_ema, update_ema
-from animegen.training.objective import TrainContext
+from animegen.training.memory import PeakMemory, out_of_memory_as_user_error
+from animegen.training.plan import check_fits, parameter_counts, plan_run, set_snapshots
+from animegen.training.signals import Abandon, StopSignals
 
 SNAPSHOT_METRICS = ("fid", "kid", "pr")
 DRAWS, MODULES = 1, 2  # streams of derived_seed: the objective's draws, module-internal randomness
@@ -88,16 +84,16 @@ def train(run: str, *, model: str | None = None, data: str | None = None, preset
         request["sets"] = {**request["sets"], "precision": resolve_precision(request["sets"]["precision"],
                                                                             ctx.device.type)}
     try:
-        config, mode, line = _plan(folder, request, resume, ctx.device.type)
+        config, mode, line = plan_run(folder, request, resume, ctx.device.type)
         config.train.precision = resolve_precision(config.train.precision, ctx.device.type)
-        _set_snapshots(config, fid_every, fid_num)
+        set_snapshots(config, fid_every, fid_num)
         sizes = parameter_counts(config)
         if dry_run:
             return {"config": config.to_json(), "parameters": sizes, "start": line or mode}
         if target is None:
             raise UserError("give one of --steps, --kimg and --minutes.")
-        _check_fits(sizes, ctx.device)
-        with _out_of_memory_as_user_error():
+        check_fits(sizes, ctx.device)
+        with out_of_memory_as_user_error():
             trainer = Trainer(folder, config, ctx, echo)  # reads nothing of the folder
             with folder.lock() if ctx.rank == 0 else contextlib.nullcontext():
                 return _train(trainer, mode, line, init_from, target)
@@ -134,124 +130,6 @@ def _train(trainer: Trainer, mode: str, line: str | None, init_from, target: Tar
     return trainer.run(target)
 
 
-def _plan(folder: runs.Run, request: dict, resume: bool, device_type: str) -> tuple[RunConfig, str, str | None]:
-    """The run's config, how it starts ("new", "restart" or "resume") and a line saying so
-    where the user may not expect it."""
-    if folder.has_config():
-        stored = folder.read_config()
-        steps = folder.steps()
-        if resume:
-            config = _resume_config(folder, stored, request, device_type)
-            return config, "resume", (None if steps else
-                                      f"{folder} has no checkpoint yet: starting from step 0 with its config.json")
-        if steps:
-            raise UserError(f"{folder} already holds a run (newest checkpoint: step {steps[-1]}); continue it with "
-                            "--resume or choose another --out.")
-        return _new_config(request), "restart", f"{folder} stopped before its first checkpoint: starting it again"
-    if folder.path.exists() and not folder.path.is_dir():
-        raise UserError(f"{folder} is a file, not a run folder; choose another --out.")
-    if not folder.path.exists():
-        check_new_folder("--out", folder.path)
-    foreign = folder.foreign_entries()
-    if foreign:
-        raise UserError(f"{folder} exists and is not a run folder (it holds {', '.join(foreign[:3])}); "
-                        "choose another --out.")
-    if resume and (request["model"] is None or request["data"] is None):
-        raise UserError(f"{folder} holds no run to resume (no config.json); give MODEL and --data to start one.")
-    return _new_config(request), "new", (f"{folder} holds no run yet: starting a new one" if resume else None)
-
-
-def _new_config(request: dict) -> RunConfig:
-    if request["model"] is None or request["data"] is None:
-        raise UserError("a new run needs a MODEL and --data.")
-    spec = registry.get(request["model"])
-    manifest = read_manifest(request["data"])
-    missing = [key for key in ("resolution", "content_hash") if key not in manifest]
-    if missing:
-        raise UserError(f"{request['data']}/manifest.json has no {' or '.join(missing)}; prepare the dataset again.")
-    return make_config(spec, str(Path(request["data"]).resolve()), manifest["resolution"],
-                       request["preset"] or "tiny", request["sets"], 0 if request["seed"] is None else request["seed"],
-                       data_hash=manifest["content_hash"])
-
-
-def _resume_config(folder: runs.Run, stored: dict, request: dict, device_type: str) -> RunConfig:
-    """The stored config, after checking that every option given again equals the stored one
-    and that the dataset still holds what the run trained on."""
-    try:
-        config = RunConfig.from_json(stored, registry.get(stored["model"]))
-    except (KeyError, TypeError) as e:
-        raise UserError(f"{folder.config_path} is not a complete run config (missing {e}).") from None
-    # A config written before precision was a setting (or by an import) says "auto".
-    config.train.precision = resolve_precision(config.train.precision, device_type)
-    given = {"MODEL": (request["model"], config.model), "--preset": (request["preset"], config.preset),
-             "--seed": (request["seed"], config.seed)}
-    sections = (config.model_config, config.objective_config, config.train)
-    for key, value in request["sets"].items():
-        owner = next((s for s in sections if key in {f.name for f in dataclasses.fields(s)}), None)
-        if owner is None:
-            raise UserError(f"unknown setting {key!r}.")
-        hint = typing.get_type_hints(type(owner))[key]
-        given[f"--set {key}"] = (check_value(key, value, hint, limits_of(type(owner)).get(key)), getattr(owner, key))
-    if request["init_from"] is not None:
-        recorded = folder.read_init_from().get("checkpoint")
-        given["--init-from"] = (str(runs.resolve_checkpoint(request["init_from"])), recorded)
-    for name, (value, saved) in given.items():
-        if value is not None and value != saved:
-            raise UserError(f"{name} {value} differs from the run's {saved}; a resumed run keeps its settings "
-                            "(start a new run to change them).")
-    config.data = folder.dataset(stored, request["data"])
-    config.data_hash = config.data_hash or read_manifest(config.data)["content_hash"]  # an import's first dataset
-    return config
-
-
-def _set_snapshots(config: RunConfig, fid_every, fid_num) -> None:
-    """--fid-every / --fid-num: the only settings a resumed run may change."""
-    hints, limits = typing.get_type_hints(TrainConfig), limits_of(TrainConfig)
-    for key, value in (("fid_every", fid_every), ("fid_num", fid_num)):
-        if value is not None:
-            setattr(config.train, key, check_value(key, value, hints[key], limits[key], source="--" + key.replace("_", "-")))
-
-
-def parameter_counts(config: RunConfig) -> dict[str, int]:
-    """Parameters of the Model and of each auxiliary net, counted on the meta device (nothing
-    is allocated, so absurd sizes are caught before they exhaust memory)."""
-    spec = registry.get(config.model)
-    meta = torch.device("meta")
-    with meta:
-        model = spec.model(config.model_config)
-        objective = spec.objective(model, config.objective_config, TrainContext(meta))
-    nets = {"model": model, **objective.nets}
-    return {name: sum(p.numel() for p in net.parameters()) for name, net in nets.items()}
-
-
-def _check_fits(sizes: dict[str, int], device: torch.device) -> None:
-    """Refuse a model whose weights, EMA copy, gradients and Adam moments alone exceed memory."""
-    need = 4 * (5 * sizes["model"] + 4 * sum(v for k, v in sizes.items() if k != "model"))
-    have = (torch.cuda.mem_get_info(device)[1] if device.type == "cuda"
-            else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    if need > have:
-        raise UserError(f"this model needs at least {need / 2**30:.1f} GiB for its weights and optimizer states "
-                        f"alone; {device} has {have / 2**30:.1f} GiB. Choose smaller widths.")
-
-
-@contextlib.contextmanager
-def _out_of_memory_as_user_error():
-    try:
-        yield
-    except (torch.OutOfMemoryError, MemoryError) as e:
-        raise UserError(f"out of memory ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
-                        "lower --set batch=... or the model's widths.") from None
-    except RuntimeError as e:
-        if "can't allocate memory" not in str(e) and "out of memory" not in str(e):
-            raise
-        raise UserError(f"out of memory ({str(e).splitlines()[0]}); lower --set batch=... or the model's widths.") \
-            from None
-
-
-class _Abandon(Exception):
-    """Raised by the signal handler inside a grid or snapshot, which can be given up safely."""
-
-
 class Trainer:
     def __init__(self, folder: runs.Run, config: RunConfig, ctx, echo):
         ctx = dataclasses.replace(ctx, precision=config.train.precision)
@@ -276,9 +154,8 @@ class Trainer:
         self.start_step = 0
         self._writer = None
         self.memory = PeakMemory(ctx.device)
+        self.signals = StopSignals(last_checkpoint=lambda: self.saved_step)
         self._stop = False  # agreed by every rank at the end of each step and checkpoint
-        self._signal = None  # the first SIGINT / SIGTERM received
-        self._abandonable = False  # inside a grid or snapshot, which a signal gives up at once
 
     # ------------------------------------------------------------ state
     @property
@@ -329,7 +206,7 @@ class Trainer:
         self._log_line(f"{self.config.model} on {self.config.data} -> {self.folder} | {self.ctx.device}"
                        f" x{self.ctx.world_size} | from step {self.step} to {target.describe()}")
         window = dict(self.clock)
-        with self._signals_stop_the_run():
+        with self.signals.installed():
             try:
                 while not target.reached(self.clock) and not self._stop:
                     before = dict(self.clock)
@@ -344,7 +221,7 @@ class Trainer:
                         self._snapshot()
                     elif self.every["ckpt"].due(before, after):
                         self.save()
-            except _Abandon:  # a signal in the instant a grid or snapshot enters or leaves its block
+            except Abandon:  # a signal in the instant a grid or snapshot enters or leaves its block
                 self._stop = True
             if not self.every["fid"].off and self.snapshot_step != self.step and not self._stop:
                 self._snapshot()
@@ -367,24 +244,29 @@ class Trainer:
         update_ema(self.ema, self.model, ema_beta(self.nimg, self.tc.batch, self.tc.ema_kimg, self.tc.ema_rampup))
         names = list(losses)
         values = torch.stack([losses[k].detach().float().reshape(()) for k in names]
-                             + [torch.tensor(float(self._stop or self._signal is not None), device=self.ctx.device)])
+                             + [torch.tensor(float(self._stop_requested), device=self.ctx.device)])
         values = distributed.mean_over_ranks(self.ctx, values).tolist()  # .tolist() waits for the GPU
         self.seconds += time.perf_counter() - t0
         # Or-ed, never overwritten: a signal that arrives during the reduction is not lost.
-        self._stop = values.pop() > 0 or self._stop or self._signal is not None
+        self._stop = values.pop() > 0 or self._stop_requested
         losses = dict(zip(names, values))
         bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
         if bad:
-            last = (f"{self.folder.checkpoints / runs.step_name(self.saved_step)} (step {self.saved_step})"
+            last = (f"{self.folder.checkpoint(self.saved_step)} (step {self.saved_step})"
                     if self.saved_step else "none")
             raise UserError(f"non-finite loss at step {self.step} ({', '.join(f'{k}={v}' for k, v in bad.items())}); "
                             f"training stopped without saving; last good checkpoint: {last}. "
                             "Lower the learning rate (--set lr=...).")
         return losses
 
+    @property
+    def _stop_requested(self) -> bool:
+        """This rank's own reason to stop: a signal, or a grid or snapshot it abandoned."""
+        return self._stop or self.signals.received is not None
+
     def _agree_on_stop(self) -> None:
         """Every rank stops together: a signal or an abandoned snapshot on one stops all."""
-        local = torch.tensor([float(self._stop or self._signal is not None)], device=self.ctx.device)
+        local = torch.tensor([float(self._stop_requested)], device=self.ctx.device)
         self._stop = distributed.mean_over_ranks(self.ctx, local).item() > 0
 
     # ------------------------------------------------------------ outputs (rank 0)
@@ -401,7 +283,7 @@ class Trainer:
     def _write_grid(self) -> None:
         with self._abandoned_on_signal("sample grid"), self.memory.apart(), self._sampling_rng():
             grid = sample_grid(self.ema, range(self.tc.grid_seeds), batch_size=self._sample_batch)
-            save_grid(grid, self.folder.samples / f"{runs.step_name(self.step)}.png")
+            save_grid(grid, self.folder.grid(self.step))
             if self.tc.tensorboard:
                 self._tensorboard().add_image("samples", image_grid(grid), self.step, dataformats="HWC")
 
@@ -448,9 +330,10 @@ class Trainer:
         summary = {"event": "end", "img_per_s": (self.nimg - start["kimg"] * 1000) / (seconds or 1e-9),
                    "peak_mem_mb": self.memory.training_mb(), "sampling_peak_mem_mb": self.memory.apart_mb,
                    "stopped_early": self._stop,
-                   "checkpoint": str(self.folder.checkpoints / runs.step_name(self.step))}
+                   "checkpoint": str(self.folder.checkpoint(self.step))}
         self._record(summary, {})
-        how = "done" if not self._stop else f"stopped{f' by {signal.Signals(self._signal).name}' if self._signal else ''}"
+        signum = self.signals.received
+        how = "done" if not self._stop else f"stopped{f' by {signal.Signals(signum).name}' if signum else ''}"
         self._log_line(f"{how}: step {self.step}, {self.nimg / 1000:.2f} kimg, "
                        f"{self.seconds / 60:.1f} min of training, {summary['img_per_s']:.1f} img/s, "
                        f"peak memory {summary['peak_mem_mb']:.0f} MB in training steps "
@@ -459,7 +342,7 @@ class Trainer:
                        + (f"; continue with: animegen train --out {self.folder} --resume ..." if self._stop else ""))
         if self._writer is not None:
             self._writer.close()
-        return {"step": self.step, "kimg": self.nimg / 1000, "train_seconds": self.seconds, "signal": self._signal,
+        return {"step": self.step, "kimg": self.nimg / 1000, "train_seconds": self.seconds, "signal": signum,
                 **summary}
 
     @property
@@ -491,43 +374,14 @@ class Trainer:
 
     @contextlib.contextmanager
     def _abandoned_on_signal(self, what: str):
-        """A signal during this block gives it up at once (the handler raises); the run then
-        stops at the next checkpoint, which is written as usual."""
-        self._abandonable = True
+        """A signal during this block gives it up at once; the run then stops at the next
+        checkpoint, which is written as usual."""
         try:
-            if self._signal is not None:
-                raise _Abandon
-            yield
-        except _Abandon:
+            with self.signals.abandonable():
+                yield
+        except Abandon:
             self._stop = True
             self._log_line(f"interrupted: {what} at step {self.step} abandoned; writing the checkpoint")
-        finally:
-            self._abandonable = False
-
-    @contextlib.contextmanager
-    def _signals_stop_the_run(self):
-        """Ctrl-C / SIGTERM: finish the current step (or abandon a grid or snapshot), write a
-        checkpoint, return. A second signal exits at once: every write is atomic, so the
-        folder keeps its last complete checkpoint."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def request_stop(signum, frame):
-            if self._signal is not None:
-                os.write(2, f"\n{signal.Signals(signum).name} again: exiting now; the run resumes from its last "
-                            f"checkpoint (step {self.saved_step}).\n".encode())
-                os._exit(128 + signum)
-            self._signal = signum
-            if self._abandonable:
-                raise _Abandon
-
-        previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
 
 
 def derived_seed(*key: int) -> int:
@@ -550,46 +404,3 @@ def _duration(seconds: float) -> str:
 
 def _count(n: int) -> str:
     return f"{n // 1000}k" if n % 1000 == 0 else str(n)
-
-
-class PeakMemory:
-    """The peak memory of training steps, with grids and FID snapshots (the Inception network)
-    measured apart: the peak is read and reset around each of them. CUDA: the allocator's
-    peak; CPU on Linux: the process's peak resident size (VmHWM, reset through
-    /proc/self/clear_refs); elsewhere the lifetime peak, which includes everything. Memory
-    a snapshot keeps (the Inception weights stay loaded) counts towards later steps."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.training = self.apart_mb = 0.0
-
-    def training_mb(self) -> float:
-        return max(self.training, self._peak_mb())
-
-    @contextlib.contextmanager
-    def apart(self):
-        self.training = self.training_mb()
-        self.reset()
-        try:
-            yield
-        finally:
-            self.apart_mb = max(self.apart_mb, self._peak_mb())
-            self.reset()
-
-    def _peak_mb(self) -> float:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
-        try:
-            status = Path("/proc/self/status").read_text()
-            return int(status.split("VmHWM:")[1].split()[0]) / 1024
-        except (OSError, IndexError, ValueError):
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-    def reset(self) -> None:
-        """Forget the peak so far (in this process: earlier work, say another run's)."""
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            return
-        heap.release_freed_memory()  # the heap keeps freed blocks (animegen.heap): not in use
-        with contextlib.suppress(OSError):
-            Path("/proc/self/clear_refs").write_text("5")

@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 
 from animegen import runs
-from animegen.data.limits import check_new_folder
 from animegen.data.store import read_manifest
 from animegen.errors import UserError
 from animegen.generate import sample_grid
 from animegen.io import save_grid
 from animegen.models import registry
 from animegen.nvlabs.networks import Snapshot, import_snapshot
+from animegen.settings import check_new_folder
 from animegen.training.config import make_config
 from animegen.training.loop import Trainer
 from animegen.training.objective import TrainContext
@@ -48,7 +48,7 @@ def import_run(pkl: str | os.PathLike, out: str | os.PathLike, data: str | os.Pa
     folder.path.mkdir(parents=True)
     folder.write_config(config.to_json())
     trainer.save()
-    grid = folder.samples / f"{runs.step_name(0)}.png"
+    grid = folder.grid(0)
     save_grid(sample_grid(trainer.ema, range(config.train.grid_seeds), batch_size=16), grid)
     return {"run": str(folder), "model": snapshot.family, "resolution": snapshot.g.resolution,
             "discriminator": snapshot.d is not None, "ada_p": snapshot.ada_p, "grid": str(grid)}

@@ -21,7 +21,6 @@ import torch
 from PIL import Image
 
 from animegen.data.images import BadImage
-from animegen.data.limits import check_int
 from animegen.data.prepare import decode_large_enough
 from animegen.errors import UserError
 from animegen.generate import load_generator, sample_batches
@@ -37,7 +36,7 @@ from animegen.latent.project import project_files
 from animegen.models import registry
 from animegen.models.base import Model, Option
 from animegen.runs import describe_run
-from animegen.settings import MAX_SEED, Limit
+from animegen.settings import MAX_SEED, Limit, check_int
 
 # Caps for interactivity, tighter than the library's own limits (each named beside it); every
 # sampling option's range is the model's own (`Model.option_specs`).

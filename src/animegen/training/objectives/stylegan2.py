@@ -114,7 +114,10 @@ class StyleGANObjective(Objective):
             ws = torch.where(from_other[:, :, None], other, ws)
         return ws
 
-    def synthesize(self, ws: torch.Tensor) -> torch.Tensor:
+    def synthesize(self, ws: torch.Tensor, update_emas: bool = False) -> torch.Tensor:
+        """Images from `ws`. `update_emas`: this pass advances the generator's running
+        statistics (StyleGAN3's magnitude EMAs; StyleGAN2's synthesis has none): the
+        discriminator step's pass alone does, as NVIDIA's."""
         n = ws.shape[0]
         return self.model.synthesis(ws, noise_mode="random", randn=lambda *shape: self.randn(n, *shape))
 
@@ -167,7 +170,7 @@ class StyleGANObjective(Objective):
     def _discriminator_step(self, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.model.requires_grad_(False)
         with torch.no_grad(), self.autocast():
-            fake = self.synthesize(self.generate_ws(real.shape[0], update_w_avg=True))
+            fake = self.synthesize(self.generate_ws(real.shape[0], update_w_avg=True), update_emas=True)
         with self.autocast():  # fakes and reals in one pass: half the calls, each on twice the images
             fake_logits, real_logits = self.discriminate(torch.cat([fake.to(real.dtype), real]), batches=2).chunk(2)
             loss = F.softplus(fake_logits.float()).mean() + F.softplus(-real_logits.float()).mean()

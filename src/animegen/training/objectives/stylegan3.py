@@ -35,7 +35,7 @@ class StyleGAN3ObjectiveConfig(StyleGANObjectiveConfig):
 class StyleGAN3Objective(StyleGANObjective):
     """`StyleGANObjective` plus what StyleGAN3 adds: the generator's magnitude EMAs advance
     once per step, in the discriminator step's generator pass (the one that also advances
-    w_avg, and the only one run without gradients); and, for config R, the discriminator sees
+    w_avg: `synthesize(..., update_emas=True)`); and, for config R, the discriminator sees
     reals and fakes blurred by a Gaussian whose width fades to zero early in training, which
     keeps it from exploiting the high frequencies a young generator gets wrong."""
 
@@ -59,8 +59,8 @@ class StyleGAN3Objective(StyleGANObjective):
         R^2 / 32768), times 32 / batch since smaller batches need more regularization."""
         return self.model.resolution**2 / 32768 * 32 / batch
 
-    def synthesize(self, ws: torch.Tensor) -> torch.Tensor:
-        return self.model.synthesis(ws, update_emas=not torch.is_grad_enabled())
+    def synthesize(self, ws: torch.Tensor, update_emas: bool = False) -> torch.Tensor:
+        return self.model.synthesis(ws, update_emas=update_emas)
 
     def discriminate(self, images: torch.Tensor, batches: int = 1) -> torch.Tensor:
         return super().discriminate(gaussian_blur(images, self.blur_pixels()), batches)
