@@ -173,16 +173,20 @@ def mixture_cdf(x, alpha=1.0, sigma=0.0):
     return (WEIGHTS * torch.special.ndtr((x[..., None] - alpha * MIX_MU) / std)).sum(-1)
 
 
-def mixture_ode_solution(schedule, z):
-    """In 1-D the ODE flow preserves order, so it is the quantile map from x_{T-1} to x0 (by bisection)."""
-    t = schedule.num_steps - 1
-    target = mixture_cdf(z, schedule.alpha(t), schedule.sigma(t))
-    low, high = torch.full_like(z, -10.0), torch.full_like(z, 10.0)
+def mixture_quantile(p):
+    """The data's quantile function at probabilities p (by bisection)."""
+    low, high = torch.full_like(p, -10.0), torch.full_like(p, 10.0)
     for _ in range(60):
         mid = (low + high) / 2
-        below = mixture_cdf(mid) < target
+        below = mixture_cdf(mid) < p
         low, high = torch.where(below, mid, low), torch.where(below, high, mid)
     return (low + high) / 2
+
+
+def mixture_ode_solution(schedule, z):
+    """In 1-D the ODE flow preserves order, so it is the quantile map from x_{T-1} to x0."""
+    t = schedule.num_steps - 1
+    return mixture_quantile(mixture_cdf(z, schedule.alpha(t), schedule.sigma(t)))
 
 
 def test_ancestral_ddpm_samples_the_mixture():

@@ -63,7 +63,7 @@ def sample(
     _check_request(schedule, sampler, steps, eta, prediction)
     if isinstance(generator, (list, tuple)) and len(generator) != shape[0]:
         raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}.")
-    x = _randn(shape, generator, device, dtype) if x_T is None else x_T.to(device, dtype)
+    x = randn(shape, generator, device, dtype) if x_T is None else x_T.to(device, dtype)
     predict = partial(_predict, denoiser, schedule, prediction, clip_x0)
     if sampler == "ddpm":
         return _ddpm(predict, schedule, x, generator)
@@ -108,9 +108,11 @@ def _check_request(schedule: NoiseSchedule, sampler: str, steps: int, eta: float
         raise UserError(f"DDIM eta must be between 0 and 1, not {eta}.")
 
 
-def _randn(shape, generator, device, dtype: torch.dtype) -> torch.Tensor:
+def randn(shape, generator, device, dtype: torch.dtype) -> torch.Tensor:
+    """Noise of `shape`, drawn on the generator's device and moved to `device`; with a list of
+    generators (one per sample), sample i's noise comes from generator i alone."""
     if isinstance(generator, (list, tuple)):
-        return torch.stack([_randn(shape[1:], g, device, dtype) for g in generator])
+        return torch.stack([randn(shape[1:], g, device, dtype) for g in generator])
     draw_on = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, device=draw_on, dtype=dtype).to(device)
 
@@ -136,7 +138,7 @@ def _ddpm(predict, schedule: NoiseSchedule, x: torch.Tensor, generator) -> torch
         x = (math.sqrt(alpha_bar_prev) * beta * x0 + math.sqrt(1 - beta) * (1 - alpha_bar_prev) * x) / (1 - alpha_bar)
         if t > 0:
             posterior_std = math.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar) * beta)
-            x = x + posterior_std * _randn(x.shape, generator, x.device, x.dtype)
+            x = x + posterior_std * randn(x.shape, generator, x.device, x.dtype)
     return x
 
 
@@ -147,7 +149,7 @@ def _ddim(predict, ts: list[int], levels, x: torch.Tensor, eta: float, generator
         noise_std = eta * sigma_next / sigma * math.sqrt(1 - (alpha / alpha_next) ** 2)
         x = alpha_next * x0 + math.sqrt(max(sigma_next**2 - noise_std**2, 0.0)) * eps
         if noise_std > 0:
-            x = x + noise_std * _randn(x.shape, generator, x.device, x.dtype)
+            x = x + noise_std * randn(x.shape, generator, x.device, x.dtype)
     return x
 
 
