@@ -342,10 +342,12 @@ class _SamplingCommand(click.Command):
 
 def _sampling_params() -> list[click.Option]:
     from animegen.models import registry
+    from animegen.models.base import GUIDANCE_OPTION
 
     merged: dict[str, tuple] = {}  # option name -> (an Option, the families taking it, their choices)
     for family in registry.names():
-        for option in registry.model_class(family).options:
+        cls = registry.model_class(family)
+        for option in cls.options + ((GUIDANCE_OPTION,) if cls.capabilities.guidance else ()):
             first, families, choices = merged.setdefault(option.name, (option, [], []))
             if option.kind != first.kind:
                 raise TypeError(f"sampling option {option.name} is {first.kind} in one family, {option.kind} in {family}")
@@ -374,6 +376,12 @@ def _sampling_options(f):
     f = click.option("--checkpoint", default="last", show_default=True, metavar="last|best|STEP|PATH",
                      help="Which checkpoint: the newest, the best snapshot FID, a step, or a checkpoint folder.")(f)
     return f
+
+
+def _guide_option(f):
+    return click.option("--guide", type=_NonEmptyPath(), default=None, metavar="RUN_OR_CHECKPOINT",
+                        help="Autoguidance: a run (its last checkpoint) or checkpoint folder of the same family and "
+                             "resolution, e.g. an earlier checkpoint or a smaller run; --guidance weighs it.")(f)
 
 
 def _parse_strengths(ctx, param, value):
@@ -410,9 +418,10 @@ def _parse_strengths(ctx, param, value):
                    "e.g. pc0=2@coarse); repeatable. NAME alone with --strengths: a strip.")
 @click.option("--strengths", callback=_parse_strengths, default=None, metavar="S1,S2,...",
               help="Render the --edit NAME strip at these strengths: one grid row per seed.")
+@_guide_option
 @_sampling_options
 def sample_command(run, count, out, seed, grid, seed_convention, z_file, w_file, plane, save_latents, npy, directions_files,
-                   edits, strengths, batch_size, device, checkpoint, **options):
+                   edits, strengths, guide, batch_size, device, checkpoint, **options):
     """Generate images from RUN's newest checkpoint (EMA weights); the same seed gives the same images.
 
     \b
@@ -435,7 +444,7 @@ def sample_command(run, count, out, seed, grid, seed_convention, z_file, w_file,
     steering = Steering(source, plane, directions_files, fixed, strip[0] if strip else None, strengths)
     info = write_samples(run, out, count, seed=seed, batch_size=batch_size, options=options, grid=grid, device=device,
                          checkpoint=checkpoint, progress=True, seed_convention=seed_convention, steering=steering,
-                         save_latents=save_latents, npy=npy)
+                         save_latents=save_latents, npy=npy, guide=guide)
     click.echo(f"{out}: {info['count']} images (seeds {info['seeds'][0]}..{info['seeds'][1]}) from {info['checkpoint']}"
                + (f"; grid {grid}" if grid else "") + (f"; latents {info['latents']}" if save_latents else ""))
 
@@ -450,8 +459,9 @@ def sample_command(run, count, out, seed, grid, seed_convention, z_file, w_file,
               help="Append the result to RUN/metrics.jsonl as an \"eval\" event.")
 @click.option("--data", type=_NonEmptyPath(), default=None,
               help="A moved copy of the run's dataset (its content hash must match) [default: the recorded path].")
+@_guide_option
 @_sampling_options
-def eval_command(run, metrics, num, split, as_json, record, data, batch_size, device, checkpoint, **options):
+def eval_command(run, metrics, num, split, as_json, record, data, guide, batch_size, device, checkpoint, **options):
     """Metrics of RUN's EMA generator against its dataset, with the exact protocol used.
 
     \b
@@ -462,7 +472,7 @@ def eval_command(run, metrics, num, split, as_json, record, data, batch_size, de
 
     result = evaluate_run(run, [m.strip() for m in metrics.split(",") if m.strip()], num, split=split,
                           options=options, device=device, batch_size=batch_size, progress=not as_json,
-                          record=record, data=data, checkpoint=checkpoint)
+                          record=record, data=data, checkpoint=checkpoint, guide=guide)
     click.echo(json.dumps(result) if as_json else "\n".join(f"{k:>16}: {v}" for k, v in result.items()))
 
 
@@ -512,7 +522,10 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 @click.option("--work", type=_NonEmptyPath(), default="animegen-studio", show_default=True,
               help="Folder for what the studio makes (directions files), which its commands refer to.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def serve_command(runs, port, host, token, directions_files, work, device):
+@click.option("--guide", "guides", multiple=True, metavar="RUN=GUIDE",
+              help="Autoguidance: GUIDE (a run or checkpoint folder of the same family) guides served RUN; its weight "
+                   "becomes a control. Repeatable.")
+def serve_command(runs, port, host, token, directions_files, work, device, guides):
     """A local web studio for RUNS: seeds, the seed plane, sampling options and direction sliders.
 
     \b
@@ -528,7 +541,10 @@ def serve_command(runs, port, host, token, directions_files, work, device):
         raise UserError(f"--host {host} makes the studio reachable from other machines; add --token SECRET.")
     if token is not None and len(token) < 8:
         raise UserError("--token must be at least 8 characters.")
-    studio = Studio(list(runs), list(directions_files), device, work)
+    pairs = [g.partition("=") for g in guides]
+    if any(not sep or not run or not guide for run, sep, guide in pairs):
+        raise UserError("--guide takes RUN=GUIDE, RUN one of the runs served.")
+    studio = Studio(list(runs), list(directions_files), device, work, {run: guide for run, _, guide in pairs})
     hosts = () if host not in LOOPBACK else ("127.0.0.1", "localhost", "::1")
     if host not in LOOPBACK:
         click.echo(f"warning: serving on {host}: anyone who can reach it and knows the token can use this machine.",
@@ -648,9 +664,10 @@ def directions_list(file):
               help="A directions file (from `animegen directions`); repeatable.")
 @click.option("--edit", "edits", multiple=True, metavar="NAME=STRENGTH",
               help="Move every frame along a direction by STRENGTH standard deviations; repeatable.")
+@_guide_option
 @_sampling_options
 def interpolate_command(run, seeds, z_files, w_files, frames, loop, space, fps, out, seed_convention, directions_files,
-                        edits, batch_size, device, checkpoint, **options):
+                        edits, guide, batch_size, device, checkpoint, **options):
     """Interpolation video (or strip) through the images of keyframe seeds; keyframe K is `sample --seed K`'s image.
 
     \b
@@ -668,7 +685,7 @@ def interpolate_command(run, seeds, z_files, w_files, frames, loop, space, fps, 
     info = write_interpolation(run, out, seeds, frames=frames, loop=loop, space=space, fps=fps, options=options,
                                device=device, checkpoint=checkpoint, batch_size=batch_size,
                                directions=directions_files, edits=edits, seed_convention=seed_convention,
-                               latents=latents)
+                               latents=latents, guide=guide)
     click.echo(f"{out}: {info['rows']} interpolation(s) of {info['frames']} frames in {info['space']} "
                f"from {info['checkpoint']}")
 
@@ -716,7 +733,8 @@ def style_mix_command(run, rows, cols, layers, out, seed_convention, batch_size,
 @click.option("--seed", type=int, default=0, show_default=True, help="Image i's random numbers come from seed SEED+i.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--checkpoint", default="last", show_default=True, metavar="last|best|STEP|PATH")
-def project_command(run, images, out, space, loss, steps, video, seed, device, checkpoint):
+@_guide_option
+def project_command(run, images, out, space, loss, steps, video, seed, device, checkpoint, guide):
     """Find the latents from which RUN's generator reproduces IMAGES (files, folders or zips).
 
     \b
@@ -728,7 +746,7 @@ def project_command(run, images, out, space, loss, steps, video, seed, device, c
     from animegen.latent.project import project_files
 
     report = project_files(run, images, out, space=space, loss=loss, steps=steps, video=video, seed=seed,
-                           device=device, checkpoint=checkpoint)
+                           device=device, checkpoint=checkpoint, guide=guide)
     click.echo(f"{out}: {len(report['images'])} images projected into {report['space']} of {report['family']} "
                f"({report['method']}, {report['steps']} steps), mean PSNR {report['mean_psnr']:.2f} dB")
 
@@ -751,12 +769,17 @@ def project_command(run, images, out, space, loss, steps, video, seed, device, c
 @click.option("--repeats", type=int, default=None, help="Disjoint seed ranges for FID [default: 3 on a GPU, 1 on CPU].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--nfe-steps", default="10,20,50,100", show_default=True,
-              help="DDPM: FID also with DDIM and DPM-Solver++ at these step counts, and ancestral at all steps; 'none': skip.")
-@click.option("--nfe-num", type=int, default=None, help="Generated images per point of the DDPM sweep [default: --fid-num].")
+              help="Families with a sampler: FID also at about these numbers of network evaluations, with each "
+                   "sampler the family sweeps (ddpm: DDIM, DPM-Solver++, ancestral at all steps; edm: Heun, "
+                   "DPM-Solver++); 'none': skip.")
+@click.option("--nfe-num", type=int, default=None, help="Generated images per point of the NFE sweeps [default: --fid-num].")
 @click.option("--runs", "run_folders", multiple=True, type=_NonEmptyPath(), metavar="RUN",
               help="Evaluate these existing runs instead of training (repeatable).")
+@click.option("--guide", "guides", multiple=True, metavar="FAMILY=RUN_OR_CHECKPOINT",
+              help="Also measure FAMILY with autoguidance by this run of it (repeatable; families that take a guide).")
+@click.option("--guidance", type=float, default=None, help="The guides' weight w [default: the family's].")
 def compare_command(data, out, models, preset, sets, minutes, kimg, fid_num, fid_every, repeats, device, nfe_steps,
-                    nfe_num, curve_num, run_folders):
+                    nfe_num, curve_num, run_folders, guides, guidance):
     """Train several families for one budget, evaluate them under one protocol, and write the papers' tables.
 
     \b
@@ -775,7 +798,7 @@ def compare_command(data, out, models, preset, sets, minutes, kimg, fid_num, fid
                             target=target, fid_num=fid_num, repeats=repeats, device=device,
                             runs_given=list(run_folders) or None, sets=parse_sets(list(sets)),
                             fid_every=fid_every, nfe_steps=parse_nfe_steps(nfe_steps), nfe_num=nfe_num,
-                            curve_num=curve_num, echo=click.echo)
+                            curve_num=curve_num, guides=guides, guidance=guidance, echo=click.echo)
     if result["signal"]:
         sys.exit(128 + result["signal"])
     count = len(result["models"])

@@ -59,17 +59,31 @@ def sample_grid(model: Model, seeds: Iterable[int], batch_size: int, options: di
 
 
 def load_generator(path: str | os.PathLike, device: torch.device | str = "cpu", weights: str = "ema",
-                   checkpoint: str | int = "last") -> tuple[Model, dict]:
+                   checkpoint: str | int = "last", guide: str | os.PathLike | None = None) -> tuple[Model, dict]:
     """The Model of checkpoint `checkpoint` (last, best, a step, or a folder's path) of run
     `path` (or of checkpoint folder `path`), in eval mode, and that checkpoint's state
-    (config, step, nimg, snapshot, and "checkpoint": its folder)."""
+    (config, step, nimg, snapshot, and "checkpoint": its folder). `guide`: a run (its last
+    checkpoint) or a checkpoint folder of the same family and resolution whose EMA weights
+    guide sampling (autoguidance, `Capabilities.guidance`); the state then says which ("guide")."""
     if weights not in WEIGHTS:
         raise UserError(f"unknown weights {weights!r}; choose ema or model.")
     tensors, state = runs.load_checkpoint(path, checkpoint)
     family = registry.model_class(state["model"])
     model = family(build(family.config_class, state["config"]["model_config"]))
     model.load_state_dict(runs.module_state(tensors, weights), strict=True)
-    return model.to(resolve_device(device)).eval().requires_grad_(False), state
+    model = model.to(resolve_device(device)).eval().requires_grad_(False)
+    if guide is not None:
+        guide_model, guide_state = load_generator(guide, device)
+        if guide_state["model"] != state["model"]:
+            raise UserError(f"--guide {guide} is a run of {guide_state['model']}: a guide must be a run of the same "
+                            f"family ({state['model']}).")
+        if guide_model.resolution != model.resolution:
+            raise UserError(f"--guide {guide} makes {guide_model.resolution} px images: a guide must make images of "
+                            f"the same resolution ({model.resolution} px).")
+        model.set_guide(guide_model)
+        state = {**state, "guide": {"checkpoint": guide_state["checkpoint"], "step": guide_state["step"],
+                                    "kimg": guide_state["nimg"] / 1000}}
+    return model, state
 
 
 def check_seeds(seed: int, count: int, name: str = "--count") -> range:
@@ -101,7 +115,8 @@ class Steering:
 def write_samples(run: str, out: str, count: int | None, seed: int = 0, batch_size: int = 64,
                   options: dict | None = None, grid: str | None = None, device: str = "auto",
                   checkpoint: str | int = "last", progress: bool = False, seed_convention: str = "animegen",
-                  steering: Steering | None = None, save_latents: bool = False, npy: bool = False) -> dict:
+                  steering: Steering | None = None, save_latents: bool = False, npy: bool = False,
+                  guide: str | None = None) -> dict:
     """Write images of seeds seed..seed+count-1 (or of a latent file's latents) as
     OUT/seed<NNNNNN>.png, batch by batch as they are made (OUT appears only when complete),
     optionally all of them as one grid PNG, their latents as OUT/latents.npz (`save_latents`)
@@ -113,7 +128,7 @@ def write_samples(run: str, out: str, count: int | None, seed: int = 0, batch_si
     check_new_folder("--out", out)
     if grid:
         check_file_output("--grid", grid)
-    model, state = load_generator(run, device, checkpoint=checkpoint)
+    model, state = load_generator(run, device, checkpoint=checkpoint, guide=guide)
     options = model.resolve_sample_options(options or {})
     if steering.plane is not None:
         if count not in (None, 1) or steering.latents:
@@ -150,6 +165,7 @@ def write_samples(run: str, out: str, count: int | None, seed: int = 0, batch_si
     first, last = seeds[0], seeds[-1]
     return {"out": str(out), "count": total, "seeds": [first, last], "checkpoint": state["checkpoint"],
             "step": state["step"], "sample_options": options, "seed_convention": seed_convention,
+            **({"guide": state["guide"]} if guide else {}),
             **({"grid": str(grid)} if grid else {}), **({"latents": str(Path(out) / "latents.npz")} if save_latents else {})}
 
 
@@ -183,15 +199,17 @@ def _variants(model: Model, steering: Steering) -> list[tuple[str, list]]:
 
 def evaluate_run(run: str, metrics: list[str], num: int, split: str = "test", options: dict | None = None,
                  device: str = "auto", batch_size: int = 64, seed: int = 0, progress: bool = False,
-                 record: bool = True, data: str | None = None, checkpoint: str | int = "last") -> dict:
-    """Metrics of a run's EMA generator against a split of its training dataset (or of `data`,
-    a copy of it: same content hash), with the exact protocol that produced them. With
+                 record: bool = True, data: str | None = None, checkpoint: str | int = "last",
+                 guide: str | None = None) -> dict:
+    """Metrics of a run's EMA generator (guided by `guide`, see load_generator) against a split
+    of its training dataset (or of `data`, a copy of it: same content hash), with the exact
+    protocol that produced them. With
     `record`, also appended to RUN/metrics.jsonl as an "eval" event when `run` is a run
     folder, so the folder keeps every number it produced."""
     seeds = check_seeds(seed, num, "--num")
     check_batch_size(batch_size)
     dev = resolve_device(device)
-    model, state = load_generator(run, dev, checkpoint=checkpoint)
+    model, state = load_generator(run, dev, checkpoint=checkpoint, guide=guide)
     options = model.resolve_sample_options(options or {})
     real = runs.Run(run).dataset(state["config"], data)
     batches = sample_batches(model, seeds, batch_size, options)
@@ -199,7 +217,7 @@ def evaluate_run(run: str, metrics: list[str], num: int, split: str = "test", op
                                 batch_size=batch_size, generator=model, progress=progress)
     protocol = {"model": state["model"], "checkpoint": state["checkpoint"], "step": state["step"],
                 "kimg": state["nimg"] / 1000, "weights": "ema", "images": num, "seeds": [seed, seed + num - 1],
-                "real": real, "split": split, "sample_options": options}
+                "real": real, "split": split, "sample_options": options, **({"guide": state["guide"]} if guide else {})}
     result = {**result, "protocol": protocol}
     folder = runs.Run(run)
     if record and folder.metrics.is_file():

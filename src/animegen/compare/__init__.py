@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Sequence
 
 from animegen.compare.evaluate import NFE_STEPS, add_grids, describe_protocol, evaluate_families
-from animegen.compare.plan import (check_protocol, check_report_folder, existing_runs, family_sets, planned_runs,
-                                   snapshot_settings)
+from animegen.compare.plan import (check_guides, check_protocol, check_report_folder, existing_runs, family_sets,
+                                   planned_runs, snapshot_settings)
 from animegen.compare.progress import Progress
 from animegen.compare.report import PAPERS, write_report
 from animegen.compare.train import train_families
@@ -30,7 +30,8 @@ def run_comparison(data: str | None, out: str, models: Sequence[str] | None = No
                    preset: str = "tiny", target: Target | None = None, fid_num: int = 1000, repeats: int | None = None,
                    device: str = "auto", runs_given: Sequence[str] | None = None, sets: dict | None = None,
                    fid_every: str | None = None, nfe_steps: Sequence[int] = NFE_STEPS, nfe_num: int | None = None,
-                   curve_num: int | None = None, echo=print) -> dict:
+                   curve_num: int | None = None, guides: Sequence[str] = (), guidance: float | None = None,
+                   echo=print) -> dict:
     """Train each of `models` on `data` into OUT/runs/<family> up to `target` (or take the
     existing runs `runs_given`), evaluate each, and write OUT/results.json, OUT/report.md
     and OUT/grids/. Returns the results; with "signal" set when a signal stopped training
@@ -38,11 +39,13 @@ def run_comparison(data: str | None, out: str, models: Sequence[str] | None = No
     1 on the CPU. A family with a sampler is also measured at each of `nfe_steps` (empty: not),
     with FID-`nfe_num` (default `fid_num`). `models` None: every registered family. Training records FID-`curve_num` snapshots (default a fifth of
     `fid_num`, at least 4) every `fid_every` (default a fifth of the budget) for the training curves.
-    A `sets` key FAMILY.KEY applies to that family only."""
+    A `sets` key FAMILY.KEY applies to that family only. `guides` ("FAMILY=RUN"): that family is
+    also measured with autoguidance by that run, at weight `guidance` (default: the family's)."""
     out, sets = Path(out), sets or {}
-    protocol = check_protocol(fid_num, repeats, device, nfe_steps, nfe_num, curve_num)
+    protocol = check_protocol(fid_num, repeats, device, nfe_steps, nfe_num, curve_num, guides, guidance)
     check_report_folder(out)
     folders = existing_runs(runs_given) if runs_given else planned_runs(out, data, models, target)
+    check_guides(protocol, folders)
     family_sets(sets, None)  # an unknown family in FAMILY.KEY fails before any training
     progress = Progress({"train": 0 if runs_given else len(folders), "evaluate": len(folders), "write": 1}, echo,
                         {"train": target.value * 60} if target is not None and target.unit == "minutes" else None)

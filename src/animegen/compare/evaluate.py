@@ -56,6 +56,9 @@ def evaluate(family: str, folder: Path, protocol: Protocol, device: str, echo) -
     measured = {"run": str(folder), "scores": scores, "repeats": repeats_out,
                 "training": training_facts(events, folder), "curve": fid_curve(events),
                 "parameters": _parameters(folder), **_sampling_speed(folder, device)}
+    if family in protocol.guides:
+        echo(f"  {family}: FID-{fid_num} with autoguidance by {protocol.guides[family]}")
+        measured["guided"] = guided_fid(folder, protocol, family, device)
     sweep = nfe_sweep(folder, protocol.nfe_num, device, protocol.nfe_steps) if protocol.nfe_steps else []
     if sweep:
         echo(f"  {family}: FID-{protocol.nfe_num} against NFE")
@@ -74,6 +77,16 @@ def nfe_sweep(folder: Path, fid_num: int, device: str, steps: Sequence[int] = NF
         points.append({"sampler": resolved.get("sampler"), "nfe": model.nfe(resolved), "options": resolved,
                        "num": fid_num, "fid": fid})
     return points
+
+
+def guided_fid(folder: Path, protocol: Protocol, family: str, device: str) -> dict:
+    """FID over the first repeat's seeds with the family's guide (the run's own sampler otherwise)."""
+    options = {} if protocol.guidance is None else {"guidance": protocol.guidance}
+    result = evaluate_run(str(folder), ["fid"], protocol.fid_num, options=options, device=device, record=False,
+                          guide=protocol.guides[family])
+    used = result["protocol"]
+    return {"guide": used["guide"], "guidance": used["sample_options"]["guidance"], "fid": result["fid"],
+            "num": protocol.fid_num}
 
 
 def _mean_sd(values: list[float]) -> dict:

@@ -5,7 +5,7 @@ takes the FID snapshots of the curves."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -30,12 +30,15 @@ class Protocol:
     nfe_steps: tuple[int, ...]
     nfe_num: int
     curve_num: int
+    guides: dict[str, str] = field(default_factory=dict)  # family -> guide run: FID also with autoguidance
+    guidance: float | None = None  # its weight (None: the family's default)
 
 
 def check_protocol(fid_num: int, repeats: int | None, device: str, nfe_steps: Sequence[int], nfe_num: int | None,
-                   curve_num: int | None) -> Protocol:
+                   curve_num: int | None, guides: Sequence[str] = (), guidance: float | None = None) -> Protocol:
     """The protocol's numbers, checked, with the defaults filled in: `repeats` 3 on a GPU and
-    1 on the CPU, `nfe_num` `fid_num`, `curve_num` a fifth of `fid_num` (at least 4)."""
+    1 on the CPU, `nfe_num` `fid_num`, `curve_num` a fifth of `fid_num` (at least 4). `guides`:
+    "FAMILY=RUN" (parse_guides)."""
     check_int("--fid-num", fid_num, 4, 10**6)  # precision/recall's k=3 neighbours need 4 images
     if repeats is None:
         repeats = 3 if resolve_device(device).type == "cuda" else 1
@@ -46,7 +49,31 @@ def check_protocol(fid_num: int, repeats: int | None, device: str, nfe_steps: Se
     check_int("--curve-num", curve_num, 4, 10**6)
     for steps in nfe_steps:
         check_int("--nfe-steps", steps, 1, 100_000)
-    return Protocol(fid_num, repeats, tuple(nfe_steps), nfe_num, curve_num)
+    if guidance is not None and not guides:
+        raise UserError("--guidance weighs a guide model: give --guide FAMILY=RUN too.")
+    return Protocol(fid_num, repeats, tuple(nfe_steps), nfe_num, curve_num, parse_guides(guides), guidance)
+
+
+def parse_guides(guides: Sequence[str]) -> dict[str, str]:
+    """--guide FAMILY=RUN_OR_CHECKPOINT (repeatable): each guide a checkpoint of that family's."""
+    out = {}
+    for text in guides:
+        family, sep, path = text.partition("=")
+        if not sep or not path:
+            raise UserError(f"--guide {text!r} is not FAMILY=RUN_OR_CHECKPOINT.")
+        registry.model_class(family)  # an unknown family is one line
+        guide_family = runs.load_checkpoint(path)[1]["model"]
+        if guide_family != family:
+            raise UserError(f"--guide {text}: {path} is a run of {guide_family}: a guide must be a run of the same "
+                            "family.")
+        out[family] = path
+    return out
+
+
+def check_guides(protocol: Protocol, folders: dict[str, Path]) -> None:
+    missing = sorted(set(protocol.guides) - set(folders))
+    if missing:
+        raise UserError(f"--guide names {', '.join(missing)}, which this comparison does not measure.")
 
 
 def parse_nfe_steps(text: str) -> tuple[int, ...]:

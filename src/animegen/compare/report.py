@@ -79,6 +79,15 @@ def sections(results: dict) -> list[Section]:
             out.append(Section(f"{family}: FID-{m['nfe_sweep'][0]['num']} against NFE", header, rows,
                                ["NFE: network evaluations per image, as the sampler spends them (a second-order "
                                 "step takes two)."], [("FID against NFE", f"{family}_nfe.png")]))
+    guided = {family: m for family, m in models.items() if "guided" in m}
+    if guided:
+        out.append(Section("Autoguidance", ["model", "guide", "guide kimg", "w", f"FID-{protocol['generated']}",
+                                            "guided FID"],
+                           [[family, m["guided"]["guide"]["checkpoint"], f"{m['guided']['guide']['kimg']:g}",
+                             f"{m['guided']['guidance']:g}", _number(m["repeats"][0]["fid"]), _number(m["guided"]["fid"])]
+                            for family, m in guided.items()],
+                           ["D = D_guide + w (D - D_guide), the guide's EMA weights; the same seeds and sampler as "
+                            "the first repeat. Each evaluation also runs the guide."], numbers_right=False))
     out.append(Section("Same-seed grids (seeds 0-63)", notes=[_shared_z_note(models)],
                        figures=[(family, m["grid"]) for family, m in models.items()]))
     return out

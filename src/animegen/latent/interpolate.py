@@ -317,17 +317,18 @@ def write_interpolation(run: str, out: str, seeds: str | None, frames: int = 30,
                         space: str | None = None, fps: float = 30.0, options: dict | None = None,
                         device: str = "auto", checkpoint: str | int = "last", batch_size: int = 32,
                         directions: list[str] = (), edits: list[str] = (), seed_convention: str = "animegen",
-                        latents: tuple[str, list[str]] | None = None) -> dict:
+                        latents: tuple[str, list[str]] | None = None, guide: str | None = None) -> dict:
     """Interpolate between the keyframe seeds of each row of `seeds` ("3,7,11" or "1,2,3;4,5,6"),
     or through the latents of latent files (`latents`: kind "z" or "w" and the files, their rows
     in order: e.g. projected faces), and write `out`: a .png with one row of frames per
-    interpolation, or a .gif / .mp4 whose every frame shows all the rows."""
+    interpolation, or a .gif / .mp4 whose every frame shows all the rows. `guide`: as
+    generate.load_generator's."""
     if (seeds is None) == (latents is None):
         raise UserError("give the keyframes as --seeds or as latent files (--z / --w), one of them.")
     rows = parse_seed_rows(seeds) if seeds is not None else None
     check_int("--frames", frames, 1, MAX_FRAMES)
     check_batch_size(batch_size)
-    model, state = load_generator(run, device, checkpoint=checkpoint)
+    model, state = load_generator(run, device, checkpoint=checkpoint, guide=guide)
     options = model.resolve_sample_options(options or {})
     space = check_space(model, space)
     given = None

@@ -256,13 +256,15 @@ def as_targets(images: np.ndarray, device) -> torch.Tensor:
 
 def project_files(run: str, sources: Sequence[str], out: str, space: str | None = None, loss: str | None = None,
                   steps: int | None = None, video: bool = False, seed: int = 0, device: str = "auto",
-                  checkpoint: str | int = "last", progress: Callable[[float], None] | None = None) -> dict:
-    """Project image files into `run`'s generator and write OUT (atomically): target-NNN.png,
-    recon-NNN.png, latents.npz (`animegen sample RUN --w/--z OUT/latents.npz` renders the
-    reconstructions again, bit for bit), report.json and with `video` progress-NNN.gif."""
+                  checkpoint: str | int = "last", progress: Callable[[float], None] | None = None,
+                  guide: str | None = None) -> dict:
+    """Project image files into `run`'s generator (guided by `guide`, as generate.load_generator's)
+    and write OUT (atomically): target-NNN.png, recon-NNN.png, latents.npz (`animegen sample RUN
+    --w/--z OUT/latents.npz` renders the reconstructions again, bit for bit), report.json and
+    with `video` progress-NNN.gif."""
     check_new_folder("--out", out)
     check_int("--seed", seed, 0, MAX_SEED - MAX_IMAGES)
-    model, state = load_generator(run, device, checkpoint=checkpoint)
+    model, state = load_generator(run, device, checkpoint=checkpoint, guide=guide)
     space, loss_spec, steps = check_request(model, space, loss, steps, video)
     names, images = read_targets(sources, model.resolution)
     targets = as_targets(images, model.device)
@@ -278,7 +280,7 @@ def project_files(run: str, sources: Sequence[str], out: str, space: str | None 
     report = {"run": str(run), "checkpoint": state["checkpoint"], "family": registry.name_of(model), "space": space,
               "loss": loss_spec, "method": loss_spec or f"{model.inversion_sampler} inversion", "steps": steps, "seed": seed, "schedule": asdict(Schedule(steps)),
               "sample_options": result.options, "seconds": seconds,
-              "reproduce": _sample_command(run, out, kind, result.options, model),
+              "reproduce": _sample_command(run, out, kind, result.options, model, guide),
               "images": [{"index": i, "source": name, "psnr": psnr(images[i], recon[i]), "loss": final[i]}
                          for i, name in enumerate(names)]}
     report["mean_psnr"] = float(np.mean([r["psnr"] for r in report["images"]]))
@@ -294,9 +296,9 @@ def project_files(run: str, sources: Sequence[str], out: str, space: str | None 
     return {**report, "out": str(out)}
 
 
-def _sample_command(run, out, kind: str, options: dict, model: Model) -> str:
+def _sample_command(run, out, kind: str, options: dict, model: Model, guide: str | None) -> str:
     args = ["animegen", "sample", str(run), f"--{kind}", str(Path(out) / "latents.npz"), *model.option_flags(options),
-            "--out", "OUT"]
+            *(["--guide", str(guide)] if guide else []), "--out", "OUT"]
     return " ".join(shlex.quote(a) for a in args)
 
 

@@ -52,6 +52,11 @@ The hooks a capability brings (each raises NotImplementedError unless declared):
                         sampler run backwards; inversion_steps() -> (default, most)
     sefa                latent_linear_map(layers) -> the first linear map applied to the
                         edit-space latent (outputs, latent size)
+    guidance            autoguidance (Karras et al. 2024): `set_guide(guide)` attaches a
+                        Model of the same family and resolution (an earlier checkpoint of
+                        the run, or a smaller run on the same data), after which
+                        option_specs() holds GUIDANCE_OPTION and render denoises with
+                        D_guide + w (D - D_guide), w the "guidance" option
     discriminator       feature_discriminator(resolution, objective_config) -> a
                         discriminator module with features(images) -> [tensors]
 and, for diffusion samplers: deterministic(options), nfe(options), nfe_sweep(counts).
@@ -67,7 +72,7 @@ import torch
 from torch import nn
 
 from animegen.errors import UserError
-from animegen.settings import MAX_RESOLUTION, TEMPERATURE, Limit
+from animegen.settings import MAX_RESOLUTION, TEMPERATURE, Limit, between
 
 
 class Noise:
@@ -205,6 +210,7 @@ class Capabilities:
     inversion: str = "optimize"  # how project finds latents: "optimize", "encoder" (then optimize) or "ode"
     sefa: bool = False  # latent_linear_map: SeFa directions from the weights
     discriminator: bool = False  # feature_discriminator: the run's D as a projection loss
+    guidance: bool = False  # set_guide: a guide model steers sampling (autoguidance)
 
     def __post_init__(self):
         if self.inversion not in INVERSIONS:
@@ -225,6 +231,10 @@ INVERSIONS = ("optimize", "encoder", "ode")
 # A z scaled by it before rendering (the families that draw z ~ N(0, I) and nothing else).
 TEMPERATURE_OPTION = Option("temperature", "float", "z scaled by this (1 = off; below 1: more typical faces)",
                             default=1.0, limit=TEMPERATURE, label="latent scale", studio_range=(0, 2, 0.05))
+# The weight of a guide model (capabilities.guidance), an option while one is attached.
+GUIDANCE_OPTION = Option("guidance", "float", "autoguidance weight w with a guide: D_guide + w (D - D_guide); 1 = "
+                         "the model alone", default=2.0, limit=between(0, 20), label="guidance w",
+                         studio_range=(1, 4, 0.05))
 
 
 class Model(nn.Module):
@@ -235,6 +245,7 @@ class Model(nn.Module):
     capabilities: ClassVar[Capabilities] = Capabilities()
     num_ws: int | None = None  # style inputs of W+ ("w" in capabilities.spaces)
     w_dim: int | None = None
+    guide: Model | None = None  # capabilities.guidance: the attached guide (set_guide)
 
     def __init__(self, config):
         super().__init__()
@@ -263,8 +274,9 @@ class Model(nn.Module):
 
     # ------------------------------------------------------------ sampling options
     def option_specs(self) -> tuple[Option, ...]:
-        """The sampling options with this model's defaults and bounds (default: the class's)."""
-        return self.options
+        """The sampling options with this model's defaults and bounds (default: the class's),
+        and the guidance weight while a guide is attached."""
+        return self.options + ((GUIDANCE_OPTION,) if self.guide is not None else ())
 
     def resolve_sample_options(self, options: dict[str, Any]) -> dict[str, Any]:
         """The full set of options `sample` will use: `options` (None values dropped), typed
@@ -272,6 +284,8 @@ class Model(nn.Module):
         are a UserError; families add their own rules across options."""
         specs = self.option_specs()
         given = {k: v for k, v in options.items() if v is not None}
+        if "guidance" in given and self.guide is None:
+            raise UserError("--guidance weighs a guide model against this one: give the guide too (--guide RUN).")
         unknown = sorted(set(given) - {o.name for o in specs})
         if unknown:
             accepted = ", ".join(o.name for o in specs) or "none"
@@ -333,6 +347,13 @@ class Model(nn.Module):
         return self.render(self.draw(noise, **options), noise, **options)
 
     # ------------------------------------------------------------ capability hooks
+    def set_guide(self, guide: Model) -> None:
+        """Attach `guide` (capabilities.guidance; the caller checks family and resolution). It
+        stays outside the module tree: not in state_dict, not moved by .to()."""
+        if not self.capabilities.guidance:
+            raise UserError(f"{type(self).__name__} takes no guide model (no autoguidance).")
+        object.__setattr__(self, "guide", guide)  # nn.Module.__setattr__ would register it as a submodule
+
     def map_z(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} has no W space")
 

@@ -63,6 +63,7 @@ class LoadedRun:
     folder: Path  # the studio's files of this run
     directions_file: str  # all of `directions`, on disk, for the commands shown
     directions: dict[str, Direction] = field(default_factory=dict)
+    guide: str | None = None  # the run guiding it (autoguidance), for the commands shown
 
     def save_directions(self) -> None:
         save_directions(self.directions_file, self.model, list(self.directions.values()))
@@ -72,27 +73,35 @@ class Studio:
     """The runs given to `animegen serve`, each loaded once."""
 
     def __init__(self, runs: list[str], directions_files: list[str] = (), device: str = "cpu",
-                 work: str | Path = "animegen-studio"):
+                 work: str | Path = "animegen-studio", guides: dict[str, str] | None = None):
         """`work`: where the studio keeps what it makes (each run's directions file, with the
         SeFa directions computed on start and the few-shot ones), so every command it shows
-        can be run as it is."""
+        can be run as it is. `guides`: run -> the run guiding it (autoguidance; its weight is
+        then one of the run's controls)."""
         if not runs:
             raise UserError("give at least one run to serve.")
+        guides = guides or {}
+        unknown = sorted(set(guides) - set(runs))
+        if unknown:
+            raise UserError(f"--guide names {', '.join(unknown)}, which is not among the runs served.")
         self.work, self.device = Path(work), device
         self.unused = {str(f): "" for f in directions_files}  # file -> why no run took it
-        self.runs = [self._load(i, path, directions_files, device) for i, path in enumerate(runs)]
+        self.runs = [self._load(i, path, directions_files, device, guides.get(path)) for i, path in enumerate(runs)]
         if self.unused:
             file, why = next(iter(self.unused.items()))
             raise UserError(f"--directions {file} fits none of the runs: {why}")
         self.projections: dict[tuple[int, str], tuple[str, codes.LatentFile]] = {}  # (run, id) -> latents path, file
 
-    def _load(self, index: int, path: str, directions_files, device: str) -> LoadedRun:
-        model, state = load_generator(path, device)
+    def _load(self, index: int, path: str, directions_files, device: str, guide: str | None) -> LoadedRun:
+        model, state = load_generator(path, device, guide=guide)
         info = describe_run(path)
         card = {key: info[key] for key in ("family", "preset", "dataset", "kimg", "best_fid")}
         card["resolution"] = model.resolution
+        if guide:
+            card["guide"] = f"{state['guide']['checkpoint']} ({state['guide']['kimg']:g} kimg)"
         folder = self.work / f"{index}-{Path(path).resolve().name}"
-        loaded = LoadedRun(index, str(path), model, state, card, folder, str(folder / "directions.safetensors"))
+        loaded = LoadedRun(index, str(path), model, state, card, folder, str(folder / "directions.safetensors"),
+                           guide=guide)
         for file in directions_files:
             try:
                 loaded.directions.update(load_directions(file, model))
@@ -162,13 +171,14 @@ class Studio:
         uploads.mkdir(parents=True, exist_ok=True)
         upload = uploads / f"{key}.png"
         Image.fromarray(pixels).save(upload)  # lossless: `animegen project` on it sees these pixels
-        report = project_files(run.path, [str(upload)], str(out), device=self.device, progress=progress)
+        report = project_files(run.path, [str(upload)], str(out), device=self.device, progress=progress, guide=run.guide)
         latents = out / "latents.npz"
         self.projections[(run.index, key)] = (str(latents), codes.load_latents(latents, edit_space(run.model),
                                                                                run.model))
         return {"projection": key, "psnr": report["mean_psnr"], "target": (out / "target-000.png").read_bytes(),
                 "recon": (out / "recon-000.png").read_bytes(),
-                "command": " ".join(shlex.quote(a) for a in ["animegen", "project", run.path, str(upload), "--out", str(out)])}
+                "command": " ".join(shlex.quote(a) for a in ["animegen", "project", run.path, str(upload), "--out", str(out),
+                                                             *(["--guide", run.guide] if run.guide else [])])}
 
     def _projection(self, run: LoadedRun, key) -> tuple[str, codes.LatentFile]:
         if not isinstance(key, str) or not PROJECTION_ID.match(key) or (run.index, key) not in self.projections:
@@ -250,6 +260,8 @@ def edit_specs(run: LoadedRun, edits) -> list[str]:
 def command(verb: str, run: LoadedRun, target: list[str], options: dict, specs: list[str]) -> str:
     """The `animegen VERB` command line that makes exactly what the page shows."""
     args = ["animegen", verb, run.path, *target, *run.model.option_flags(options)]
+    if run.guide:
+        args += ["--guide", run.guide]
     if specs:
         args += ["--directions", run.directions_file, *[a for spec in specs for a in ("--edit", spec)]]
     return " ".join(shlex.quote(a) for a in args)
