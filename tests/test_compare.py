@@ -15,10 +15,11 @@ from animegen.cli import main
 from animegen.compare import run_comparison
 from animegen.compare.plan import family_sets
 from animegen.compare.report import PAPER_1, PAPER_2
+from animegen.errors import UserError
 from animegen.generate import load_generator
 from animegen.models.base import Noise
 from animegen.models import registry
-from animegen.training.loop import Target
+from animegen.training.loop import Target, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,10 +27,13 @@ FAMILIES = tuple(registry.names())
 FAST = {"batch": 8, "log_every": "1", "grid_seeds": 4}
 SMALL_DDPM = {"base_channels": 16, "channel_mults": [1, 2], "attention_resolutions": [8], "num_groups": 4,
               "time_embed_dim": 32, "timesteps": 12, "sample_steps": 2}
+SMALL_EDM = {k: v for k, v in SMALL_DDPM.items() if k != "timesteps"}
+SMALL = {**{f"ddpm.{key}": value for key, value in SMALL_DDPM.items()},
+         **{f"edm.{key}": value for key, value in SMALL_EDM.items()}}
 
 
 def _compare(data, out, lines, families=FAMILIES, kimg=0.016, **options):
-    sets = {**FAST, **{f"ddpm.{key}": value for key, value in SMALL_DDPM.items()}}
+    sets = {**FAST, **SMALL}
     return run_comparison(str(data), str(out), families, target=Target(kimg=kimg), fid_num=4, repeats=1,
                           device="cpu", sets=sets, nfe_steps=(1,), echo=lines.append, **options)
 
@@ -152,6 +156,40 @@ def test_smoke_comparison_and_rerun(tmp_path, faces16):
     _compare(faces16, out, more, families=("vae",), kimg=0.032)
     assert any("from step 2 to 0.032 kimg" in line for line in more)
     assert json.loads((out / "results.json").read_text())["models"]["vae"]["training"]["step"] == 4
+
+
+@pytest.fixture(scope="module")
+def edm_runs(tmp_path_factory, faces16):
+    """An edm run and a guide for it (2 steps each)."""
+    root = tmp_path_factory.mktemp("edm")
+    for name in ("main", "guide"):
+        train(str(root / name), model="edm", data=str(faces16), sets={**FAST, **SMALL_EDM, "sample_every": "0"},
+              target=Target(steps=2), device="cpu", seed=1 if name == "main" else 2, echo=lambda line: None)
+    return root
+
+
+def test_a_guided_family_is_measured_with_and_without_its_guide(tmp_path, edm_runs):
+    out, lines = tmp_path / "cmp", []
+    results = run_comparison(None, str(out), runs_given=[str(edm_runs / "main")], fid_num=4, repeats=1, device="cpu",
+                             nfe_steps=(), guides=[f"edm={edm_runs / 'guide'}"], guidance=1.5, echo=lines.append)
+    guided = results["models"]["edm"]["guided"]
+    assert guided["guidance"] == 1.5 and guided["guide"]["step"] == 2 and guided["fid"] > 0
+    assert guided["fid"] != results["models"]["edm"]["repeats"][0]["fid"]
+    row = _table_rows((out / "report.md").read_text(), "## Autoguidance")["edm"]
+    assert row[3:] == ["1.5", f"{results['models']['edm']['repeats'][0]['fid']:.2f}", f"{guided['fid']:.2f}"]
+
+
+@pytest.mark.parametrize("guides, guidance, message", [
+    (["ddpm={guide}"], None, "is a run of edm: a guide must be a run of the same family"),
+    (["edm"], None, "is not FAMILY=RUN_OR_CHECKPOINT"),
+    ([], 2.0, "give --guide FAMILY=RUN too"),
+])
+def test_bad_guides_are_refused_before_anything_runs(tmp_path, edm_runs, guides, guidance, message):
+    guides = [g.format(guide=edm_runs / "guide") for g in guides]
+    with pytest.raises(UserError, match=message):
+        run_comparison(None, str(tmp_path / "cmp"), runs_given=[str(edm_runs / "main")], fid_num=4, device="cpu",
+                       guides=guides, guidance=guidance)
+    assert not (tmp_path / "cmp").exists()
 
 
 def test_family_sets():

@@ -35,7 +35,7 @@ def tiny_model(name: str, resolution: int = 16):
 
 
 def options_of(name: str) -> dict:
-    return DDIM if name == "ddpm" else {}
+    return {"ddpm": DDIM, "edm": {"steps": 3}}.get(name, {})
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

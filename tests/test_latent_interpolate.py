@@ -21,12 +21,14 @@ from animegen.latent.interpolate import (Interpolation, draw_each, frame_batches
                                          write_style_mix)
 from animegen.training.loop import Target, train
 
-FAMILIES = ("stylegan2", "stylegan3-t", "dcgan", "vae", "ddpm")
+FAMILIES = ("stylegan2", "stylegan3-t", "dcgan", "vae", "ddpm", "edm")
 SMALL_RUN = {"batch": 4, "sample_every": "0", "tensorboard": False, "grid_seeds": 4}
 SMALLER = {"ddpm": {"base_channels": 8, "channel_mults": [1, 2], "attention_resolutions": [8], "num_groups": 4,
-                    "time_embed_dim": 16, "timesteps": 50}}
+                    "time_embed_dim": 16, "timesteps": 50},
+           "edm": {"base_channels": 8, "channel_mults": [1, 2], "attention_resolutions": [8], "num_groups": 4,
+                   "time_embed_dim": 16}}
 OPTIONS = {"stylegan2": {"noise_mode": "random", "truncation": 0.8}, "stylegan3-t": {"translate": "0.1,0", "rotate": 5.0},
-           "ddpm": {"sampler": "ddim", "eta": 0.0, "steps": 4}}
+           "ddpm": {"sampler": "ddim", "eta": 0.0, "steps": 4}, "edm": {"steps": 3}}
 SEEDS = [3, 7, 11]
 
 

@@ -14,7 +14,7 @@ from animegen.training.config import changed_settings, make_config
 from animegen.training.loop import Target, train
 from animegen.training.objective import TrainContext
 
-FAMILIES = ["vae", "dcgan", "ddpm", "stylegan2", "stylegan3-t", "stylegan3-r"]
+FAMILIES = ["vae", "dcgan", "ddpm", "edm", "stylegan2", "stylegan3-t", "stylegan3-r"]
 FAST = {"batch": 4, "log_every": "1", "sample_every": "0", "ckpt_every": "2", "grid_seeds": 1,
         "tensorboard": False, "keep": 10, "precision": "bf16"}
 # The smallest networks per family; StyleGAN's lazy regularizers every 2 steps (steps 0 and 2,
@@ -27,6 +27,8 @@ SMALLEST = {
     "dcgan": {"g_channels": 8, "d_channels": 8, "latent_dim": 16},
     "ddpm": {"base_channels": 16, "channel_mults": [1, 2], "attention_resolutions": [8], "num_groups": 4,
              "time_embed_dim": 32, "timesteps": 50, "sample_steps": 2},
+    "edm": {"base_channels": 16, "channel_mults": [1, 2], "attention_resolutions": [8], "num_groups": 4,
+            "time_embed_dim": 32, "sample_steps": 2},
     "stylegan2": {**STYLEGAN, "channel_base": 128, "channel_max": 16, "pl_interval": 2},
     "stylegan3-t": STYLEGAN3,
     "stylegan3-r": {**STYLEGAN3, "channel_base": 512},

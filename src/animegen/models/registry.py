@@ -50,6 +50,7 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "vae": ("animegen.models.vae:VAE", "animegen.training.objectives.vae:SPEC"),
     "dcgan": ("animegen.models.dcgan:DCGAN", "animegen.training.objectives.dcgan:SPEC"),
     "ddpm": ("animegen.models.ddpm:DDPM", "animegen.training.objectives.ddpm:SPEC"),
+    "edm": ("animegen.models.edm:EDM", "animegen.training.objectives.edm:SPEC"),
     "stylegan2": ("animegen.models.stylegan2:StyleGAN2", "animegen.training.objectives.stylegan2:SPEC"),
     "stylegan3-t": ("animegen.models.stylegan3:StyleGAN3", "animegen.training.objectives.stylegan3:SPEC_T"),
     "stylegan3-r": ("animegen.models.stylegan3:StyleGAN3R", "animegen.training.objectives.stylegan3:SPEC_R"),

@@ -163,7 +163,8 @@ class Level(nn.Module):
 
 
 class UNet(nn.Module):
-    """forward(x, t): x (B, C, R, R), t (B,) timesteps -> (B, C, R, R) model output."""
+    """forward(x, t): x (B, C, R, R), t (B,) timesteps -> (B, C, R, R) model output. An optional
+    `embedding` (B, base_channels), e.g. of augmentation labels, is added to t's sinusoids."""
 
     def __init__(self, config: UNetConfig):
         super().__init__()
@@ -203,8 +204,9 @@ class UNet(nn.Module):
         self.norm_out = nn.GroupNorm(c.num_groups, ch)
         self.conv_out = zero_init(nn.Conv2d(ch, c.in_channels, 3, padding=1))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        temb = self.time_mlp(timestep_embedding(t, self.config.base_channels))
+    def forward(self, x: torch.Tensor, t: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
+        sinusoids = timestep_embedding(t, self.config.base_channels)
+        temb = self.time_mlp(sinusoids if embedding is None else sinusoids + embedding)
         h = self.conv_in(x)
         skips = [h]
         for level in self.down:

@@ -48,7 +48,7 @@ class DDPMObjective(Objective):
         return {"loss": loss.detach()}
 
 
-def _unet_preset(config: UNetConfig) -> dict:
+def unet_preset(config: UNetConfig) -> dict:
     return {k: v for k, v in dataclasses.asdict(config).items() if k != "resolution"}
 
 
@@ -58,8 +58,8 @@ SPEC = ModelSpec(
     model=DDPM,
     objective=DDPMObjective,
     presets={
-        "tiny": {**_unet_preset(tiny_config()), "schedule": "cosine", "batch": 16, "lr": 1e-3, "ema_kimg": 2.0},
-        "paper64": {**_unet_preset(UNetConfig()), "schedule": "linear", "batch": 128, "lr": 2e-4,
+        "tiny": {**unet_preset(tiny_config()), "schedule": "cosine", "batch": 16, "lr": 1e-3, "ema_kimg": 2.0},
+        "paper64": {**unet_preset(UNetConfig()), "schedule": "linear", "batch": 128, "lr": 2e-4,
                     "ema_kimg": 500.0},
     },
 )
