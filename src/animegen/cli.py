@@ -255,7 +255,18 @@ def demo(out, minutes):
 
 
 # ---------------------------------------------------------------- train / sample / eval
-@main.command("train")
+class _FamiliesCommand(click.Command):
+    """Ends its help with the registered families and what each is (from the registry)."""
+
+    def format_epilog(self, ctx, formatter):
+        from animegen.models import registry
+
+        with formatter.section("Families"):
+            formatter.write_dl([(name, registry.get(name).description) for name in registry.names()])
+        super().format_epilog(ctx, formatter)
+
+
+@main.command("train", cls=_FamiliesCommand)
 @click.argument("model", required=False)
 @click.option("--data", type=_NonEmptyPath(), default=None, help="Prepared dataset (train split used); optional with --resume.")
 @click.option("--out", "run", required=True, type=_NonEmptyPath(), help="Run folder.")
@@ -275,7 +286,7 @@ def demo(out, minutes):
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and parameter counts; train nothing.")
 def train_command(model, data, run, preset, sets, steps, kimg, minutes, resume, device, seed, fid_every, fid_num,
                   init_from, dry_run):
-    """Train MODEL (vae, dcgan, ddpm, stylegan2, stylegan3-t, stylegan3-r) on a prepared dataset, or continue a run.
+    """Train MODEL (a registered family, listed below) on a prepared dataset, or continue a run.
 
     Multi-GPU: torchrun --nproc_per_node=K -m animegen train ...
 
@@ -336,7 +347,7 @@ class _SamplingCommand(click.Command):
 
     def get_params(self, ctx):
         if not any(getattr(p, "sampling", False) for p in self.params):
-            self.params[:0] = _sampling_params()
+            self.params.extend(_sampling_params())
         return super().get_params(ctx)
 
 

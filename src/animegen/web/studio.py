@@ -43,8 +43,8 @@ from animegen.settings import MAX_SEED, Limit, check_int
 STUDIO_MAX_GRID = 16  # images per request (`sample --grid` takes up to generate.MAX_GRID)
 STUDIO_MAX_STRENGTH = 10.0  # of an edit slider (--edit takes up to latent.directions.MAX_STRENGTH)
 STUDIO_MAX_FRAMES = 60  # per interpolation strip (interpolate takes up to latent.interpolate.MAX_FRAMES)
+STUDIO_MAX_LABELLED = 512  # seeds marked in one few-shot fit (directions fit takes latent.discover.MAX_LABEL_ROWS)
 GIF_FPS = 12
-MAX_LABELLED = 512  # seeds marked in one few-shot fit
 SEFA_DIRECTIONS = 8  # computed on start for a run that no directions file fits
 MAX_UPLOAD = 10 * 2**20  # bytes of one uploaded face
 PROJECTION_ID = re.compile(r"^[0-9a-f]{16}$")
@@ -211,8 +211,8 @@ class Studio:
             raise UserError(f"unknown request field(s): {', '.join(sorted(unknown))}.")
         run = self.run(request.get("run"))
         name = check_name(request.get("name") if isinstance(request.get("name"), str) else "")
-        positive = int_list(request.get("positive"), "positive", 1, MAX_LABELLED)
-        negative = int_list(request.get("negative"), "negative", 1, MAX_LABELLED)
+        positive = int_list(request.get("positive"), "positive", 1, STUDIO_MAX_LABELLED)
+        negative = int_list(request.get("negative"), "negative", 1, STUDIO_MAX_LABELLED)
         latents = seed_latents(run.model, positive + negative)
         labels = torch.tensor([1.0] * len(positive) + [0.0] * len(negative))
         direction = fit_from_latents(run.model, latents, labels, name)
