@@ -63,6 +63,11 @@ def generate(url, **body):
     return httpx.post(f"{url}/api/generate", json=body, timeout=60)
 
 
+def upload(url, data: bytes, query: str = "?run=0"):
+    """POST an upload as the page does: with the header that a page elsewhere cannot send."""
+    return httpx.post(f"{url}/api/project{query}", content=data, headers={"X-Animegen-Request": "1"}, timeout=60)
+
+
 def run_command(command: str, cwd: Path) -> dict[str, bytes]:
     """Run the page's `animegen ...` command in `cwd`; the bytes of the files it wrote."""
     args = shlex.split(command)
@@ -176,9 +181,12 @@ def test_nothing_outside_the_page_is_served(url, path):
 
 
 def test_malformed_and_oversized_requests_are_refused(url):
-    assert httpx.post(f"{url}/api/generate", content=b"{not json").json()["error"] == "the request body is not JSON."
-    assert httpx.post(f"{url}/api/generate", content=b"[1]").status_code == 400
-    big = httpx.post(f"{url}/api/generate", content=b" " * (65 * 1024))
+    def post(body: bytes):
+        return httpx.post(f"{url}/api/generate", content=body, headers={"Content-Type": "application/json"})
+
+    assert post(b"{not json").json()["error"] == "the request body is not JSON."
+    assert post(b"[1]").status_code == 400
+    big = post(b" " * (65 * 1024))
     assert big.status_code == 413 and "larger than 64 KB" in big.json()["error"]
     assert httpx.get(f"{url}/api/generate").status_code == 405
     assert httpx.get(url + "/", headers={"Host": "attacker.example"}).status_code == 403  # DNS rebinding
@@ -324,7 +332,7 @@ def test_upload_project_edit_and_the_commands_reproduce_it(url, faces16, tmp_pat
 
     face = tmp_path / "face.png"
     Image.fromarray(load_split(faces16, "test")[0]).resize((48, 48)).save(face)
-    started = httpx.post(f"{url}/api/project?run=0", content=face.read_bytes())
+    started = upload(url, face.read_bytes())
     assert started.status_code == 200, started.text
     result = wait_for(url, started.json()["job"])
     assert "error" not in result and result["progress"] == 1.0, result
@@ -342,7 +350,7 @@ def test_upload_project_edit_and_the_commands_reproduce_it(url, faces16, tmp_pat
     assert base64.b64decode(image["png"]) == run_command(data["command"], tmp_path / "edit")[image["name"]]
     unedited = generate(url, run=0, projection=projected["projection"]).json()["images"][0]["png"]
     assert unedited == projected["recon"]
-    second = wait_for(url, httpx.post(f"{url}/api/project?run=0", content=face.read_bytes()).json()["job"])["result"]
+    second = wait_for(url, upload(url, face.read_bytes()).json()["job"])["result"]
     walk = httpx.post(f"{url}/api/interpolate", json={"run": 0, "frames": 3,
                                                       "projections": [projected["projection"], second["projection"]]})
     assert walk.status_code == 200, walk.text
@@ -352,14 +360,14 @@ def test_upload_project_edit_and_the_commands_reproduce_it(url, faces16, tmp_pat
     assert base64.b64decode(walk.json()["gif"]) == run_command(command, tmp_path / "walk")["interpolation.gif"]
 
 
-@pytest.mark.parametrize("upload, status, message", [
+@pytest.mark.parametrize("data, status, message", [
     (b"", 400, "at most 10 MB"),
     (b"not an image at all", 400, "not a usable image"),
     (b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, 400, "not a usable image"),
     (b"x" * (10 * 2**20 + 1), 413, "larger than 10 MB"),
 ])
-def test_bad_uploads_are_refused(url, upload, status, message):
-    started = httpx.post(f"{url}/api/project?run=0", content=upload, timeout=60)
+def test_bad_uploads_are_refused(url, data, status, message):
+    started = upload(url, data)
     if started.status_code == 200:  # refused when the job runs: the upload is read first
         started = wait_for(url, started.json()["job"])
         assert started["done"] and message in started["error"], started
@@ -368,8 +376,8 @@ def test_bad_uploads_are_refused(url, upload, status, message):
 
 
 def test_projection_requests_are_checked(url):
-    assert httpx.post(f"{url}/api/project?run=9", content=b"x").status_code == 400
-    assert httpx.post(f"{url}/api/project", content=b"x").json()["error"] == "give the run as ?run=N."
+    assert upload(url, b"x", "?run=9").status_code == 400
+    assert upload(url, b"x", "").json()["error"] == "give the run as ?run=N."
     assert httpx.get(f"{url}/api/jobs/../../etc").status_code == 404
     assert httpx.get(f"{url}/api/jobs/0123456789abcdef").status_code == 404
     missing = generate(url, run=0, projection="0123456789abcdef")

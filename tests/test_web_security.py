@@ -1,0 +1,221 @@
+"""`animegen serve` against other web pages and malformed requests (docs/web.md, Security):
+what a page elsewhere can make the browser send changes nothing and computes nothing, and every
+malformed request is a 4xx with one line (security headers included)."""
+
+import hashlib
+import io
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from test_web import upload, wait_for
+
+from animegen.cli import main
+from animegen.errors import UserError
+from animegen.web.app import BackgroundServer, create_app
+from animegen.web.studio import Studio
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+UPLOAD = {"X-Animegen-Request": "1"}
+JSON = {"Content-Type": "application/json"}
+EVIL = "http://evil.com"
+SECURITY_HEADERS = {"content-security-policy": "default-src 'none'", "x-content-type-options": "nosniff",
+                    "referrer-policy": "no-referrer", "cache-control": "no-store",
+                    "cross-origin-resource-policy": "same-origin", "x-frame-options": "DENY"}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, faces16):
+    """The folder `serve` is started in; the run lies in runs/sg2 under it."""
+    root = tmp_path_factory.mktemp("served")
+    result = CliRunner().invoke(main, ["train", "stylegan2", "--data", str(faces16), "--out", str(root / "runs/sg2"),
+                                       "--preset", "tiny", "--steps", "1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def serve(served: Path, work: Path) -> Studio:
+    """The studio as `serve runs/sg2 --work WORK` started in `served` makes it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(served)
+        return Studio([str(served / "runs/sg2")], work=work)
+
+
+@pytest.fixture(scope="module")
+def studio(served):
+    return serve(served, served / "animegen-studio")
+
+
+@pytest.fixture(scope="module")
+def url(studio):
+    with BackgroundServer(create_app(studio)) as base:
+        yield base
+
+
+def face_png(side: int = 24, mode: str = "RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, (side, side), 90).save(buffer, format="PNG")  # flat: 8192² in L is 84 KB
+    return buffer.getvalue()
+
+
+def fingerprint(folder: Path) -> dict[str, str]:
+    """Every file under `folder`: its path and a hash of its bytes."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_one_line_refusal(answer: httpx.Response) -> None:
+    assert 400 <= answer.status_code < 500, (answer.status_code, answer.text)
+    message = answer.json()["error"]
+    assert message and "\n" not in message and "Traceback" not in answer.text
+    assert_security_headers(answer)
+
+
+def assert_security_headers(answer: httpx.Response) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        assert value in answer.headers.get(name, ""), (answer.request.url, name, answer.headers)
+
+
+# What a page elsewhere would send. A JSON route of the studio needs Content-Type:
+# application/json and an upload the X-Animegen-Request header; with fetch(mode: "no-cors") or a
+# form a page can send neither, so the first two shapes are all it can do. The others would need
+# the server to approve a preflight (it never does) and are refused anyway.
+CROSS_SITE = {
+    "text/plain, as curl sends it": {"Content-Type": "text/plain"},
+    "form post": {"Content-Type": "application/x-www-form-urlencoded"},
+    "no-cors fetch": {"Content-Type": "text/plain", "Origin": EVIL, "Sec-Fetch-Site": "cross-site",
+                      "Sec-Fetch-Mode": "no-cors"},
+    "foreign Origin": {**JSON, **UPLOAD, "Origin": EVIL},
+    "Sec-Fetch-Site cross-site": {**JSON, **UPLOAD, "Sec-Fetch-Site": "cross-site"},
+    "another port of 127.0.0.1": {**JSON, **UPLOAD, "Origin": "http://127.0.0.1:1", "Sec-Fetch-Site": "same-site"},
+    "Origin null (a sandboxed frame)": {**JSON, **UPLOAD, "Origin": "null"},
+}
+ROUTES = {  # each would compute, and fit would replace the saved direction sefa0
+    "generate": ("/api/generate", b'{"run": 0, "seed": 1, "count": 4}'),
+    "interpolate": ("/api/interpolate", b'{"run": 0, "seeds": [1, 2], "frames": 4}'),
+    "fit": ("/api/directions/fit", b'{"run": 0, "name": "sefa0", "positive": [0,1,2,3,4,5,6,7,8,9], '
+                                   b'"negative": [20,21,22,23,24,25,26,27,28,29]}'),
+    "project": ("/api/project?run=0", face_png()),
+}
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("shape", CROSS_SITE)
+def test_requests_from_other_pages_change_and_compute_nothing(url, served, route, shape):
+    path, body = ROUTES[route]
+    before = fingerprint(served / "animegen-studio")
+    answer = httpx.post(url + path, content=body, headers=CROSS_SITE[shape], timeout=60)
+    assert_one_line_refusal(answer)
+    assert fingerprint(served / "animegen-studio") == before
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_the_same_requests_from_the_studios_page_pass(url, route):
+    """So the refusals above are the gate's, not the studio's (and a charset is fine)."""
+    path, body = ROUTES[route]
+    json_with_charset = {"Content-Type": "application/json; charset=utf-8"}
+    kind = UPLOAD | {"Content-Type": "image/png"} if route == "project" else json_with_charset
+    answer = httpx.post(url + path, content=body, headers={**kind, "Origin": url, "Sec-Fetch-Site": "same-origin"},
+                        timeout=60)
+    assert answer.status_code == 200, answer.text
+    if route == "project":
+        assert "error" not in wait_for(url, answer.json()["job"])
+
+
+def test_the_page_opens_from_a_link_elsewhere_and_nothing_else_does(url):
+    for site in ("none", "cross-site"):  # typed in the address bar; a link on another site
+        page = httpx.get(url + "/", headers={"Sec-Fetch-Site": site, "Sec-Fetch-Mode": "navigate"})
+        assert page.status_code == 200 and "<html" in page.text.lower()
+        assert_security_headers(page)
+    assert httpx.get(f"{url}/api/runs", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403
+    preflight = httpx.options(f"{url}/api/generate", headers={"Origin": EVIL, "Access-Control-Request-Method": "POST"})
+    assert preflight.status_code == 403 and "access-control-allow-origin" not in preflight.headers
+
+
+def nested(depth: int) -> bytes:
+    return b'{"run": ' + b"[" * depth + b"]" * depth + b"}"
+
+
+MALFORMED = {
+    "lone surrogate in a key": ("/api/generate", b'{"\\ud800": 1}'),
+    "lone surrogate in a value": ("/api/generate", b'{"run": 0, "options": {"noise_mode": "\\udc00"}}'),
+    "lone surrogate in a name": ("/api/directions/fit", b'{"run": 0, "name": "x\\ud83d", "positive": [1]}'),
+    "30,000 nested brackets": ("/api/generate", nested(30_000)),
+    "9 nested lists": ("/api/generate", nested(9)),
+    "bad UTF-8": ("/api/generate", b'{"run": "\xff"}'),
+    "UTF-16": ("/api/generate", '{"run": 0}'.encode("utf-16")),
+    "5000-digit number": ("/api/generate", b'{"seed": ' + b"9" * 5000 + b"}"),
+    "infinite run": ("/api/generate", b'{"run": 1e999}'),
+    "NaN strength": ("/api/generate", b'{"run": 0, "edits": {"sefa0": NaN}}'),
+    "not an object": ("/api/interpolate", b'"run"'),
+    "empty": ("/api/directions/fit", b""),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_a_malformed_json_request_is_a_400_with_one_line(url, case, capfd):
+    path, body = MALFORMED[case]
+    answer = httpx.post(url + path, content=body, headers=JSON, timeout=60)
+    assert answer.status_code == 400
+    assert_one_line_refusal(answer)
+    assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("query", ["?run=²", "?run=٣", "?run=" + "9" * 5000, "?run=%ff", "?run=-1", "?run=0x1", ""])
+def test_a_malformed_run_number_is_a_400_with_one_line(url, query, capfd):
+    answer = upload(url, face_png(), query)
+    assert answer.status_code == 400 and answer.json()["error"] == "give the run as ?run=N."
+    assert_one_line_refusal(answer)
+    assert "Traceback" not in capfd.readouterr().err
+
+
+WRONG = [None, True, "0", "²", -1, 1.5, 1e308, [], {}, [[0]], {"x": 0}, "\u0000"]
+VALID = {"/api/generate": {"run": 0, "seed": 1, "count": 1, "view": "main", "plane": [1, 2], "options": {},
+                           "edits": {"sefa0": 1}},
+         "/api/interpolate": {"run": 0, "seeds": [1, 2], "frames": 2, "options": {}, "edits": {}},
+         "/api/directions/fit": {"run": 0, "name": "x", "positive": [1], "negative": [2]}}
+
+
+def test_a_value_of_any_wrong_type_is_a_4xx_with_one_line(url, capfd):
+    with httpx.Client(timeout=60) as client:
+        for path, valid in VALID.items():
+            for key in valid:
+                for wrong in WRONG:
+                    answer = client.post(url + path, json={**valid, key: wrong})
+                    if answer.status_code != 200:  # some are right for some keys ("0" is a name)
+                        assert_one_line_refusal(answer)
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_every_other_refusal_carries_the_headers_too(url):
+    for answer, status in [(httpx.get(f"{url}/nope"), 404), (httpx.get(f"{url}/api/generate"), 405),
+                           (httpx.post(f"{url}/api/generate", content=b" " * (65 * 1024), headers=JSON), 413),
+                           (httpx.get(url + "/", headers={"Host": "attacker.example"}), 403),
+                           (httpx.post(f"{url}/api/generate", content=b"{}"), 415),
+                           (httpx.post(f"{url}/api/project?run=0", content=face_png()), 403)]:
+        assert answer.status_code == status
+        assert_one_line_refusal(answer)
+
+
+class Failing:
+    """A studio whose describe() fails: with a bug, or with a UserError holding a lone surrogate,
+    which (as a request's "\\ud800" once did) makes writing the 400 itself fail, past the route's guard."""
+
+    def __init__(self, failure: Exception):
+        self.failure = failure
+
+    def describe(self):
+        raise self.failure
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("a bug"), UserError("name 'x\udc80' is refused")])
+def test_an_internal_error_is_a_500_with_one_line_and_the_headers(failure, capfd):
+    with BackgroundServer(create_app(Failing(failure))) as base:
+        answer = httpx.get(f"{base}/api/runs")
+    assert answer.status_code == 500 and answer.json() == {"error": "internal error"}
+    assert_security_headers(answer)
+    console = capfd.readouterr().err
+    assert "Traceback" not in console and len([line for line in console.splitlines() if "internal error" in line]) == 1
