@@ -1,9 +1,13 @@
 """`animegen serve` against other web pages and malformed requests (docs/web.md, Security):
 what a page elsewhere can make the browser send changes nothing and computes nothing, and every
-malformed request is a 4xx with one line (security headers included)."""
+malformed request is a 4xx with one line (security headers included), and uploads are bounded
+in pixels."""
 
 import hashlib
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -15,7 +19,7 @@ from test_web import upload, wait_for
 from animegen.cli import main
 from animegen.errors import UserError
 from animegen.web.app import BackgroundServer, create_app
-from animegen.web.studio import Studio
+from animegen.web.studio import MAX_UPLOAD_PIXELS, Studio
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -219,3 +223,48 @@ def test_an_internal_error_is_a_500_with_one_line_and_the_headers(failure, capfd
     assert_security_headers(answer)
     console = capfd.readouterr().err
     assert "Traceback" not in console and len([line for line in console.splitlines() if "internal error" in line]) == 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="measures the peak RSS in /proc (Linux)")
+def test_an_8192_square_upload_is_refused_from_its_header(url, tmp_path):
+    """A flat 8192² PNG is 84 KB; decoding and saving it as the studio did raised the peak RSS
+    by 705 MB. Now its size is read from the header and it is refused (measured: +1 MB), while
+    an upload at the cap (4096², MAX_UPLOAD_PIXELS) decodes in +225 MB."""
+    bomb, largest = tmp_path / "bomb.png", tmp_path / "largest.png"
+    bomb.write_bytes(face_png(8192, "L"))
+    largest.write_bytes(face_png(4096))
+    grown = {file: peak_rss_growth(file) for file in (bomb, largest)}
+    assert grown[bomb][0] < 16 and "refused" in grown[bomb][1], grown
+    assert grown[largest][0] < 300 and grown[largest][1] == "decoded", grown
+    started = upload(url, bomb.read_bytes())
+    assert started.status_code == 200
+    job = wait_for(url, started.json()["job"])
+    assert f"limit {MAX_UPLOAD_PIXELS} pixels" in job["error"] and "8192x8192" in job["error"], job
+
+
+MEASURE = """
+import sys
+from animegen.data.images import BadImage
+from animegen.data.prepare import decode_large_enough
+
+def peak():  # this process's peak RSS in MB (ru_maxrss would start at the parent's)
+    return int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM:")).split()[1]) // 1024
+
+data = open(sys.argv[1], "rb").read()
+before = peak()
+try:
+    decode_large_enough(data, 16, int(sys.argv[2]))
+    outcome = "decoded"
+except BadImage as e:
+    outcome = str(e)
+print(peak() - before, outcome)
+"""
+
+
+def peak_rss_growth(file: Path) -> tuple[int, str]:
+    """MB by which decoding `file` as the studio does raises the peak RSS of a fresh process, and
+    the outcome. A fresh process: in this one, freed memory would be reused unseen."""
+    out = subprocess.run([sys.executable, "-c", MEASURE, str(file), str(MAX_UPLOAD_PIXELS)], capture_output=True,
+                         text=True, check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}).stdout
+    grown, outcome = out.strip().split(" ", 1)
+    return int(grown), outcome

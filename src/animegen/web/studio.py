@@ -47,6 +47,7 @@ GIF_FPS = 12
 MAX_LABELLED = 512  # seeds marked in one few-shot fit
 SEFA_DIRECTIONS = 8  # computed on start for a run that no directions file fits
 MAX_UPLOAD = 10 * 2**20  # bytes of one uploaded face
+MAX_UPLOAD_PIXELS = 4096 * 4096  # of one uploaded face, read from its header: decoding one costs up to ~230 MB
 PROJECTION_ID = re.compile(r"^[0-9a-f]{16}$")
 REQUEST_KEYS = {"run", "view", "seed", "count", "plane", "projection", "options", "edits"}
 
@@ -154,7 +155,7 @@ class Studio:
         if not 0 < len(data) <= MAX_UPLOAD:
             raise UserError(f"upload one image file of at most {MAX_UPLOAD // 2**20} MB.")
         try:
-            pixels = decode_large_enough(data, run.model.resolution // 2)
+            pixels = decode_large_enough(data, run.model.resolution // 2, MAX_UPLOAD_PIXELS)
         except BadImage as e:
             raise UserError(f"the upload is not a usable image: {e}.") from None
         key = secrets.token_hex(8)
