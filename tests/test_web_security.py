@@ -1,8 +1,10 @@
 """`animegen serve` against other web pages and malformed requests (docs/web.md, Security):
-what a page elsewhere can make the browser send changes nothing and computes nothing, and every
-malformed request is a 4xx with one line (security headers included), and uploads are bounded
-in pixels."""
+what a page elsewhere can make the browser send changes nothing and computes nothing, every
+malformed request is a 4xx with one line (security headers included), uploads are bounded in
+pixels and the work folder in bytes, no link leads a write out of it, and no answer tells where
+the server keeps its files."""
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -19,7 +21,8 @@ from test_web import upload, wait_for
 from animegen.cli import main
 from animegen.errors import UserError
 from animegen.web.app import BackgroundServer, create_app
-from animegen.web.studio import MAX_UPLOAD_PIXELS, Studio
+from animegen.web.studio import MAX_DIRECTIONS, MAX_UPLOAD_PIXELS, Studio
+from animegen.web.workfolder import WorkFolder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -45,7 +48,7 @@ def serve(served: Path, work: Path) -> Studio:
     """The studio as `serve runs/sg2 --work WORK` started in `served` makes it."""
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(served)
-        return Studio([str(served / "runs/sg2")], work=work)
+        return Studio(["runs/sg2"], work=work)
 
 
 @pytest.fixture(scope="module")
@@ -268,3 +271,98 @@ def peak_rss_growth(file: Path) -> tuple[int, str]:
                          text=True, check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}).stdout
     grown, outcome = out.strip().split(" ", 1)
     return int(grown), outcome
+
+
+def test_no_answer_tells_where_the_server_keeps_its_files(url, served, tmp_path_factory):
+    base = str(tmp_path_factory.getbasetemp())
+    card = httpx.get(f"{url}/api/runs").json()[0]["card"]
+    assert card["dataset"].startswith("faces16 (content hash ")
+    job = wait_for(url, upload(url, face_png()).json()["job"])
+    projection = job["result"]["projection"]
+    marked = {"run": 0, "name": "bright", "positive": list(range(10)), "negative": list(range(50, 60))}
+    fit = httpx.post(f"{url}/api/directions/fit", json=marked, timeout=60)
+    assert fit.json()["file"] == "animegen-studio/0-sg2/directions.safetensors"
+    edited = {"run": 0, "projection": projection, "edits": {"bright": 1}}
+    answers = [httpx.get(f"{url}/api/runs").text, job["result"]["command"], fit.text,
+               httpx.post(f"{url}/api/generate", json=edited).text,
+               httpx.post(f"{url}/api/interpolate", json={"run": 0, "seeds": [1, 2], "edits": {"bright": 1}}).text]
+    assert not [text for text in answers if base in text]
+    uploaded = f"animegen-studio/0-sg2/uploads/{projection}.png"
+    assert job["result"]["command"].startswith(f"animegen project runs/sg2 {uploaded}")
+    assert "--directions animegen-studio/0-sg2/directions.safetensors" in answers[3]
+
+
+def test_uploads_go_oldest_first_when_the_work_folder_is_full(served, tmp_path):
+    studio = serve(served, tmp_path / "work")
+    first = studio.project(0, face_png())["projection"]
+    studio.work.limit = sum(f.stat().st_size for f in tmp_path.rglob("*") if f.is_file()) - 1
+    second = studio.project(0, face_png())["projection"]
+    run = studio.work.root / "0-sg2"
+    assert [p.stem for p in (run / "uploads").iterdir()] == [second]
+    assert [p.name for p in (run / "projections").iterdir()] == [second]
+    assert (run / "directions.safetensors").is_file()  # never deleted
+    with pytest.raises(UserError, match="no such projected face"):  # forgotten with its files
+        studio.generate({"run": 0, "projection": first})
+    assert studio.generate({"run": 0, "projection": second})["images"]
+
+
+def test_fits_cannot_grow_the_directions_of_a_run_without_bound(studio, monkeypatch):
+    run = studio.runs[0]
+    sefa0 = run.directions["sefa0"]
+    full = {f"d{i}": dataclasses.replace(sefa0, name=f"d{i}", vector=sefa0.vector.clone())  # none shared, to be saved
+            for i in range(MAX_DIRECTIONS)}
+    monkeypatch.setattr(run, "directions", full)
+    marked = {"run": 0, "positive": list(range(10)), "negative": list(range(50, 60))}
+    with pytest.raises(UserError, match=f"this run has {MAX_DIRECTIONS} directions"):
+        studio.fit({**marked, "name": "new"})
+    assert studio.fit({**marked, "name": "d3"})["direction"]["name"] == "d3"  # refitting one still works
+
+
+def make_upload(folder: Path, key: str, size: int, age: float) -> None:
+    (folder / "uploads").mkdir(parents=True, exist_ok=True)
+    (folder / "projections" / key).mkdir(parents=True)
+    (folder / "uploads" / f"{key}.png").write_bytes(b"u" * size)
+    (folder / "projections" / key / "latents.npz").write_bytes(b"p" * size)
+    for path in (folder / "uploads" / f"{key}.png", folder / "projections" / key):
+        os.utime(path, (age, age))
+
+
+def test_cleaning_the_work_folder_follows_no_link(tmp_path):
+    outside = tmp_path / "outside"
+    (outside / "uploads").mkdir(parents=True)
+    big = outside / "uploads" / f"{'f' * 16}.png"
+    big.write_bytes(b"x" * 10_000)
+    work = WorkFolder(tmp_path / "work", limit=3_000)
+    run = work.root / "0-sg2"
+    make_upload(run, "a" * 16, 500, 1000)
+    make_upload(run, "b" * 16, 500, 2000)
+    make_upload(run, "c" * 16, 500, 3000)
+    (run / "directions.safetensors").write_bytes(b"d" * 1000)  # 4000 bytes in all
+    link = run / "uploads" / f"{'e' * 16}.png"
+    link.symlink_to(big)  # the oldest; it counts nothing and is deleted as a link
+    os.utime(link, (500, 500), follow_symlinks=False)
+    (work.root / "1-elsewhere").symlink_to(outside)  # never entered
+    assert work.make_room() == {"a" * 16, "e" * 16}
+    assert sorted(p.name for p in (run / "projections").iterdir()) == ["b" * 16, "c" * 16]
+    assert big.read_bytes() == b"x" * 10_000 and (run / "directions.safetensors").exists()
+    work.limit = 500
+    with pytest.raises(UserError, match="holds 0 MB besides uploads, over its limit"):
+        work.make_room()
+
+
+def test_a_link_out_of_the_work_folder_is_refused(served, tmp_path):
+    precious = tmp_path / "precious"
+    precious.write_text("keep me")
+    work = tmp_path / "work"
+    (work / "0-sg2").mkdir(parents=True)
+    (work / "0-sg2" / "directions.safetensors").symlink_to(precious)  # as a checked-out folder could hold
+    with pytest.raises(UserError, match=r"0-sg2/directions.safetensors leads out of the work folder"):
+        serve(served, work)
+    assert precious.read_text() == "keep me"
+    inside = WorkFolder(work)
+    (work / "loop").symlink_to(work / "loop")
+    (work / "here").symlink_to(work / "0-sg2")
+    assert inside.inside(work / "here" / "x") == work / "here" / "x"
+    for path in (work / "loop" / "x", work / ".." / "x", Path("/etc/passwd")):
+        with pytest.raises(UserError, match="leads out of the work folder"):
+            inside.inside(path)

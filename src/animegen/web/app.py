@@ -25,7 +25,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
-from pathlib import Path
 
 import uvicorn
 from starlette.applications import Starlette
@@ -206,7 +205,7 @@ def create_app(studio: Studio, token: str | None = None, hosts: tuple[str, ...] 
         run = studio.run(request.path_params["index"])
         if not run.directions:
             raise HTTPException(404, "not found")
-        return Response(Path(run.directions_file).read_bytes(), media_type="application/octet-stream",
+        return Response(run.work.inside(run.directions_file).read_bytes(), media_type="application/octet-stream",
                         headers={"content-disposition": f'attachment; filename="{run.index}-directions.safetensors"'})
 
     routes = [Route("/", guarded(index)), Route("/static/{name}", guarded(static)), Route("/api/runs", guarded(runs)),
