@@ -182,7 +182,8 @@ function markButtons(seed) {
 async function upload() {
   const file = $("upload").files[0];
   if (!file) return;
-  const headers = token ? { Authorization: "Bearer " + token } : {};
+  const headers = { "X-Animegen-Request": "1" }; // uploads need it: a page on another site cannot send it
+  if (token) headers.Authorization = "Bearer " + token;
   $("project-progress").hidden = false;
   $("project-progress").value = 0;
   say("Projecting…");
