@@ -25,8 +25,8 @@ from animegen.data.prepare import decode_large_enough
 from animegen.errors import UserError
 from animegen.generate import load_generator, sample_batches
 from animegen.io import image_grid, to_uint8
-from animegen.latent.directions import (Direction, check_name, edit_space, layer_range, load_directions, parse_edits,
-                                       save_directions)
+from animegen.latent.directions import (NAMED_RANGES, Direction, check_name, edit_space, layer_range, load_directions,
+                                       parse_edits, save_directions)
 from animegen.latent.discover import fit_from_latents, sefa, seed_latents
 from animegen.latent import codes
 from animegen.latent.interpolate import check_deterministic, interpolation_frames
@@ -282,7 +282,8 @@ def controls(model: Model) -> dict:
     """What the page builds its controls from: the model's sampling options (`Option.describe`),
     its edit space and style inputs, and the studio's caps."""
     return {"options": [o.describe() for o in model.option_specs()], "space": edit_space(model),
-            "family": registry.name_of(model), "num_ws": model.num_ws, "max_grid": STUDIO_MAX_GRID,
+            "family": registry.name_of(model), "num_ws": model.num_ws, "layer_ranges": list(NAMED_RANGES),
+            "max_grid": STUDIO_MAX_GRID,
             "max_strength": STUDIO_MAX_STRENGTH, "max_frames": STUDIO_MAX_FRAMES}
 
 

@@ -5,7 +5,6 @@
 const $ = (id) => document.getElementById(id);
 const token = new URLSearchParams(location.search).get("token");
 const state = { runs: [], run: null, plane: null, projection: null, faces: [], sent: 0, shown: 0, marks: new Map() };
-const LAYERS = ["own", "all", "coarse", "middle", "fine"];
 const PER_SEED = 40; // canvas pixels per seed on the plane
 
 async function api(path, body) {
@@ -134,7 +133,7 @@ function directionSlider(d, run) {
   slider.title = `${d.method}${d.layers ? ", style inputs " + d.layers.join("–") : ""}; scale ${d.scale.toFixed(3)}`;
   slider.querySelector("input").dataset.direction = d.name;
   if (run.controls.space === "w") {
-    const layers = choice(LAYERS, "own");
+    const layers = choice(["own", ...run.controls.layer_ranges], "own");
     layers.className = "layer";
     layers.dataset.layersOf = d.name;
     layers.title = "Style inputs the slider moves";
