@@ -38,14 +38,25 @@ def runs(tmp_path_factory, faces16):
 
 
 @pytest.fixture(scope="module")
-def url(runs, tmp_path_factory):
-    studio = Studio([str(runs / f) for f in FAMILIES], device="cpu", work=tmp_path_factory.mktemp("studio"))
+def served(tmp_path_factory):
+    """Where `serve` is started: the studio shows its paths relative to here, so its commands run here."""
+    return tmp_path_factory.mktemp("served")
+
+
+@pytest.fixture(scope="module")
+def url(runs, served):
+    old = os.getcwd()
+    os.chdir(served)
+    try:
+        studio = Studio([str(runs / f) for f in FAMILIES], device="cpu", work="animegen-studio")
+    finally:
+        os.chdir(old)
     with BackgroundServer(create_app(studio)) as base:
         yield base
 
 
 @pytest.mark.parametrize("index, family", list(enumerate(FAMILIES)))
-def test_every_family_is_described_and_rendered_as_its_command_writes(url, index, family, tmp_path, monkeypatch):
+def test_every_family_is_described_and_rendered_as_its_command_writes(url, served, index, family, monkeypatch):
     described = httpx.get(f"{url}/api/runs").json()[index]
     assert described["card"]["family"] == family
     options = {o["name"]: o for o in described["controls"]["options"]}
@@ -54,10 +65,12 @@ def test_every_family_is_described_and_rendered_as_its_command_writes(url, index
     assert answer.status_code == 200, answer.text
     images = answer.json()["images"]
     assert [i["seed"] for i in images] == [3, 4]
-    monkeypatch.chdir(tmp_path)  # the command writes ./samples
-    result = CliRunner().invoke(main, [*shlex.split(answer.json()["command"])[1:], "--device", "cpu"])
+    command = shlex.split(answer.json()["command"])
+    out = command[command.index("--out") + 1] = f"samples-{index}"  # one folder per family
+    monkeypatch.chdir(served)
+    result = CliRunner().invoke(main, [*command[1:], "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert base64.b64decode(images[0]["png"]) == (tmp_path / "samples" / "seed000003.png").read_bytes()
+    assert base64.b64decode(images[0]["png"]) == (served / out / "seed000003.png").read_bytes()
 
 
 def test_the_page_builds_every_familys_controls(url):
