@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared check of every family on a GPU machine, meant to finish in under 8 minutes on one
 # H100/H200 with synthetic data (preparing the real zips adds their time):
-# each registered family's `paper64` preset at 64 px in bf16 (and one family again with compile=true)
+# each family's `paper64` preset at 64 px in bf16 (and one family again with compile=true)
 # trains for a short budget, is killed with SIGTERM mid-training, resumes to the end of its
 # budget and takes one FID snapshot; then one Markdown table (img/s, peak memory, FID, the
 # kill and the resume) is written to OUT/table.md.
@@ -37,7 +37,7 @@ export ANIMEGEN_CACHE="$OUT/cache"  # the real FID statistics, computed once for
 [ -f "$REPO/.gpu/inception.pt" ] && export ANIMEGEN_INCEPTION="$REPO/.gpu/inception.pt"
 PY=${PYTHON:-python3}
 animegen() { "$PY" -m animegen "$@"; }
-FAMILIES=$("$PY" -c "from animegen.models import registry; print(' '.join(registry.names()))")  # every registered family
+FAMILIES=$("$PY" -c "from animegen.models import registry; print(' '.join(registry.names()))")  # every registered one
 
 if [ "$TINY" = 1 ]; then
   # Seconds-scale: the tiny preset at 16 px, batch 4, every step logged, FID from 4 images.

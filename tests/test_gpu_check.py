@@ -1,7 +1,7 @@
 """benchmarks/gpu_check.sh's CPU dry run: every family trains in bf16, is killed with SIGTERM
 mid-training, resumes past the kill and takes an FID snapshot; the Markdown table has a row
-of numbers per registered family. Slow: two Python starts per family (each imports torch) take
-most of its ~4 minutes on the 2-core dev box."""
+of numbers per family. Slow: twelve Python starts (each imports torch) take most of its ~3
+minutes on the 2-core dev box."""
 
 import os
 import subprocess
@@ -13,7 +13,7 @@ import pytest
 from animegen.models import registry
 
 REPO = Path(__file__).resolve().parents[1]
-FAMILIES = registry.names()  # the script asks the registry too (here with the test-only toy family)
+FAMILIES = registry.names()  # the script trains every registered family (the test-only one too)
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from animegen.training import checkpoint
 from animegen.training.config import TrainConfig, field_names, make_config, parse_sets
 from animegen.training.loop import Target, train
 
-FAMILIES = ["vae", "dcgan", "ddpm", "edm", "stylegan2", "stylegan3-t", "stylegan3-r"]
+FAMILIES = registry.names()
 # Small and fast; sample/ckpt intervals fire mid-run so resume is tested across them.
 FAST = {"batch": 8, "log_every": "2", "sample_every": "2", "ckpt_every": "2", "grid_seeds": 4, "keep": 10}
 SMALLER = {"ddpm": {"base_channels": 16, "channel_mults": [1, 2], "attention_resolutions": [8], "num_groups": 4,

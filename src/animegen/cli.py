@@ -255,7 +255,18 @@ def demo(out, minutes):
 
 
 # ---------------------------------------------------------------- train / sample / eval
-@main.command("train")
+class _FamiliesCommand(click.Command):
+    """Ends its help with the registered families and what each is (from the registry)."""
+
+    def format_epilog(self, ctx, formatter):
+        from animegen.models import registry
+
+        with formatter.section("Families"):
+            formatter.write_dl([(name, registry.get(name).description) for name in registry.names()])
+        super().format_epilog(ctx, formatter)
+
+
+@main.command("train", cls=_FamiliesCommand)
 @click.argument("model", required=False)
 @click.option("--data", type=_NonEmptyPath(), default=None, help="Prepared dataset (train split used); optional with --resume.")
 @click.option("--out", "run", required=True, type=_NonEmptyPath(), help="Run folder.")
@@ -275,7 +286,7 @@ def demo(out, minutes):
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and parameter counts; train nothing.")
 def train_command(model, data, run, preset, sets, steps, kimg, minutes, resume, device, seed, fid_every, fid_num,
                   init_from, dry_run):
-    """Train MODEL (vae, dcgan, ddpm, stylegan2, stylegan3-t, stylegan3-r) on a prepared dataset, or continue a run.
+    """Train MODEL (a registered family, listed below) on a prepared dataset, or continue a run.
 
     Multi-GPU: torchrun --nproc_per_node=K -m animegen train ...
 
@@ -336,7 +347,7 @@ class _SamplingCommand(click.Command):
 
     def get_params(self, ctx):
         if not any(getattr(p, "sampling", False) for p in self.params):
-            self.params[:0] = _sampling_params()
+            self.params.extend(_sampling_params())
         return super().get_params(ctx)
 
 
@@ -520,12 +531,14 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 @click.option("--directions", "directions_files", multiple=True, type=_NonEmptyPath(),
               help="Directions files for the sliders; each is used for the runs it fits. Repeatable.")
 @click.option("--work", type=_NonEmptyPath(), default="animegen-studio", show_default=True,
-              help="Folder for what the studio makes (directions files), which its commands refer to.")
+              help="Folder for what the studio makes (directions files, uploads), which its commands refer to.")
+@click.option("--work-limit", type=click.IntRange(1), default=200, show_default=True, metavar="MB",
+              help="Most the --work folder may hold; the oldest uploads and projections are deleted to stay under it.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--guide", "guides", multiple=True, metavar="RUN=GUIDE",
               help="Autoguidance: GUIDE (a run or checkpoint folder of the same family) guides served RUN; its weight "
                    "becomes a control. Repeatable.")
-def serve_command(runs, port, host, token, directions_files, work, device, guides):
+def serve_command(runs, port, host, token, directions_files, work, work_limit, device, guides):
     """A local web studio for RUNS: seeds, the seed plane, sampling options and direction sliders.
 
     \b
@@ -544,7 +557,8 @@ def serve_command(runs, port, host, token, directions_files, work, device, guide
     pairs = [g.partition("=") for g in guides]
     if any(not sep or not run or not guide for run, sep, guide in pairs):
         raise UserError("--guide takes RUN=GUIDE, RUN one of the runs served.")
-    studio = Studio(list(runs), list(directions_files), device, work, {run: guide for run, _, guide in pairs})
+    studio = Studio(list(runs), list(directions_files), device, work, work_limit * 2**20,
+                    {run: guide for run, _, guide in pairs})
     hosts = () if host not in LOOPBACK else ("127.0.0.1", "localhost", "::1")
     if host not in LOOPBACK:
         click.echo(f"warning: serving on {host}: anyone who can reach it and knows the token can use this machine.",

@@ -76,7 +76,7 @@ def sections(results: dict) -> list[Section]:
     for family, m in models.items():
         if "nfe_sweep" in m:
             header, rows = nfe_table(m["nfe_sweep"])
-            out.append(Section(f"{family}: FID-{m['nfe_sweep'][0]['num']} against NFE", header, rows,
+            out.append(Section(f"{family.upper()}: FID-{m['nfe_sweep'][0]['num']} against NFE", header, rows,
                                ["NFE: network evaluations per image, as the sampler spends them (a second-order "
                                 "step takes two)."], [("FID against NFE", f"{family}_nfe.png")]))
     guided = {family: m for family, m in models.items() if "guided" in m}
