@@ -202,6 +202,25 @@ def test_resume_accepts_the_same_options_and_names_a_differing_one(tmp_path, fac
     assert code == 2 and "MODEL dcgan differs from the run's vae" in out
 
 
+def test_snapshot_settings_changed_at_resume_are_recorded_and_kept(tmp_path, faces16, cheap_inception):
+    """`--resume --fid-every 0` turns snapshots off for good: config.json records it (and
+    when), `runs info` shows it, and a later plain --resume does not switch them back on."""
+    run = tmp_path / "run"
+    sets = ["--set", "batch=8", "--set", "sample_every=0", "--device", "cpu"]
+    assert _cli("train", "vae", "--data", faces16, "--out", run, "--steps", 2, "--fid-every", 2, *sets)[0] == 0
+    code, out = _cli("train", "--out", run, "--resume", "--steps", 4, "--fid-every", 0, "--fid-num", 40)
+    assert code == 0 and "changed on resume (recorded in config.json): fid_every 2 -> off, fid_num 32 -> 40" in out
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["fid_every"] is None and config["train"]["fid_num"] == 40
+    assert config["resumed_changes"] == [{"step": 2, "fid_every": ["2", None], "fid_num": [32, 40]}]
+    code, out = _cli("train", "--out", run, "--resume", "--steps", 6)
+    assert code == 0 and "changed on resume" not in out
+    assert [e["step"] for e in runs.Run(run).read_metrics() if e["event"] == "fid"] == [2]
+    info = json.loads(_cli("runs", "info", run, "--json")[1])
+    assert info["changed_on_resume"] == ["step 2: fid_every 2 -> off, fid_num 32 -> 40"]
+    assert "fid_num=40" in info["changed_settings"]
+
+
 # ---------------------------------------------------------------- preflight
 def test_fid_snapshots_check_the_inception_file_and_test_split_before_step_0(tmp_path, faces16, monkeypatch):
     monkeypatch.setenv("ANIMEGEN_INCEPTION", str(tmp_path / "nowhere.pt"))
@@ -237,8 +256,9 @@ def test_tensorboard_shows_each_step_once_after_a_resume(tmp_path, faces16):
 # ---------------------------------------------------------------- signals
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_abandons_a_snapshot_writes_the_checkpoint_and_exits_128_plus_signum(tmp_path, faces16,
-                                                                                       monkeypatch, signum):
-    import animegen.training.loop
+                                                                                       monkeypatch, signum,
+                                                                                       cheap_inception):
+    import animegen.training.snapshots
 
     def slow_snapshot(batches, **kw):  # a CPU FID snapshot takes minutes
         next(iter(batches))
@@ -246,8 +266,7 @@ def test_a_signal_abandons_a_snapshot_writes_the_checkpoint_and_exits_128_plus_s
         time.sleep(60)
         raise AssertionError("the snapshot was not abandoned")
 
-    monkeypatch.setattr(animegen.training.loop, "InceptionV3", lambda **kw: None)
-    monkeypatch.setattr(animegen.training.loop, "evaluate_generator", slow_snapshot)
+    monkeypatch.setattr(animegen.training.snapshots, "evaluate_generator", slow_snapshot)
     before = signal.getsignal(signum)  # SIG_IGN when pytest itself runs in a background job
     t0 = time.perf_counter()
     code, out = _cli("train", "vae", "--data", faces16, "--out", tmp_path / "run", "--steps", 50, "--device", "cpu",

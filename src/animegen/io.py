@@ -1,4 +1,4 @@
-"""Small file helpers shared by every module: atomic writes and image grids."""
+"""Small helpers shared by every module: atomic writes, image grids, durations as people read them."""
 
 from __future__ import annotations
 
@@ -122,3 +122,10 @@ def to_uint8(images) -> np.ndarray:
 
     x = (images.detach().float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
     return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def duration(seconds: float) -> str:
+    """"1h02m", "4m05s": how long something takes, for a log line."""
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"

@@ -48,7 +48,7 @@ def run_comparison(data: str | None, out: str, models: Sequence[str] | None = No
                         {"train": target.value * 60} if target is not None and target.unit == "minutes" else None)
     if not runs_given:
         stopped_by = train_families(folders, data, preset, target, sets, device,
-                                    snapshot_settings(fid_every, protocol.curve_num, target), progress, echo)
+                                    snapshot_settings(fid_every, protocol.curve_num, target, data), progress, echo)
         if stopped_by:
             echo(f"stopped by {signal.Signals(stopped_by).name}: run the same command again to continue the "
                  "comparison.")

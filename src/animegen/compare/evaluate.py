@@ -48,7 +48,8 @@ def evaluate(family: str, folder: Path, protocol: Protocol, device: str, echo) -
     eq = EQ_METRICS if registry.model_class(family).capabilities.input_transform else ()
     for r in range(protocol.repeats):
         metrics = [*FEATURE_METRICS, *(eq if r == 0 else ())]
-        repeats_out.append(evaluate_run(str(folder), metrics, fid_num, seed=r * fid_num, device=device, record=False))
+        repeats_out.append(evaluate_run(str(folder), metrics, fid_num, seed=r * fid_num, device=device, record=False,
+                                        echo=echo))
     first = repeats_out[0]
     scores = {key: _mean_sd([result[key] for result in repeats_out]) for key in SCORES}
     scores.update({key: first[key] for key in ("kid_std", *EQ_METRICS) if key in first})

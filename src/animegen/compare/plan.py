@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from animegen import runs
+from animegen.data.store import load_split
 from animegen.devices import resolve_device
 from animegen.errors import UserError
 from animegen.models import registry
@@ -112,9 +113,12 @@ def reached(folder: Path, target: Target) -> bool:
     return target.reached({"steps": info["step"], "kimg": info["kimg"], "minutes": info["training_minutes"]})
 
 
-def snapshot_settings(fid_every: str | None, curve_num: int, target: Target) -> dict:
-    """Training's FID snapshots for the curves: every `fid_every`, by default a fifth of the budget."""
-    return {"fid_every": fid_every or _fifth_of(target), "fid_num": curve_num}
+def snapshot_settings(fid_every: str | None, curve_num: int, target: Target, data: str) -> dict:
+    """Training's FID snapshots for the curves: every `fid_every`, by default a fifth of the
+    budget, each family's against the whole test split (a CPU run would otherwise choose its
+    own share of it, and the curves would not compare)."""
+    return {"fid_every": fid_every or _fifth_of(target), "fid_num": curve_num,
+            "fid_real": len(load_split(data, "test"))}
 
 
 def _fifth_of(target: Target) -> str:

@@ -2,14 +2,15 @@
 
 Per step: next batch -> objective.train_step -> EMA -> losses averaged over ranks and
 checked (NaN/Inf stops the run without saving) -> then, when due: progress line and
-scalars, sample grid, FID snapshot (kept with the checkpoint written at that step),
-checkpoint. A run always ends with a checkpoint, also on Ctrl-C / SIGTERM: the current
+scalars (with an ETA that counts the snapshots still due), sample grid, FID snapshot (kept
+with the checkpoint written at that step), checkpoint. A run always ends with a checkpoint, also on Ctrl-C / SIGTERM: the current
 step finishes, a grid or FID snapshot under way is abandoned, and the command exits with
 130 / 143 after writing it. A second Ctrl-C exits at once (the last checkpoint stays).
 
 The run folder (layout, checkpoints, lifecycle) belongs to animegen.runs; how a run starts
 (its config, new or resumed) to training.plan; the signal handling to training.signals; the
-peak-memory measurement to training.memory.
+peak-memory measurement to training.memory; what a FID snapshot measures and costs to
+training.snapshots.
 """
 
 from __future__ import annotations
@@ -25,24 +26,19 @@ import torch
 
 from animegen import runs
 from animegen.errors import UserError
-from animegen.generate import sample_batches, sample_grid
-from animegen.io import image_grid, save_grid
-from animegen.metrics import InceptionV3, evaluate_generator
-from animegen.metrics.sources import open_source
+from animegen.generate import sample_grid
+from animegen.io import duration, image_grid, save_grid
 from animegen.models import registry
 from animegen.training import checkpoint, distributed, transfer
-from animegen.training.config import Every, RunConfig, resolve_precision
+from animegen.training.config import Every, RunConfig, describe_change, resolve_precision
 from animegen.training.data import TrainStream
 from animegen.training.ema import ema_beta, make_ema, update_ema
 from animegen.training.memory import PeakMemory, out_of_memory_as_user_error
 from animegen.training.plan import check_fits, parameter_counts, plan_run, set_snapshots
 from animegen.training.signals import Abandon, StopSignals
+from animegen.training.snapshots import Snapshots
 
-SNAPSHOT_METRICS = ("fid", "kid", "pr")
 DRAWS, MODULES = 1, 2  # streams of derived_seed: the objective's draws, module-internal randomness
-# Inception images per forward pass in CPU snapshots: one pass cannot be interrupted, so it
-# must stay short for Ctrl-C to be honoured within seconds.
-CPU_INCEPTION_BATCH = 8
 
 
 class Target:
@@ -68,7 +64,7 @@ class Target:
 def train(run: str, *, model: str | None = None, data: str | None = None, preset: str | None = None,
           sets: dict | None = None, target: Target | None = None, resume: bool = False, device: str = "auto",
           seed: int | None = None, fid_every: str | None = None, fid_num: int | None = None,
-          init_from: str | None = None, dry_run: bool = False, echo=print) -> dict:
+          fid_real: int | None = None, init_from: str | None = None, dry_run: bool = False, echo=print) -> dict:
     """Start (or with resume=True continue) the run in folder `run`; returns the end summary
     ("signal" is set when SIGINT/SIGTERM stopped it). A new run uses `preset` (default tiny),
     `sets` and `seed` (default 0), and starts from the weights of run or checkpoint
@@ -86,7 +82,7 @@ def train(run: str, *, model: str | None = None, data: str | None = None, preset
     try:
         config, mode, line = plan_run(folder, request, resume, ctx.device.type)
         config.train.precision = resolve_precision(config.train.precision, ctx.device.type)
-        set_snapshots(config, fid_every, fid_num)
+        changes = set_snapshots(config, fid_every, fid_num, fid_real)
         sizes = parameter_counts(config)
         if dry_run:
             return {"config": config.to_json(), "parameters": sizes, "start": line or mode}
@@ -96,12 +92,12 @@ def train(run: str, *, model: str | None = None, data: str | None = None, preset
         with out_of_memory_as_user_error():
             trainer = Trainer(folder, config, ctx, echo)  # reads nothing of the folder
             with folder.lock() if ctx.rank == 0 else contextlib.nullcontext():
-                return _train(trainer, mode, line, init_from, target)
+                return _train(trainer, mode, line, init_from, target, changes if mode == "resume" else {})
     finally:
         distributed.teardown(ctx)
 
 
-def _train(trainer: Trainer, mode: str, line: str | None, init_from, target: Target) -> dict:
+def _train(trainer: Trainer, mode: str, line: str | None, init_from, target: Target, changes: dict) -> dict:
     folder, ctx = trainer.folder, trainer.ctx
     if ctx.rank == 0:
         removed = folder.remove_interrupted_writes()
@@ -124,8 +120,11 @@ def _train(trainer: Trainer, mode: str, line: str | None, init_from, target: Tar
         if ctx.rank == 0:
             folder.write_init_from(report)
     trainer.forget_later_history()
-    if ctx.rank == 0 and (mode != "resume" or folder.read_config().get("data") is None):
-        folder.write_config(trainer.config.to_json())  # a new run's; or an import's, with its first dataset
+    if changes:
+        trainer.config.resumed_changes.append({"step": trainer.step, **changes})
+        trainer._log_line("changed on resume (recorded in config.json): " + describe_change(changes))
+    if ctx.rank == 0 and (mode != "resume" or changes or folder.read_config().get("data") is None):
+        folder.write_config(trainer.config.to_json())  # a new run's; a resumed one's changes; an import's dataset
     distributed.barrier(ctx)
     return trainer.run(target)
 
@@ -138,9 +137,9 @@ class Trainer:
         self.tc = config.train
         self.every = {name: Every(getattr(self.tc, f"{name}_every")) for name in ("log", "sample", "ckpt", "fid")}
         self.stream = TrainStream(config.data, self.tc.batch, config.seed, self.tc.xflip, ctx.rank, ctx.world_size)
-        if not self.every["fid"].off and ctx.rank == 0:  # fail before step 0, not at the first snapshot
-            InceptionV3(device=ctx.device)
-            open_source(config.data, "test")
+        self.snapshots = Snapshots(config, ctx.device, self._log_line, self._save_config)
+        if not self.every["fid"].off and ctx.rank == 0:
+            self.snapshots.check()
         torch.manual_seed(config.seed)  # identical initialization on every rank
         if ctx.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -176,6 +175,7 @@ class Trainer:
         self.step, self.nimg, self.seconds = state["step"], state["nimg"], state["train_seconds"]
         self.saved_step = self.grid_step = self.start_step = self.step
         self.snapshot_step = self.step if "snapshot" in state else None
+        self.snapshots.remember(state.get("snapshot", {}))
 
     def forget_later_history(self) -> None:
         """Log lines, grids and TensorBoard events after the starting step are a killed run's:
@@ -213,18 +213,18 @@ class Trainer:
                     losses = self._train_step()
                     after = self.clock
                     if self.every["log"].due(before, after):
-                        self._progress(losses, window, target)
+                        self._progress(losses, window, target, before)
                         window = dict(after)
                     if self.every["sample"].due(before, after):
                         self._grid()
                     if self.every["fid"].due(before, after):
-                        self._snapshot()
+                        self._snapshot(target)
                     elif self.every["ckpt"].due(before, after):
                         self.save()
             except Abandon:  # a signal in the instant a grid or snapshot enters or leaves its block
                 self._stop = True
             if not self.every["fid"].off and self.snapshot_step != self.step and not self._stop:
-                self._snapshot()
+                self._snapshot(target)
             if self.saved_step != self.step:
                 self.save()
             if self.grid_step != self.step and not self._stop:
@@ -270,13 +270,12 @@ class Trainer:
         self._stop = distributed.mean_over_ranks(self.ctx, local).item() > 0
 
     # ------------------------------------------------------------ outputs (rank 0)
-    def _progress(self, losses: dict, window: dict, target: Target) -> None:
+    def _progress(self, losses: dict, window: dict, target: Target, before: dict) -> None:
         seconds = (self.seconds - window["minutes"] * 60) or 1e-9
         rate = (self.nimg - window["kimg"] * 1000) / seconds
-        remaining = _eta_seconds(target, self.clock, rate, self.tc.batch)
         text = "  ".join(f"{k} {v:.4g}" for k, v in losses.items())
         self._log_line(f"step {self.step:>7}  kimg {self.nimg / 1000:8.2f}  {rate:7.1f} img/s  {text}"
-                       f"  ETA {_duration(remaining)}")
+                       f"  ETA {self._eta(target, rate, before)}")
         self._record({"event": "train", "img_per_s": rate, "peak_mem_mb": self.memory.training_mb(), **losses},
                      {f"loss/{k}": v for k, v in losses.items()} | {"perf/img_per_s": rate})
 
@@ -294,36 +293,43 @@ class Trainer:
             self._write_grid()
         self._agree_on_stop()
 
-    def _snapshot(self) -> None:
-        """FID (with KID and precision/recall, which come nearly free from the same Inception
-        features) of the EMA weights, seeds 0..fid_num-1, vs the whole test split; written
-        with the checkpoint of this step. A signal abandons it; the checkpoint is still written."""
+    def _eta(self, target: Target, rate: float, before: dict) -> str:
+        """Time to the target at `rate` img/s, with the snapshots due after clock `before` (the
+        one this step may be due included) and their share said, or training alone with a
+        note when no snapshot has been timed yet."""
+        end = projected_end(target, self.clock, rate, self.tc.batch)
+        training = (end["minutes"] - self.clock["minutes"]) * 60
+        snapshots = self.snapshots.seconds_left(before, end)
+        if snapshots is None:
+            return f"{duration(training)} + FID snapshots (timed at the first)"
+        return duration(training + snapshots) + (f" (snapshots {duration(snapshots)})" if snapshots else "")
+
+    def _snapshot(self, target: Target) -> None:
+        """An FID snapshot (training.snapshots) of the EMA weights, written with the checkpoint
+        of this step. A signal abandons it; the checkpoint is still written."""
         snapshot = None
         if self.ctx.rank == 0:
-            with self._abandoned_on_signal("FID snapshot"), self.memory.apart():
-                snapshot = self._measure()
+            with self._abandoned_on_signal("FID snapshot"), self.memory.apart(), self._sampling_rng():
+                end = projected_end(target, self.clock, self.nimg / max(self.seconds, 1e-9), self.tc.batch)
+                snapshot = self.snapshots.measure(self.ema, end, self._sample_batch)
             if snapshot is not None:  # recorded only once complete, so a log line always has its checkpoint
+                self._log_snapshot(snapshot)
                 self._record({"event": "fid", **snapshot}, {f"metrics/{k}": v for k, v in snapshot.items()
-                                                            if isinstance(v, (int, float)) and not k.startswith("num")})
+                                                            if isinstance(v, (int, float))
+                                                            and not k.startswith(("num", "seconds"))})
         if snapshot is not None or self.ctx.rank != 0:
             self.snapshot_step = self.step
         self.save(snapshot)
 
-    def _measure(self) -> dict:
-        t0 = time.perf_counter()
-        options = self.ema.resolve_sample_options({})
-        inception_batch = CPU_INCEPTION_BATCH if self.ctx.device.type == "cpu" else self._sample_batch
-        with self._sampling_rng():
-            batches = sample_batches(self.ema, range(self.tc.fid_num), self._sample_batch, options)
-            result = evaluate_generator(batches, real=self.config.data, split="test", metrics=SNAPSHOT_METRICS,
-                                        num=self.tc.fid_num, device=self.ctx.device, batch_size=inception_batch)
-        numbers = {k: v for k, v in result.items() if isinstance(v, (int, float))}
-        snapshot = {**numbers, "num": self.tc.fid_num, "split": "test", "sample_options": options}
-        name = f"FID-{_count(self.tc.fid_num)}"
-        self._log_line(f"step {self.step:>7}  {name} {result['fid']:.2f}  "
-                       + "  ".join(f"{k} {numbers[k]:.4g}" for k in ("kid", "precision", "recall") if k in numbers)
-                       + f"  ({time.perf_counter() - t0:.0f} s)")
-        return snapshot
+    def _log_snapshot(self, snapshot: dict) -> None:
+        others = "  ".join(f"{k} {snapshot[k]:.4g}" for k in ("kid", "precision", "recall") if k in snapshot)
+        self._log_line(f"step {self.step:>7}  FID-{_count(snapshot['num'])} {snapshot['fid']:.2f}  {others}  "
+                       f"({snapshot['num']} generated vs {snapshot['num_real']} test images, "
+                       f"{duration(snapshot['seconds'])})")
+
+    def _save_config(self) -> None:
+        if self.ctx.rank == 0:
+            self.folder.write_config(self.config.to_json())
 
     def _finish(self, start: dict) -> dict:
         seconds = self.seconds - start["minutes"] * 60
@@ -389,17 +395,14 @@ def derived_seed(*key: int) -> int:
     return int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def _eta_seconds(target: Target, clock: dict, img_per_s: float, batch: int) -> float:
-    if target.unit == "minutes":
-        return max(target.value - clock["minutes"], 0) * 60
-    images_left = (target.value - clock["kimg"]) * 1000 if target.unit == "kimg" else (target.value - clock["steps"]) * batch
-    return max(images_left, 0) / max(img_per_s, 1e-9)
-
-
-def _duration(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+def projected_end(target: Target, clock: dict, img_per_s: float, batch: int) -> dict:
+    """The clock (steps, kimg, minutes of training) when the run reaches `target`, training
+    at `img_per_s` from `clock` on."""
+    images = {"minutes": (target.value - clock["minutes"]) * 60 * img_per_s,
+              "kimg": (target.value - clock["kimg"]) * 1000, "steps": (target.value - clock["steps"]) * batch}
+    left = max(images[target.unit], 0)
+    return {"steps": clock["steps"] + left / batch, "kimg": clock["kimg"] + left / 1000,
+            "minutes": clock["minutes"] + left / max(img_per_s, 1e-9) / 60}
 
 
 def _count(n: int) -> str:

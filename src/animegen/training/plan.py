@@ -17,7 +17,7 @@ from animegen.data.store import read_manifest
 from animegen.errors import UserError
 from animegen.models import registry
 from animegen.settings import check_new_folder, check_value, limits_of
-from animegen.training.config import RunConfig, TrainConfig, make_config, resolve_precision
+from animegen.training.config import Every, RunConfig, TrainConfig, make_config, resolve_precision
 from animegen.training.objective import TrainContext
 
 
@@ -91,12 +91,21 @@ def _resume_config(folder: runs.Run, stored: dict, request: dict, device_type: s
     return config
 
 
-def set_snapshots(config: RunConfig, fid_every, fid_num) -> None:
-    """--fid-every / --fid-num: the only settings a resumed run may change."""
+def set_snapshots(config: RunConfig, fid_every, fid_num, fid_real) -> dict[str, list]:
+    """--fid-every / --fid-num / --fid-real: the only settings a resumed run may change;
+    returns {setting: [old, new]} for each that changed (an interval that is off is null)."""
     hints, limits = typing.get_type_hints(TrainConfig), limits_of(TrainConfig)
-    for key, value in (("fid_every", fid_every), ("fid_num", fid_num)):
-        if value is not None:
-            setattr(config.train, key, check_value(key, value, hints[key], limits[key], source="--" + key.replace("_", "-")))
+    changes = {}
+    for key, value in (("fid_every", fid_every), ("fid_num", fid_num), ("fid_real", fid_real)):
+        if value is None:
+            continue
+        value = check_value(key, value, hints[key], limits[key], source="--" + key.replace("_", "-"))
+        if key == "fid_every" and Every(value).off:
+            value = None
+        if value != getattr(config.train, key):
+            changes[key] = [getattr(config.train, key), value]
+            setattr(config.train, key, value)
+    return changes
 
 
 def parameter_counts(config: RunConfig) -> dict[str, int]:
