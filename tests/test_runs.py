@@ -21,6 +21,7 @@ from animegen.generate import load_generator, write_samples
 from animegen.models import registry
 from animegen.training.config import make_config
 from animegen.training.loop import Target, train
+from animegen.training.objectives.stylegan2 import r1_gamma_heuristic
 
 SMALL = {"batch": 8, "channels": 8, "max_channels": 16, "latent_dim": 8, "log_every": "1", "sample_every": "0",
          "ckpt_every": "2", "keep": 2, "tensorboard": False}
@@ -330,6 +331,25 @@ def test_runs_info_and_dry_run(tmp_path, faces16):
     assert not any(s.startswith("lr=") for s in info["changed_settings"])
     code, out = _cli("runs", "info", tmp_path / "nothing")
     assert code == 2 and "holds no run" in out
+
+
+@pytest.mark.parametrize("family", registry.names())
+def test_dry_run_prints_the_values_the_run_uses(tmp_path, faces16, family):
+    """No null where the run computes a value: StyleGAN's R1 weight is the family's rule at this
+    resolution and batch, unset snapshot counts say how they will be chosen; the nulls left
+    mean "off" (an activation clamp)."""
+    code, out = _cli("train", family, "--data", faces16, "--out", tmp_path / "run", "--dry-run", "--fid-every", "2min",
+                     "--device", "cpu")
+    assert code == 0, out
+    config = json.loads(out)["config"]
+    nulls = {key for section in ("model_config", "objective_config", "train") for key, value in config[section].items()
+             if value is None}
+    assert nulls <= {"conv_clamp", "d_conv_clamp"}, nulls
+    assert "chosen at the first snapshot" in config["train"]["fid_num"]
+    if family == "stylegan2":
+        assert config["objective_config"]["r1_gamma"] == pytest.approx(r1_gamma_heuristic(16, config["train"]["batch"]))
+    elif family.startswith("stylegan3"):  # its own rule: R^2 / 32768 at batch 32
+        assert config["objective_config"]["r1_gamma"] == pytest.approx(16**2 / 32768 * 32 / config["train"]["batch"])
 
 
 def test_one_trainer_per_run(tmp_path, faces16):

@@ -34,7 +34,7 @@ from animegen.training.config import Every, RunConfig, describe_change, resolve_
 from animegen.training.data import TrainStream
 from animegen.training.ema import ema_beta, make_ema, update_ema
 from animegen.training.memory import PeakMemory, out_of_memory_as_user_error
-from animegen.training.plan import check_fits, parameter_counts, plan_run, set_snapshots
+from animegen.training.plan import check_fits, parameter_counts, plan_run, resolved_config, set_snapshots
 from animegen.training.signals import Abandon, StopSignals
 from animegen.training.snapshots import Snapshots
 
@@ -85,7 +85,7 @@ def train(run: str, *, model: str | None = None, data: str | None = None, preset
         changes = set_snapshots(config, fid_every, fid_num, fid_real)
         sizes = parameter_counts(config)
         if dry_run:
-            return {"config": config.to_json(), "parameters": sizes, "start": line or mode}
+            return {"config": resolved_config(config, ctx.device.type), "parameters": sizes, "start": line or mode}
         if target is None:
             raise UserError("give one of --steps, --kimg and --minutes.")
         check_fits(sizes, ctx.device)

@@ -19,6 +19,7 @@ from animegen.models import registry
 from animegen.settings import check_new_folder, check_value, limits_of
 from animegen.training.config import Every, RunConfig, TrainConfig, make_config, resolve_precision
 from animegen.training.objective import TrainContext
+from animegen.training.snapshots import unset_counts
 
 
 def plan_run(folder: runs.Run, request: dict, resume: bool, device_type: str) -> tuple[RunConfig, str, str | None]:
@@ -106,6 +107,21 @@ def set_snapshots(config: RunConfig, fid_every, fid_num, fid_real) -> dict[str, 
             changes[key] = [getattr(config.train, key), value]
             setattr(config.train, key, value)
     return changes
+
+
+def resolved_config(config: RunConfig, device_type: str) -> dict:
+    """config.json as the run will use it (`train --dry-run`): the values an objective
+    computes for settings left unset (StyleGAN's r1_gamma), and the rule that chooses
+    unset FID snapshot counts at the first snapshot (training.snapshots), in place of nulls."""
+    shown = config.to_json()
+    spec, meta = registry.get(config.model), torch.device("meta")
+    with meta:
+        objective = spec.objective(spec.model(config.model_config), config.objective_config, TrainContext(meta))
+    shown["objective_config"].update(objective.resolved_settings(config.train.batch))
+    train = shown["train"]
+    if train["fid_every"] is not None:
+        train.update({k: v for k, v in unset_counts(device_type).items() if train[k] is None})
+    return shown
 
 
 def parameter_counts(config: RunConfig) -> dict[str, int]:

@@ -122,6 +122,15 @@ class Snapshots:
         return (rendered - start) / WARMUP, (time.perf_counter() - rendered) / WARMUP
 
 
+def unset_counts(device_type: str) -> dict:
+    """What fid_num and fid_real left unset will be, said before the first snapshot chooses them."""
+    if device_type != "cpu":
+        return {"fid_num": GPU_GENERATED, "fid_real": "the whole test split"}
+    return {"fid_num": f"chosen at the first snapshot: snapshots take about {SHARE:.0%} of the training time "
+                       f"({MIN_IMAGES} to {MAX_GENERATED})",
+            "fid_real": "the whole test split if its features are cached, else chosen as fid_num"}
+
+
 def cpu_counts(generated: int | None, real: int | None, whole: int, cached: bool, snapshots: int,
                image_seconds: float, extract_seconds: float, budget: float) -> tuple[int, int]:
     """(generated, real) images per snapshot of a CPU run: counts given stay; real images are
