@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from animegen.data.limits import MAX_BATCH_SIZE
+from animegen.data.store import read_manifest
 from animegen.errors import UserError
 from animegen.io import to_uint8
 from animegen.metrics.cache import cached_features, entry, stored_features
@@ -82,6 +83,7 @@ def reference_features(data: str | os.PathLike, split: str = "test", device: str
     once into the cache (announced, with a progress bar) so that every later training
     snapshot, eval and compare on it reads them. Says what it found or made, and where."""
     check_int("--batch-size", batch_size, 1, MAX_BATCH_SIZE)
+    read_manifest(data)  # a prepared dataset, not an image folder
     source = open_source(data, split)
     net = InceptionV3(inception_path, device)
     start, found = time.perf_counter(), stored_features(source, net.sha256) is not None
