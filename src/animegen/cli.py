@@ -167,16 +167,20 @@ def data_info(dataset, grid, as_json):
 @click.argument("dataset", type=_NonEmptyPath())
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
 @click.option("--out", required=True, type=_NonEmptyPath(), help="Output folder of PNG files (must not exist).")
-def data_export(dataset, split, out):
-    """Write one split of a prepared dataset as PNG files, for external tools.
+@click.option("--count", type=int, default=None, help="Only the first N images [default: all].")
+@click.option("--indices", default=None, metavar="I,J,A-B", help="Only these images of the split, e.g. 0,5,10-19.")
+def data_export(dataset, split, out, count, indices):
+    """Write a split of a prepared dataset (or some of its images) as PNG files named by their index.
 
     \b
-    Example:
+    Examples:
       animegen data export data/faces64 --split test --out faces64-test-png
+      animegen data export data/faces64 --count 2 --out two-faces
+      animegen data export data/faces64 --indices 7,100-103 --out some-faces
     """
     from animegen.data.info import export_split
 
-    n = export_split(dataset, split, out)
+    n = export_split(dataset, split, out, count=count, indices=indices)
     click.echo(f"{out}: wrote {n} PNG files from the {split} split.")
 
 
@@ -225,8 +229,26 @@ def _run_metrics(a, b, names, split, num, device, batch_size, inception, as_json
     if as_json:
         click.echo(json.dumps(result))
     else:
-        for key, value in result.items():
-            click.echo(f"{key:>16}: {value}")
+        _echo_readable(result)
+
+
+def _echo_readable(result: dict, indent: str = "") -> None:
+    """A result as people read it: one `key: value` line each, numbers rounded (fid: 210.23,
+    precision: 0.4321), nested objects indented below their key (`--json` keeps everything)."""
+    for key, value in result.items():
+        if isinstance(value, dict):
+            click.echo(f"{indent}{key}:")
+            _echo_readable(value, indent + "  ")
+        else:
+            click.echo(f"{indent}{key}: {_readable(value)}")
+
+
+def _readable(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}" if abs(value) >= 1 else f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(_readable, value))
+    return str(value)
 
 
 @main.command("fid")
@@ -492,7 +514,10 @@ def eval_command(run, metrics, num, split, as_json, record, data, batch_size, de
     result = evaluate_run(run, [m.strip() for m in metrics.split(",") if m.strip()], num, split=split,
                           options=options, device=device, batch_size=batch_size, progress=not as_json,
                           record=record, data=data, checkpoint=checkpoint)
-    click.echo(json.dumps(result) if as_json else "\n".join(f"{k:>16}: {v}" for k, v in result.items()))
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        _echo_readable(result)
 
 
 # ---------------------------------------------------------------- runs
