@@ -29,6 +29,7 @@ from animegen.data.limits import MAX_BATCH_SIZE, MAX_IMAGES, MAX_MIN_SIZE, MAX_W
 from animegen.data.store import load_split
 from animegen.data.synth import synthesize_dataset
 from animegen.generate import MAX_COUNT, load_generator, sample_batches
+from animegen.io import MAX_SCALE
 from animegen.latent.codes import save_latents
 from animegen.latent.directions import save_directions
 from animegen.latent.discover import sefa
@@ -168,9 +169,11 @@ def bad_sets(family: str):
 
 BAD_RUN = st.sampled_from(["", At("missing"), At("empty"), At("text"), At("file.txt"), At("ds"), At("run-damaged")])
 BAD_CHECKPOINT = st.sampled_from(["", "0", "7", "-1", "newest", "last,best", At("missing"), At("file.txt"), At("ds")])
+SCALE_OPTIONS = {"--scale": bad_int(1, MAX_SCALE), "--resample": not_one_of("nearest", "bilinear", "lanczos")}
 SAMPLE_OPTIONS = {
     "RUN": BAD_RUN, "--count": bad_int(1, MAX_COUNT), "--out": BAD_NEW_FOLDER, "--seed": bad_int(0, MAX_SEED),
     "--batch-size": bad_int(1, 65536), "--device": not_one_of("auto", "cpu", "cuda"), "--checkpoint": BAD_CHECKPOINT,
+    **SCALE_OPTIONS,
 }
 TRUNCATION = bad_float(-10, 10)
 BAD_LATENTS = st.sampled_from(["", At("missing"), At("file.txt"), At("latents-vae.npz"), At("bad-shape.npy"),
@@ -199,6 +202,7 @@ TRAIN_OPTIONS = {
     "--seed": bad_int(0, MAX_SEED),
     "--fid-every": st.sampled_from(["-5", "abc", "5x", "nan", "inf", "-1kimg", ""]),
     "--fid-num": bad_int(2, 10**6),
+    "--fid-real": bad_int(4, 10**8),
     "--init-from": st.sampled_from(["", At("missing"), At("empty"), At("file.txt"), At("ds"), At("run-damaged")]),
 }
 # Per command: option (or positional argument, in capitals) -> values that command must refuse.
@@ -228,6 +232,14 @@ BAD = {
         "DATASET": BAD_DATASET,
         "--split": not_one_of("train", "test"),
         "--out": BAD_NEW_FOLDER,
+        "--count": bad_int(1, 10**8),
+        "--indices": st.sampled_from(["", "a", "1,,2", "-1", "5-2", "99999", "1.5", "0-99999"]),
+    },
+    "data fid-stats": {
+        "DATASET": BAD_DATASET,
+        "--split": not_one_of("train", "test"),
+        "--batch-size": bad_int(1, MAX_BATCH_SIZE),
+        "--device": not_one_of("auto", "cpu", "cuda"),
     },
     "fid": {**METRIC_OPTIONS, "--metrics": BAD_METRICS},
     "kid": METRIC_OPTIONS,
@@ -259,9 +271,11 @@ BAD = {
                         "--truncation": st.sampled_from(["0.5"]), "--count": st.sampled_from(["7"])},
     "interpolate": {"RUN": BAD_RUN, "--seeds": BAD_SEED_ROWS, "--frames": bad_int(1, 1000),
                     "--out": BAD_MEDIA_OUT, "--fps": st.one_of(bad_float(0, 120), st.just("0")),
-                    "--space": not_one_of("z", "w"), "--edit": BAD_EDIT, "--directions": BAD_DIRECTIONS},
+                    "--space": not_one_of("z", "w"), "--edit": BAD_EDIT, "--directions": BAD_DIRECTIONS,
+                    **SCALE_OPTIONS},
     "style-mix": {"RUN": st.one_of(BAD_RUN, st.just(At("run-vae"))), "--rows": BAD_SEED_LIST, "--cols": BAD_SEED_LIST,
-                  "--layers": BAD_LAYERS, "--out": st.sampled_from(["", At("ds"), At("file.txt/x.png"), "x.gif"])},
+                  "--layers": BAD_LAYERS, "--out": st.sampled_from(["", At("ds"), At("file.txt/x.png"), "x.gif"]),
+                  **SCALE_OPTIONS},
     "directions sefa": {"RUN": st.one_of(BAD_RUN, st.just(At("run-ddpm"))), "--num": bad_int(1, 64),
                         "--layers": BAD_LAYERS, "--samples": bad_int(2, 10**8),
                         "--out": st.sampled_from(["", At("ds"), At("file.txt"), At("file.txt/x.safetensors")])},
@@ -280,6 +294,7 @@ BASE = {
     "data synth": {"--out": At("new"), "--count": str(SYNTH_COUNT), "--resolution": str(MIN_SYNTH_RESOLUTION)},
     "data info": {"DATASET": At("ds"), "--grid": At("new.png")},
     "data export": {"DATASET": At("ds"), "--out": At("new")},
+    "data fid-stats": {"DATASET": At("ds"), "--device": "cpu"},
     "fid": {"A": At("ds"), "B": At("faces"), "--device": "cpu", "--json": True},
     "kid": {"A": At("ds"), "B": At("faces"), "--device": "cpu", "--json": True},
     "train": {"MODEL": "vae", "--data": At("ds"), "--out": At("new"), "--steps": "1", "--device": "cpu",
@@ -419,7 +434,8 @@ def assert_clean_failure(result, root, before: list[str]):
 def test_base_arguments_are_valid(command, tmp_path):
     """Each case below differs from these in its bad values only, so those are what it refuses."""
     root = make_fixtures(tmp_path)
-    if command in ("fid", "kid"):  # valid up to the network, which comes after every check (test_metrics runs it)
+    if command in ("fid", "kid", "data fid-stats"):  # valid up to the network, which comes after every check
+        # (test_metrics and test_snapshots run it)
         result = run(command, {**BASE[command], "--inception": At("missing")}, root)
         assert result.exit_code == 2 and "Inception weights" in result.stderr, result.output
     else:

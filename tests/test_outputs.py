@@ -1,13 +1,17 @@
-"""Outputs a person reads: `eval` rounded with a readable protocol (`--json` whole), and
+"""Outputs a person reads: `eval` rounded with a readable protocol (`--json` whole), grids,
+strips and videos enlarged (nearest neighbour by default) with labelled strips, and
 `data export` of a few images."""
 
 import json
 import re
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from animegen.cli import main
+from animegen.io import LABEL_SIZE
 from animegen.training.loop import Target, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -41,6 +45,32 @@ def test_eval_prints_rounded_numbers_and_a_readable_protocol(dcgan, cheap_incept
     protocol = lines[lines.index("protocol:") + 1:]
     assert "  model: dcgan" in protocol and "  seeds: 0, 7" in protocol and "  images: 8" in protocol
     assert "  sample_options:" in protocol and any(line.startswith("    ") for line in protocol)
+
+
+def test_strips_and_grids_are_enlarged_and_labelled(dcgan, tmp_path):
+    strip = tmp_path / "strip.png"
+    code, out, err = _cli("sample", dcgan, "--count", "2", "--out", tmp_path / "s", "--device", "cpu", "--directions",
+                          dcgan.parent / "dirs.safetensors", "--edit", "sefa0", "--strengths", "-2,0,2", "--grid", strip)
+    assert code == 0, err
+    picture = np.asarray(Image.open(strip))
+    band, cell = LABEL_SIZE + 6, 16 * 8  # 16 px faces at 128 px, labels above the columns
+    assert picture.shape == (band + 2 + 2 * (cell + 2), 2 + 3 * (cell + 2), 3)
+    for column in range(3):  # some text over each column
+        x = 2 + column * (cell + 2)
+        assert (picture[:band, x : x + cell] < 128).any()
+    # Nearest neighbour: each pixel of the saved image a cell x cell block, nothing invented.
+    first = np.asarray(Image.open(tmp_path / "s" / "seed000000-sefa0-2.png"))
+    np.testing.assert_array_equal(picture[band + 2 : band + 2 + cell, 2 : 2 + cell],
+                                  first.repeat(8, axis=0).repeat(8, axis=1))
+    smooth = tmp_path / "smooth.png"
+    assert _cli("sample", dcgan, "--count", "2", "--out", tmp_path / "t", "--device", "cpu", "--grid", smooth,
+                "--scale", "3", "--resample", "lanczos")[0] == 0
+    lanczos = np.asarray(Image.open(smooth))
+    assert lanczos.shape == (2 + 50, 2 + 2 * 50, 3)
+    assert not np.array_equal(lanczos[2:50, 2:50], first.repeat(3, axis=0).repeat(3, axis=1))
+    code, _, err = _cli("sample", dcgan, "--count", "2", "--out", tmp_path / "u", "--grid", tmp_path / "u.png",
+                        "--scale", "0")
+    assert code == 2 and err.startswith("error: --scale must be an integer from 1 to 64") and err.count("\n") == 1
 
 
 def test_data_export_of_a_few_images(faces16, tmp_path):

@@ -427,6 +427,16 @@ def _sampling_options(f):
     return f
 
 
+def _scale_options(f):
+    """How a grid, strip or video enlarges the images it shows."""
+    f = click.option("--scale", type=int, default=None,
+                     help="Enlarge each image of the grid, strip or video this many times [default: to 128 px or more, "
+                          "e.g. 4 for 32 px].")(f)
+    f = click.option("--resample", type=click.Choice(["nearest", "bilinear", "lanczos"]), default="nearest",
+                     show_default=True, help="How: nearest neighbour keeps the pixels as made; the others smooth.")(f)
+    return f
+
+
 def _parse_strengths(ctx, param, value):
     if value is None:
         return ()
@@ -460,10 +470,11 @@ def _parse_strengths(ctx, param, value):
               help="Move along a direction by STRENGTH standard deviations (@LAYERS: on other StyleGAN style inputs, "
                    "e.g. pc0=2@coarse); repeatable. NAME alone with --strengths: a strip.")
 @click.option("--strengths", callback=_parse_strengths, default=None, metavar="S1,S2,...",
-              help="Render the --edit NAME strip at these strengths: one grid row per seed.")
+              help="Render the --edit NAME strip at these strengths: one grid row per seed, columns labelled.")
+@_scale_options
 @_sampling_options
 def sample_command(run, count, out, seed, grid, seed_convention, z_file, w_file, plane, save_latents, npy, directions_files,
-                   edits, strengths, batch_size, device, checkpoint, **options):
+                   edits, strengths, scale, resample, batch_size, device, checkpoint, **options):
     """Generate images from RUN's newest checkpoint (EMA weights); the same seed gives the same images.
 
     \b
@@ -486,7 +497,7 @@ def sample_command(run, count, out, seed, grid, seed_convention, z_file, w_file,
     steering = Steering(source, plane, directions_files, fixed, strip[0] if strip else None, strengths)
     info = write_samples(run, out, count, seed=seed, batch_size=batch_size, options=options, grid=grid, device=device,
                          checkpoint=checkpoint, progress=True, seed_convention=seed_convention, steering=steering,
-                         save_latents=save_latents, npy=npy)
+                         save_latents=save_latents, npy=npy, scale=scale, resample=resample)
     click.echo(f"{out}: {info['count']} images (seeds {info['seeds'][0]}..{info['seeds'][1]}) from {info['checkpoint']}"
                + (f"; grid {grid}" if grid else "") + (f"; latents {info['latents']}" if save_latents else ""))
 
@@ -705,9 +716,10 @@ def directions_list(file):
               help="A directions file (from `animegen directions`); repeatable.")
 @click.option("--edit", "edits", multiple=True, metavar="NAME=STRENGTH",
               help="Move every frame along a direction by STRENGTH standard deviations; repeatable.")
+@_scale_options
 @_sampling_options
 def interpolate_command(run, seeds, z_files, w_files, frames, loop, space, fps, out, seed_convention, directions_files,
-                        edits, batch_size, device, checkpoint, **options):
+                        edits, scale, resample, batch_size, device, checkpoint, **options):
     """Interpolation video (or strip) through the images of keyframe seeds; keyframe K is `sample --seed K`'s image.
 
     \b
@@ -725,9 +737,9 @@ def interpolate_command(run, seeds, z_files, w_files, frames, loop, space, fps, 
     info = write_interpolation(run, out, seeds, frames=frames, loop=loop, space=space, fps=fps, options=options,
                                device=device, checkpoint=checkpoint, batch_size=batch_size,
                                directions=directions_files, edits=edits, seed_convention=seed_convention,
-                               latents=latents)
-    click.echo(f"{out}: {info['rows']} interpolation(s) of {info['frames']} frames in {info['space']} "
-               f"from {info['checkpoint']}")
+                               latents=latents, scale=scale, resample=resample)
+    click.echo(f"{out}: {info['rows']} interpolation(s) of {info['frames']} frames of {info['size']} px in "
+               f"{info['space']} from {info['checkpoint']}")
 
 
 @main.command("style-mix", cls=_SamplingCommand)
@@ -739,8 +751,10 @@ def interpolate_command(run, seeds, z_files, w_files, frames, loop, space, fps, 
 @click.option("--out", required=True, type=_NonEmptyPath(), help="The figure, a .png.")
 @click.option("--seed-convention", type=click.Choice(["animegen", "nvlabs"]), default="animegen", show_default=True,
               help="nvlabs: a seed's latent is NVIDIA's, np.random.RandomState(seed).randn(z_dim).")
+@_scale_options
 @_sampling_options
-def style_mix_command(run, rows, cols, layers, out, seed_convention, batch_size, device, checkpoint, **options):
+def style_mix_command(run, rows, cols, layers, out, seed_convention, scale, resample, batch_size, device, checkpoint,
+                      **options):
     """StyleGAN style-mixing figure: each cell is its row seed's image with its column seed's styles in --layers.
 
     \b
@@ -750,7 +764,7 @@ def style_mix_command(run, rows, cols, layers, out, seed_convention, batch_size,
     from animegen.latent.interpolate import write_style_mix
 
     info = write_style_mix(run, out, rows, cols, layers=layers, options=options, device=device, checkpoint=checkpoint,
-                           batch_size=batch_size, seed_convention=seed_convention)
+                           batch_size=batch_size, seed_convention=seed_convention, scale=scale, resample=resample)
     first, last = info["layers"]
     click.echo(f"{out}: {info['rows']} x {info['cols']} style mixes (style inputs {first}-{last} from the columns) "
                f"from {info['checkpoint']}")

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from animegen import runs
 from animegen.devices import resolve_device
 from animegen.errors import UserError
-from animegen.io import atomic_dir, save_grid, to_uint8
+from animegen.io import atomic_dir, save_grid, shown_scale, to_uint8
 from animegen.metrics import evaluate_generator
 from animegen.models import registry
 from animegen.latent import codes
@@ -101,13 +101,15 @@ class Steering:
 def write_samples(run: str, out: str, count: int | None, seed: int = 0, batch_size: int = 64,
                   options: dict | None = None, grid: str | None = None, device: str = "auto",
                   checkpoint: str | int = "last", progress: bool = False, seed_convention: str = "animegen",
-                  steering: Steering | None = None, save_latents: bool = False, npy: bool = False) -> dict:
+                  steering: Steering | None = None, save_latents: bool = False, npy: bool = False,
+                  scale: int | None = None, resample: str = "nearest") -> dict:
     """Write images of seeds seed..seed+count-1 (or of a latent file's latents) as
     OUT/seed<NNNNNN>.png, batch by batch as they are made (OUT appears only when complete),
-    optionally all of them as one grid PNG, their latents as OUT/latents.npz (`save_latents`)
-    and their float values as OUT/seed<NNNNNN>.npy (`npy`). With an edit strip, every seed is
+    optionally all of them as one grid PNG (each image enlarged `scale` times, by default to
+    128 px or more: io.shown_scale), their latents as OUT/latents.npz (`save_latents`) and
+    their float values as OUT/seed<NNNNNN>.npy (`npy`). With an edit strip, every seed is
     written once per strength (seed<NNNNNN>-NAME<strength>.png) and the grid has a row per
-    seed and a column per strength."""
+    seed and a column per strength, labelled with it."""
     steering = steering or Steering()
     check_batch_size(batch_size)
     check_new_folder("--out", out)
@@ -126,11 +128,12 @@ def write_samples(run: str, out: str, count: int | None, seed: int = 0, batch_si
     total = len(seeds) * len(variants)
     if grid and total > MAX_GRID:
         raise UserError(f"a grid of {total} images is too large (at most {MAX_GRID}); drop --grid or sample fewer.")
+    scale = shown_scale(model.resolution, scale, total if grid else 1)
     if save_latents and total > codes.MAX_LATENTS:
         raise UserError(f"--save-latents keeps at most {codes.MAX_LATENTS} images' latents; sample fewer.")
     shown, drawn = [], []
     with atomic_dir(out) as tmp, tqdm(total=total, unit="img", disable=not progress, leave=False) as bar:
-        for suffix, edits in variants:
+        for suffix, edits, _ in variants:
             batches = sample_batches(model, seeds, batch_size, options, seed_convention, given, edits, drawn)
             for start, batch in zip(range(0, len(seeds), batch_size), batches):
                 images = to_uint8(batch)
@@ -145,8 +148,10 @@ def write_samples(run: str, out: str, count: int | None, seed: int = 0, batch_si
             codes.save_latents(tmp / "latents.npz", codes.join_latents(drawn), list(seeds) * len(variants), model, options)
         if grid:
             images = np.concatenate(shown).reshape(len(variants), len(seeds), *shown[0].shape[1:])
-            save_grid(images.transpose(1, 0, 2, 3, 4).reshape(total, *shown[0].shape[1:]), grid, columns=len(variants)
-                      if len(variants) > 1 else None)
+            strip = len(variants) > 1
+            save_grid(images.transpose(1, 0, 2, 3, 4).reshape(total, *shown[0].shape[1:]), grid,
+                      columns=len(variants) if strip else None, scale=scale, resample=resample,
+                      labels=[label for _, _, label in variants] if strip else None)
     first, last = seeds[0], seeds[-1]
     return {"out": str(out), "count": total, "seeds": [first, last], "checkpoint": state["checkpoint"],
             "step": state["step"], "sample_options": options, "seed_convention": seed_convention,
@@ -169,16 +174,16 @@ def _seeds_and_latents(model: Model, source: tuple[str, str] | None, count: int 
     return file.seeds or check_seeds(seed, len(file)), file.given
 
 
-def _variants(model: Model, steering: Steering) -> list[tuple[str, list]]:
-    """(file name suffix, edits) for each image made per seed: one, or one per strip strength."""
+def _variants(model: Model, steering: Steering) -> list[tuple[str, list, str]]:
+    """(file name suffix, edits, label) for each image made per seed: one, or one per strip strength."""
     directions = load_all_directions(steering.directions, model)
     edits = parse_edits(list(steering.edits), directions, model)
     if bool(steering.strip) != bool(steering.strengths):
         raise UserError("an edit strip needs both --edit NAME (without a strength) and --strengths.")
     if not steering.strip:
-        return [("", edits)]
+        return [("", edits, "")]
     strip = parse_edits([f"{steering.strip}=0"], directions, model)[0][0]
-    return [(f"-{strip.name}{s:+g}", [*edits, (strip, s)]) for s in steering.strengths]
+    return [(f"-{strip.name}{s:+g}", [*edits, (strip, s)], f"{strip.name} {s:+g}") for s in steering.strengths]
 
 
 def evaluate_run(run: str, metrics: list[str], num: int, split: str = "test", options: dict | None = None,

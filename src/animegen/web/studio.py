@@ -24,12 +24,12 @@ from animegen.data.images import BadImage
 from animegen.data.prepare import decode_large_enough
 from animegen.errors import UserError
 from animegen.generate import load_generator, sample_batches
-from animegen.io import image_grid, to_uint8
+from animegen.io import image_grid, shown_scale, to_uint8
 from animegen.latent.directions import (Direction, check_name, edit_space, layer_range, load_directions, parse_edits,
                                        save_directions)
 from animegen.latent.discover import fit_from_latents, sefa, seed_latents
 from animegen.latent import codes
-from animegen.latent.interpolate import check_deterministic, interpolation_frames
+from animegen.latent.interpolate import check_deterministic, interpolation_frames, video_frames
 from animegen.latent.media import gif_bytes
 from animegen.latent.plane import check_point, plane_latents
 from animegen.latent.project import project_files
@@ -198,10 +198,11 @@ class Studio:
             seeds, given = int_list(request.get("seeds"), "seeds", 2, 8), None
             keyframes = ["--seeds", ",".join(map(str, seeds))]
         video = interpolation_frames(run.model, [seeds], frames, options=options,
-                                     edits=parse_edits(specs, run.directions, run.model), given=given)[0]
+                                     edits=parse_edits(specs, run.directions, run.model), given=given)
+        gif = gif_bytes(video_frames(video, shown_scale(run.model.resolution)), GIF_FPS)  # as the command's default
         target = [*keyframes, "--frames", str(frames), "--fps", str(GIF_FPS), "--out", "interpolation.gif"]
-        return {"strip": png_bytes(image_grid(video, columns=len(video))), "gif": gif_bytes(video, GIF_FPS),
-                "frames": len(video), "command": command("interpolate", run, target, options, specs)}
+        return {"strip": png_bytes(image_grid(video[0], columns=video.shape[1])), "gif": gif,
+                "frames": video.shape[1], "command": command("interpolate", run, target, options, specs)}
 
     def fit(self, request: dict) -> dict:
         """A direction fitted to the seeds the user marked ("has it" / "doesn't"), added to the
