@@ -309,6 +309,30 @@ def test_the_page_drives_the_studio(page, url, tmp_path):
     assert page.foreign == []
 
 
+def test_the_page_shows_images_large_while_saying_it_renders_and_the_planes_seeds(page):
+    """16 px faces at 12x (192 px: a whole multiple, pixels as square blocks), a loading state
+    while the newest request renders, and the seeds at the plane's grid points drawn on it."""
+    image = page.locator("#grid img").first
+    assert image.bounding_box()["width"] == 192 and image.evaluate("i => getComputedStyle(i).imageRendering") == "pixelated"
+    gate = {"open": False, "held": []}  # the answers wait: the page must say it is rendering
+    page.route("**/api/generate", lambda route: route.continue_() if gate["open"] else gate["held"].append(route))
+    page.fill("#seed", "9")
+    page.dispatch_event("#seed", "change")
+    page.wait_for_selector("#busy:not([hidden])")
+    assert page.locator("#view").get_attribute("aria-busy") == "true"
+    assert float(page.locator("#grid").evaluate("g => getComputedStyle(g).opacity")) < 1
+    gate["open"] = True
+    for route in gate["held"]:
+        route.continue_()
+    page.wait_for_function("() => document.querySelector('#busy').hidden")
+    assert page.locator("#grid img").first.get_attribute("data-seed") == "9"
+    # Seed 9 puts the plane's first grid point at seed 9; its thumbnail covers the pixels around it.
+    thumbnail = "([x, y]) => document.querySelector('#plane').getContext('2d').getImageData(x, y, 1, 1).data[3] === 255"
+    for x, y in ((32, 32), (24 + 4 * 48 - 8, 24 + 4 * 48 - 8)):  # the first and last grid points' thumbnails
+        page.wait_for_function(thumbnail, arg=[x, y])
+    assert page.console_errors == [] and page.foreign == [], page.console_errors
+
+
 def wait_for(url, job: str) -> dict:
     for _ in range(600):
         status = httpx.get(f"{url}/api/jobs/{job}").json()
