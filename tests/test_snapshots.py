@@ -39,6 +39,7 @@ def test_reference_features_are_announced_once_and_the_eta_counts_snapshots(tmp_
     # The counts, chosen at the first snapshot (the CPU's minimum: these steps take milliseconds).
     assert f"FID snapshots: {MIN_IMAGES} generated images against 30 of the 30 test images (their features are " \
            "not cached yet), so that the run's 2 snapshots take about" in out
+    assert re.search(r"; --fid-every \d+ would keep them near a fifth", out)  # these steps take milliseconds
     train = json.loads((tmp_path / "a" / "config.json").read_text())["train"]
     assert (train["fid_num"], train["fid_real"]) == (MIN_IMAGES, 30)
     # The reference features: count, estimate, where they are kept, then a progress bar.

@@ -19,6 +19,7 @@ test split are checked, so a run starts in seconds.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
@@ -105,13 +106,20 @@ class Snapshots:
             train_seconds = end["minutes"] * 60
             tc.fid_num, tc.fid_real = cpu_counts(tc.fid_num, tc.fid_real, split.count, cached, count,
                                                  render + extract, extract, SHARE * train_seconds)
-            cost = count * tc.fid_num * (render + extract) + (0 if cached else tc.fid_real * extract)
+            share = (count * tc.fid_num * (render + extract) + (0 if cached else tc.fid_real * extract)) / train_seconds
             line = (f"{tc.fid_num} generated images against {tc.fid_real} of the {split.count} test images"
                     f"{'' if cached else ' (their features are not cached yet)'}, so that the run's {count} "
-                    f"snapshots take about {cost / train_seconds:.0%} of its {duration(train_seconds)} of training "
-                    f"(an image: {render:.2f} s to render, {extract:.2f} s through Inception, timed on {WARMUP})")
+                    f"snapshots take about {share:.0%} of its {duration(train_seconds)} of training "
+                    f"(an image: {render:.2f} s to render, {extract:.2f} s through Inception, timed on {WARMUP})"
+                    + (f"; --fid-every {self._interval(share / SHARE)} would keep them near a fifth"
+                       if share > 1.25 * SHARE else ""))
         self.save_config()
         self.echo(f"FID snapshots: {line}; recorded in config.json (--fid-num and --fid-real choose others)")
+
+    def _interval(self, factor: float) -> str:
+        """The snapshot interval `factor` times longer, as --fid-every takes it."""
+        every = self.every.every * factor
+        return {"steps": f"{math.ceil(every)}", "kimg": f"{every:.3g}kimg", "minutes": f"{every:.3g}min"}[self.every.unit]
 
     def _time_an_image(self, ema: Model, net: InceptionV3) -> tuple[float, float]:
         """Seconds to render one image and to take its features, timed on WARMUP seeds."""
