@@ -88,3 +88,22 @@ def test_every_counts_the_snapshots_left():
     assert every.left(clock(0), clock(4)) == 2 and every.left(clock(0), clock(5)) == 3  # a run ends with one
     assert every.left(clock(2), clock(4)) == 1 and every.left(clock(4.5), clock(5)) == 1
     assert Every("0").left(clock(0), clock(4)) == 0
+
+
+def test_training_starts_without_loading_what_no_step_needs(tmp_path, faces30, monkeypatch):
+    """Before the first step: no Inception network (loaded at the first snapshot), and the
+    training imports leave scipy, matplotlib and TensorBoard unloaded."""
+    import subprocess
+    import sys
+
+    import animegen.training.snapshots
+    from animegen.training.objectives.vae import VAEObjective
+
+    events, real_step, real_net = [], VAEObjective.train_step, animegen.training.snapshots.InceptionV3
+    monkeypatch.setattr(VAEObjective, "train_step", lambda self, *a: events.append("step") or real_step(self, *a))
+    monkeypatch.setattr(animegen.training.snapshots, "InceptionV3", lambda **kw: events.append("inception") or real_net(**kw))
+    _train("vae", "--data", faces30, "--out", tmp_path / "run", "--steps", 2, "--fid-every", 2)
+    assert events == ["step", "step", "inception"]
+    code = ("import sys, animegen.cli, animegen.training.loop; "
+            "print(sorted(m for m in ('scipy', 'matplotlib', 'torch.utils.tensorboard') if m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
