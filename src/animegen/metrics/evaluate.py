@@ -18,7 +18,7 @@ from animegen.data.store import read_manifest
 from animegen.errors import UserError
 from animegen.io import to_uint8
 from animegen.metrics.cache import cached_features, entry, stored_features
-from animegen.metrics.inception import RESIZE, InceptionV3
+from animegen.metrics.inception import RESIZE, InceptionV3, weights_path, weights_sha256
 from animegen.metrics.catalog import Metric, lookup
 from animegen.metrics.sources import open_source
 from animegen.settings import check_int
@@ -84,12 +84,14 @@ def reference_features(data: str | os.PathLike, split: str = "test", device: str
     snapshot, eval and compare on it reads them. Says what it found or made, and where."""
     check_int("--batch-size", batch_size, 1, MAX_BATCH_SIZE)
     read_manifest(data)  # a prepared dataset, not an image folder
-    source = open_source(data, split)
-    net = InceptionV3(inception_path, device)
-    start, found = time.perf_counter(), stored_features(source, net.sha256) is not None
-    features = cached_features(source, net, batch_size, progress=True, echo=echo)
+    source, start = open_source(data, split), time.perf_counter()
+    sha256 = weights_sha256(weights_path(inception_path))  # the network itself is loaded only if needed
+    features = stored_features(source, sha256)
+    found = features is not None
+    if not found:
+        features = cached_features(source, InceptionV3(inception_path, device), batch_size, progress=True, echo=echo)
     return {"count": len(features), "source": source.label, "cached_before": found,
-            "seconds": time.perf_counter() - start, "file": str(entry(source, net.sha256)[0].with_suffix(".npz"))}
+            "seconds": time.perf_counter() - start, "file": str(entry(source, sha256)[0].with_suffix(".npz"))}
 
 
 def _generator_passes(metrics: list[Metric]) -> dict:
