@@ -1,6 +1,6 @@
 """Post-hoc EMA (animegen.posthoc, EDM2): the profiles' algebra, a synthesized length against
-a directly tracked EMA of that length, `animegen ema` and its bad inputs, and `eval`
-recording the length of every number. Exact resume with the profiles on is in
+a directly tracked EMA of that length, `animegen ema` and its bad inputs, and `eval` /
+`compare` recording the length of every number. Exact resume with the profiles on is in
 tests/test_training.py (every family)."""
 
 import json
@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from animegen import posthoc, runs
 from animegen.cli import main
+from animegen.compare import run_comparison
 from animegen.generate import load_generator
 from animegen.training.loop import Target, train
 
@@ -184,3 +185,24 @@ def test_eval_sweeps_lengths_and_records_each(trained, tmp_path):
         result = CliRunner().invoke(main, ["eval", str(run), "--num", "4", "--device", "cpu", "--json", *bad])
         assert result.exit_code == 2 and message in result.output, result.output
     assert len([e for e in runs.Run(run).read_metrics() if e["event"] == "eval"]) == 2  # the refused: none
+
+
+def test_compare_sweeps_lengths_per_run(trained, tmp_path, faces16):
+    shutil.copytree(trained / "stored", tmp_path / "dcgan")
+    _train(tmp_path / "vae", faces16, STORED, steps=40, family="vae", every=4)
+    lines = []
+    results = run_comparison(None, str(tmp_path / "cmp"), runs_given=[str(tmp_path / "dcgan"), str(tmp_path / "vae")],
+                             fid_num=4, repeats=1, device="cpu", nfe_steps=(), ema_lengths=(0.075, 0.1),
+                             echo=lines.append)
+    assert results["protocol"]["ema_lengths"] == [0.075, 0.1]
+    for family in ("dcgan", "vae"):
+        sweep = results["models"][family]["ema_sweep"]
+        assert [p["ema_length"] for p in sweep] == [0.075, 0.1] and all(p["fid"] > 0 and p["num"] == 4 for p in sweep)
+    assert json.loads((tmp_path / "cmp" / "results.json").read_text())["models"]["vae"]["ema_sweep"] == \
+        results["models"]["vae"]["ema_sweep"]
+    report = (tmp_path / "cmp" / "report.md").read_text()
+    assert "## FID-4 against post-hoc EMA length" in report and "| model | 0.075 | 0.1 | ema_kimg EMA |" in report
+    assert (tmp_path / "cmp" / "ema_lengths.png").stat().st_size > 1000
+    refused = CliRunner().invoke(main, ["compare", "--out", str(tmp_path / "cmp2"), "--runs", str(tmp_path / "vae"),
+                                        "--fid-num", "4", "--ema-lengths", "0.075,0.005"])
+    assert refused.exit_code == 2 and "--ema-lengths 0.005" in refused.output and not (tmp_path / "cmp2").exists()

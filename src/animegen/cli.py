@@ -790,10 +790,13 @@ def project_command(run, images, out, space, loss, steps, video, seed, device, c
 @click.option("--nfe-steps", default="10,20,50,100", show_default=True,
               help="DDPM: FID also with DDIM and DPM-Solver++ at these step counts, and ancestral at all steps; 'none': skip.")
 @click.option("--nfe-num", type=int, default=None, help="Generated images per point of the DDPM sweep [default: --fid-num].")
+@click.option("--ema-lengths", default=None, metavar="L1,L2,...",
+              help="Also FID-N of each run's post-hoc EMA at these lengths (sigma_rel); runs trained here then track "
+                   "posthoc_ema=[0.05,0.1] unless --set chooses it.")
 @click.option("--runs", "run_folders", multiple=True, type=_NonEmptyPath(), metavar="RUN",
               help="Evaluate these existing runs instead of training (repeatable).")
 def compare_command(data, out, models, preset, sets, minutes, kimg, fid_num, fid_every, repeats, device, nfe_steps,
-                    nfe_num, curve_num, run_folders):
+                    nfe_num, ema_lengths, curve_num, run_folders):
     """Train several families for one budget, evaluate them under one protocol, and write the papers' tables.
 
     \b
@@ -803,6 +806,7 @@ def compare_command(data, out, models, preset, sets, minutes, kimg, fid_num, fid
     """
     from animegen.compare import run_comparison
     from animegen.compare.plan import parse_nfe_steps
+    from animegen.posthoc import parse_lengths
     from animegen.training.config import parse_sets
     from animegen.training.loop import Target
 
@@ -812,7 +816,9 @@ def compare_command(data, out, models, preset, sets, minutes, kimg, fid_num, fid
                             target=target, fid_num=fid_num, repeats=repeats, device=device,
                             runs_given=list(run_folders) or None, sets=parse_sets(list(sets)),
                             fid_every=fid_every, nfe_steps=parse_nfe_steps(nfe_steps), nfe_num=nfe_num,
-                            curve_num=curve_num, echo=click.echo)
+                            curve_num=curve_num,
+                            ema_lengths=parse_lengths(ema_lengths, "--ema-lengths") if ema_lengths is not None else (),
+                            echo=click.echo)
     if result["signal"]:
         sys.exit(128 + result["signal"])
     count = len(result["models"])
