@@ -382,8 +382,9 @@ def _sampling_options(f):
     `_SamplingCommand`), batch size, device and checkpoint."""
     f = click.option("--batch-size", type=int, default=64, show_default=True)(f)
     f = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)(f)
-    f = click.option("--checkpoint", default="last", show_default=True, metavar="last|best|STEP|PATH",
-                     help="Which checkpoint: the newest, the best snapshot FID, a step, or a checkpoint folder.")(f)
+    f = click.option("--checkpoint", default="last", show_default=True, metavar="last|best|STEP|ema:LENGTH|PATH",
+                     help="Which checkpoint: the newest, the best snapshot FID, a step, an EMA length made by "
+                          "`animegen ema`, or a checkpoint folder.")(f)
     return f
 
 
@@ -461,20 +462,56 @@ def sample_command(run, count, out, seed, grid, seed_convention, z_file, w_file,
               help="Append the result to RUN/metrics.jsonl as an \"eval\" event.")
 @click.option("--data", type=_NonEmptyPath(), default=None,
               help="A moved copy of the run's dataset (its content hash must match) [default: the recorded path].")
+@click.option("--ema-length", "ema_lengths", default=None, metavar="L1,L2,...",
+              help="Evaluate the post-hoc EMA of each of these lengths (sigma_rel) instead, made from the run's "
+                   "snapshots (see `animegen ema`).")
 @_sampling_options
-def eval_command(run, metrics, num, split, as_json, record, data, batch_size, device, checkpoint, **options):
+def eval_command(run, metrics, num, split, as_json, record, data, ema_lengths, batch_size, device, checkpoint,
+                 **options):
     """Metrics of RUN's EMA generator against its dataset, with the exact protocol used.
 
     \b
-    Example:
+    Examples:
       animegen eval runs/ddpm32 --metrics fid,kid,pr --num 1000 --json
+      animegen eval runs/ddpm32 --ema-length 0.05,0.1,0.2 --json     # one JSON object per line and length
     """
-    from animegen.generate import evaluate_run
+    from animegen.generate import evaluate_ema_lengths, evaluate_run
+    from animegen.posthoc import parse_lengths
 
-    result = evaluate_run(run, [m.strip() for m in metrics.split(",") if m.strip()], num, split=split,
-                          options=options, device=device, batch_size=batch_size, progress=not as_json,
-                          record=record, data=data, checkpoint=checkpoint)
-    click.echo(json.dumps(result) if as_json else "\n".join(f"{k:>16}: {v}" for k, v in result.items()))
+    names = [m.strip() for m in metrics.split(",") if m.strip()]
+    common = dict(split=split, options=options, device=device, batch_size=batch_size, progress=not as_json,
+                  record=record, data=data, checkpoint=checkpoint)
+    results = (evaluate_ema_lengths(run, parse_lengths(ema_lengths, "--ema-length"), names, num, **common)
+               if ema_lengths is not None else [evaluate_run(run, names, num, **common)])
+    for result in results:
+        click.echo(json.dumps(result) if as_json else "\n".join(f"{k:>16}: {v}" for k, v in result.items()))
+
+
+@main.command("ema")
+@click.argument("run", type=_NonEmptyPath())
+@click.option("--length", "lengths", type=float, multiple=True, required=True, metavar="SIGMA_REL",
+              help="An EMA length: the averaging profile's standard deviation as a fraction of training (repeatable).")
+@click.option("--out", type=_NonEmptyPath(), default=None,
+              help="A new folder receiving a checkpoint folder per length [default: RUN/ema, replacing those there].")
+def ema_command(run, lengths, out):
+    """Post-hoc EMA: make RUN's EMA of any length from its post-hoc snapshots (train with --set posthoc_ema=[0.05,0.1]).
+
+    Each length becomes a checkpoint folder (RUN/ema/LENGTH) that sample, eval and the other
+    commands read with --checkpoint ema:LENGTH.
+
+    \b
+    Example:
+      animegen ema runs/ddpm32 --length 0.075 --length 0.15
+      animegen sample runs/ddpm32 --checkpoint ema:0.075 --count 64 --out samples/ --grid grid.png
+    """
+    from animegen.posthoc import write_lengths
+
+    for made in write_lengths(run, list(lengths), out):
+        steps = made["snapshots"]
+        profiles = ", ".join(f"{s:g}" for s in made["profiles"])
+        click.echo(f"{made['folder']}: EMA length {made['sigma_rel']:g} (gamma {made['gamma']:.3g}) at step "
+                   f"{made['step']} from {len(steps)} snapshots (steps {steps[0]}..{steps[-1]}) of the profiles "
+                   f"{profiles}; profile fit error {made['profile_fit_error']:.2%}")
 
 
 # ---------------------------------------------------------------- runs
@@ -728,7 +765,7 @@ def style_mix_command(run, rows, cols, layers, out, seed_convention, batch_size,
 @click.option("--video", is_flag=True, help="Also write a GIF of the optimisation per image (every 10 steps).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Image i's random numbers come from seed SEED+i.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--checkpoint", default="last", show_default=True, metavar="last|best|STEP|PATH")
+@click.option("--checkpoint", default="last", show_default=True, metavar="last|best|STEP|ema:LENGTH|PATH")
 def project_command(run, images, out, space, loss, steps, video, seed, device, checkpoint):
     """Find the latents from which RUN's generator reproduces IMAGES (files, folders or zips).
 
@@ -766,10 +803,13 @@ def project_command(run, images, out, space, loss, steps, video, seed, device, c
 @click.option("--nfe-steps", default="10,20,50,100", show_default=True,
               help="DDPM: FID also with DDIM and DPM-Solver++ at these step counts, and ancestral at all steps; 'none': skip.")
 @click.option("--nfe-num", type=int, default=None, help="Generated images per point of the DDPM sweep [default: --fid-num].")
+@click.option("--ema-lengths", default=None, metavar="L1,L2,...",
+              help="Also FID-N of each run's post-hoc EMA at these lengths (sigma_rel); runs trained here then track "
+                   "posthoc_ema=[0.05,0.1] unless --set chooses it.")
 @click.option("--runs", "run_folders", multiple=True, type=_NonEmptyPath(), metavar="RUN",
               help="Evaluate these existing runs instead of training (repeatable).")
 def compare_command(data, out, models, preset, sets, minutes, kimg, fid_num, fid_every, repeats, device, nfe_steps,
-                    nfe_num, curve_num, run_folders):
+                    nfe_num, ema_lengths, curve_num, run_folders):
     """Train several families for one budget, evaluate them under one protocol, and write the papers' tables.
 
     \b
@@ -779,6 +819,7 @@ def compare_command(data, out, models, preset, sets, minutes, kimg, fid_num, fid
     """
     from animegen.compare import run_comparison
     from animegen.compare.plan import parse_nfe_steps
+    from animegen.posthoc import parse_lengths
     from animegen.training.config import parse_sets
     from animegen.training.loop import Target
 
@@ -788,7 +829,9 @@ def compare_command(data, out, models, preset, sets, minutes, kimg, fid_num, fid
                             target=target, fid_num=fid_num, repeats=repeats, device=device,
                             runs_given=list(run_folders) or None, sets=parse_sets(list(sets)),
                             fid_every=fid_every, nfe_steps=parse_nfe_steps(nfe_steps), nfe_num=nfe_num,
-                            curve_num=curve_num, echo=click.echo)
+                            curve_num=curve_num,
+                            ema_lengths=parse_lengths(ema_lengths, "--ema-lengths") if ema_lengths is not None else (),
+                            echo=click.echo)
     if result["signal"]:
         sys.exit(128 + result["signal"])
     count = len(result["models"])
