@@ -419,3 +419,18 @@ def test_the_page_projects_an_upload_and_edits_it(page, faces16, tmp_path):
     page.wait_for_selector("#strip-box:not([hidden])")
     assert "animegen interpolate" in page.locator("#strip-command").inner_text()
     assert page.foreign == [] and all("400" in e for e in page.console_errors), page.console_errors
+
+
+def test_serve_shows_the_checkpoint_it_serves(faces16, served, tmp_path):
+    """`serve --checkpoint` serves that checkpoint of each run, and its commands name it."""
+    run = served / "sg2-two-steps"
+    result = CliRunner().invoke(main, ["train", "stylegan2", "--data", str(faces16), "--out", str(run), "--preset", "tiny",
+                                       "--steps", "2", "--device", "cpu", "--set", "ckpt_every=1", "--set", "keep=2"])
+    assert result.exit_code == 0, result.output
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(served)
+        first, last = (Studio([str(run)], device="cpu", work=tmp_path / w, checkpoint=c).generate({"run": 0, "seed": 4})
+                       for w, c in (("a", "1"), ("b", "last")))
+    assert "--checkpoint 1" in first["command"] and "--checkpoint" not in last["command"]
+    assert first["images"][0]["png"] != last["images"][0]["png"]
+    assert run_command(first["command"], served)["seed000004.png"] == first["images"][0]["png"]

@@ -562,7 +562,9 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 @click.option("--work-limit", type=click.IntRange(1), default=200, show_default=True, metavar="MB",
               help="Most the --work folder may hold; the oldest uploads and projections are deleted to stay under it.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def serve_command(runs, port, host, token, directions_files, work, work_limit, device):
+@click.option("--checkpoint", default="last", show_default=True, metavar="last|best|STEP|ema:LENGTH",
+              help="Which checkpoint of each run to serve (ema:LENGTH: one `animegen ema` synthesized).")
+def serve_command(runs, port, host, token, directions_files, work, work_limit, device, checkpoint):
     """A local web studio for RUNS: seeds, the seed plane, sampling options and direction sliders.
 
     \b
@@ -578,7 +580,7 @@ def serve_command(runs, port, host, token, directions_files, work, work_limit, d
         raise UserError(f"--host {host} makes the studio reachable from other machines; add --token SECRET.")
     if token is not None and len(token) < 8:
         raise UserError("--token must be at least 8 characters.")
-    studio = Studio(list(runs), list(directions_files), device, work, work_limit * 2**20)
+    studio = Studio(list(runs), list(directions_files), device, work, work_limit * 2**20, checkpoint)
     hosts = () if host not in LOOPBACK else ("127.0.0.1", "localhost", "::1")
     if host not in LOOPBACK:
         click.echo(f"warning: serving on {host}: anyone who can reach it and knows the token can use this machine.",

@@ -66,7 +66,12 @@ class LoadedRun:
     folder: Path  # the studio's files of this run
     directions_file: str  # all of `directions`, on disk, for the commands shown
     work: WorkFolder
+    checkpoint: str = "last"  # which of the run's checkpoints is served (`--checkpoint`)
     directions: dict[str, Direction] = field(default_factory=dict)
+
+    def checkpoint_flags(self) -> list[str]:
+        """`--checkpoint X` for the commands shown, unless the newest is served."""
+        return [] if self.checkpoint == "last" else ["--checkpoint", self.checkpoint]
 
     def save_directions(self) -> None:
         save_directions(self.work.inside(self.directions_file), self.model, list(self.directions.values()))
@@ -76,13 +81,14 @@ class Studio:
     """The runs given to `animegen serve`, each loaded once."""
 
     def __init__(self, runs: list[str], directions_files: list[str] = (), device: str = "cpu",
-                 work: str | Path = "animegen-studio", work_limit: int = WORK_LIMIT):
+                 work: str | Path = "animegen-studio", work_limit: int = WORK_LIMIT, checkpoint: str = "last"):
         """`work`: where the studio keeps what it makes (each run's directions file, with the
         SeFa directions computed on start and the few-shot ones, and the uploads it projects),
-        so every command it shows can be run as it is; at most `work_limit` bytes of it."""
+        so every command it shows can be run as it is; at most `work_limit` bytes of it.
+        `checkpoint`: which checkpoint of every run to serve (last, best, a step, ema:LENGTH)."""
         if not runs:
             raise UserError("give at least one run to serve.")
-        self.work, self.device = WorkFolder(work, work_limit), device
+        self.work, self.device, self.checkpoint = WorkFolder(work, work_limit), device, str(checkpoint)
         self.unused = {str(f): "" for f in directions_files}  # file -> why no run took it
         self.runs = [self._load(i, path, directions_files, device) for i, path in enumerate(runs)]
         if self.unused:
@@ -91,13 +97,13 @@ class Studio:
         self.projections: dict[tuple[int, str], tuple[str, codes.LatentFile]] = {}  # (run, id) -> latents path, file
 
     def _load(self, index: int, path: str, directions_files, device: str) -> LoadedRun:
-        model, state = load_generator(path, device)
+        model, state = load_generator(path, device, checkpoint=self.checkpoint)
         info = describe_run(path)
-        card = {key: info[key] for key in ("family", "preset", "kimg", "best_fid")}
+        card = {key: info[key] for key in ("family", "preset", "best_fid")} | {"kimg": round(state["nimg"] / 1000, 3)}
         card |= {"dataset": dataset_name(Run(path).read_config()), "resolution": model.resolution}
         folder = self.work.root / f"{index}-{Path(path).resolve().name}"
         loaded = LoadedRun(index, str(Path(path).absolute()), model, state, card, folder,
-                           str(folder / "directions.safetensors"), self.work)
+                           str(folder / "directions.safetensors"), self.work, self.checkpoint)
         for file in directions_files:
             try:
                 loaded.directions.update(load_directions(file, model))
@@ -169,14 +175,15 @@ class Studio:
         upload = self.work.inside(uploads / f"{key}.png")
         uploads.mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels).save(upload)  # lossless: `animegen project` on it sees these pixels
-        report = project_files(run.path, [str(upload)], str(out), device=self.device, progress=progress)
+        report = project_files(run.path, [str(upload)], str(out), device=self.device, checkpoint=run.checkpoint,
+                               progress=progress)
         latents = out / "latents.npz"
         self.projections[(run.index, key)] = (self.work.shown(latents),
                                               codes.load_latents(latents, edit_space(run.model), run.model))
         return {"projection": key, "psnr": report["mean_psnr"], "target": (out / "target-000.png").read_bytes(),
                 "recon": (out / "recon-000.png").read_bytes(),
                 "command": shlex.join(["animegen", "project", *map(self.work.shown, (run.path, upload)), "--out",
-                                       self.work.shown(out)])}
+                                       self.work.shown(out), *run.checkpoint_flags()])}
 
     def _projection(self, run: LoadedRun, key) -> tuple[str, codes.LatentFile]:
         if not isinstance(key, str) or not PROJECTION_ID.match(key) or (run.index, key) not in self.projections:
@@ -266,7 +273,8 @@ def edit_specs(run: LoadedRun, edits) -> list[str]:
 
 def command(verb: str, run: LoadedRun, target: list[str], options: dict, specs: list[str]) -> str:
     """The `animegen VERB` command line that makes exactly what the page shows."""
-    args = ["animegen", verb, run.work.shown(run.path), *target, *run.model.option_flags(options)]
+    args = ["animegen", verb, run.work.shown(run.path), *target, *run.model.option_flags(options),
+            *run.checkpoint_flags()]
     if specs:
         args += ["--directions", run.work.shown(run.directions_file), *[a for spec in specs for a in ("--edit", spec)]]
     return " ".join(shlex.quote(a) for a in args)
