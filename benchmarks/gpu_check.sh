@@ -37,7 +37,7 @@ export ANIMEGEN_CACHE="$OUT/cache"  # the real FID statistics, computed once for
 [ -f "$REPO/.gpu/inception.pt" ] && export ANIMEGEN_INCEPTION="$REPO/.gpu/inception.pt"
 PY=${PYTHON:-python3}
 animegen() { "$PY" -m animegen "$@"; }
-FAMILIES="vae dcgan ddpm stylegan2 stylegan3-t stylegan3-r"
+FAMILIES=$("$PY" -c "from animegen.models import registry; print(' '.join(registry.names()))")  # every registered one
 
 if [ "$TINY" = 1 ]; then
   # Seconds-scale: the tiny preset at 16 px, batch 4, every step logged, FID from 4 images.

@@ -56,7 +56,7 @@ def main() -> None:
                                           "--steps", "1", "--device", "cpu"])
         if result.exit_code:
             raise SystemExit(result.output)
-        studio = Studio([str(run)])
+        studio = Studio([str(run)], work=root / "studio")
         alone = []
         for seed in range(args.requests):
             start = time.perf_counter()

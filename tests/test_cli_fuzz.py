@@ -1,7 +1,7 @@
 """Property: bad input to `animegen data prepare|synth|info|export`, `fid`, `kid`, `train`
 (new and resumed, every `--set` key), `sample` (per family's sampling options, and its
-latent files, directions and edits), `eval`, `runs info`, `interpolate`, `style-mix` and
-`directions sefa|fit` fails cleanly.
+latent files, directions and edits), `eval`, `ema`, `runs info`, `interpolate`, `style-mix`
+and `directions sefa|fit` fails cleanly.
 
 Each case runs one command in-process with valid base arguments, some of them replaced by
 values it must refuse (out of range, the wrong type, empty, absurd, a path it cannot use),
@@ -34,6 +34,7 @@ from animegen.latent.codes import save_latents
 from animegen.latent.directions import save_directions
 from animegen.latent.discover import sefa
 from animegen.models import registry
+from animegen.posthoc import SIGMA_REL_MAX, SIGMA_REL_MIN
 from animegen.settings import MAX_RESOLUTION, MAX_SEED, limits_of
 from animegen.training.config import TrainConfig
 from animegen.training.loop import Target, train
@@ -262,7 +263,13 @@ BAD = {
              "--num": bad_int(1, MAX_COUNT), "--split": not_one_of("train", "test"),
              "--data": st.sampled_from(["", At("missing"), At("file.txt"), At("junk-ds"), At("ds-other")]),
              "--batch-size": bad_int(1, 65536), "--checkpoint": BAD_CHECKPOINT,
-             "--device": not_one_of("auto", "cpu", "cuda")},
+             "--device": not_one_of("auto", "cpu", "cuda"),
+             # the run has no post-hoc EMA profiles, so even a good length is refused
+             "--ema-length": st.sampled_from(["", "0.5", "nan", "x", "0.1,", "0.005", "0.1", "0.05,0.1"])},
+    "ema": {"RUN": st.one_of(BAD_RUN, st.just(At("run-vae"))),
+            "--length": st.one_of(bad_float(SIGMA_REL_MIN, SIGMA_REL_MAX),
+                                  st.sampled_from(["0", "1e-300", "0.005", "0.29"])),
+            "--out": BAD_NEW_FOLDER},
     "runs info": {"RUN": st.sampled_from(["", At("missing"), At("empty"), At("text"), At("file.txt"), At("ds")])},
     "sample@steering": {"--w": BAD_LATENTS, "--z": st.sampled_from([At("latents-vae.npz"), At("file.txt")]),
                         "--directions": BAD_DIRECTIONS, "--edit": BAD_EDIT,
@@ -306,6 +313,7 @@ BASE = {
                     "--sampler": "ddim", "--steps": "2"},
     "eval": {"RUN": At("run-vae"), "--num": "2", "--device": "cpu", "--json": True, "--no-record": True},
     "runs info": {"RUN": At("run-vae")},
+    "ema": {"RUN": At("run-posthoc"), "--length": "0.1", "--out": At("new")},
     "sample@steering": {**STEERING, "--w": At("latents-stylegan2.npz"), "--directions": At("dirs.safetensors"),
                         "--edit": "sefa0=1"},
     "interpolate": {**STEERING, "--seeds": "1,2", "--frames": "2", "--out": At("new.gif")},
@@ -320,7 +328,7 @@ BASE = {
 # Fewer than EXAMPLES where hypothesis runs out of distinct cases.
 FEWER_DISTINCT_CASES = {"runs info": 6, "project@vae": 3}
 FEWER_EXAMPLES = {"sample@steering": 60, "interpolate": 60, "style-mix": 60, "directions sefa": 60, "directions fit": 60,
-                  "project": 60, "project@vae": 4}
+                  "project": 60, "project@vae": 4, "ema": 60}
 RUN_FAMILIES = ("vae", "stylegan2", "stylegan3-t", "ddpm")
 SMALL_RUN = {"batch": 4, "sample_every": "0", "tensorboard": False, "grid_seeds": 4}
 SMALLER = {"ddpm": {"base_channels": 8, "channel_mults": [1, 2], "attention_resolutions": [8], "num_groups": 4,
@@ -357,6 +365,11 @@ def make_fixtures(root):
             train(str(_trained[family]), model=family, data=str(root / "ds"), sets={**SMALL_RUN, **SMALLER.get(family, {})},
                   target=Target(steps=1), device="cpu", echo=lambda _: None)
         shutil.copytree(_trained[family], root / f"run-{family}")
+    if "posthoc" not in _trained:  # one step: a single post-hoc snapshot, at the end of training
+        _trained["posthoc"] = root.parent / "trained-posthoc"
+        train(str(_trained["posthoc"]), model="vae", data=str(root / "ds"),
+              sets={**SMALL_RUN, "posthoc_ema": [0.05, 0.1]}, target=Target(steps=1), device="cpu", echo=lambda _: None)
+    shutil.copytree(_trained["posthoc"], root / "run-posthoc")
     shutil.copytree(root / "run-vae", root / "run-damaged")
     make_steering_fixtures(root)
     (root / "run-damaged" / "checkpoints" / "step-00000001" / "state.json").write_text("{")

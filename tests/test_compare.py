@@ -76,7 +76,7 @@ class _Page(HTMLParser):
                 and report.split(line, 1)[1].split("\n## ", 1)[0].strip().startswith("| ")]
 
 
-@pytest.mark.slow  # about a minute: six families trained, evaluated and plotted; .ci/run runs it
+@pytest.mark.slow  # about a minute: every family trained, evaluated and plotted; .ci/run runs it
 def test_smoke_comparison_and_rerun(tmp_path, faces16):
     out, lines = tmp_path / "cmp", []
     results = _compare(faces16, out, lines, fid_every="2")
@@ -132,13 +132,16 @@ def test_smoke_comparison_and_rerun(tmp_path, faces16):
     page = _Page()
     page.feed((out / "index.html").read_text())
     assert page.tables == [list(_table_rows(report, header).values()) for header in page.titles_with_tables(report)]
-    assert len(page.images) == len(FAMILIES) + 2 and all(src.startswith("data:image/png;base64,") for src in page.images)
+    sweeps = sum("nfe_sweep" in m for m in on_disk["models"].values())  # a plot of FID against NFE each
+    assert len(page.images) == len(FAMILIES) + 1 + sweeps and all(src.startswith("data:image/png;base64,")
+                                                                  for src in page.images)
     assert page.links == [] and "default-src 'none'" in page.policy
     protocol = on_disk["protocol"]
     assert protocol["generated"] == 4 and protocol["num_real"] == 8 and protocol["split"] == "test"
     assert protocol["weights"] == "ema" and protocol["truncation_psi"] == 1.0 and protocol["device"] == "cpu"
     assert len(protocol["inception_sha256"]) == 12
-    assert re.search(r"\[compare 5/13, .*\] training stylegan3-r \(6 of 6\).*ETA", "\n".join(lines))
+    n = len(FAMILIES)  # phases: n trainings, n evaluations, one report
+    assert re.search(rf"\[compare {n - 1}/{2 * n + 1}, .*\] training {FAMILIES[-1]} \({n} of {n}\).*ETA", "\n".join(lines))
 
     # Running it again trains nothing: the runs already reached the budget.
     logs = {f: (out / "runs" / f / "metrics.jsonl").read_bytes() for f in ("vae", "dcgan")}
@@ -174,6 +177,8 @@ def test_family_sets():
     (["--out", "{tmp}/o", "--data", "{data}", "--kimg", "1", "--set", "gpt.batch=4"], "'gpt' is not a family"),
     (["--out", "{tmp}/o", "--data", "{data}", "--kimg", "1", "--curve-num", "3"], "--curve-num"),
     (["--out", "{tmp}/o", "--data", "{data}", "--kimg", "1", "--nfe-num", "1"], "--nfe-num"),
+    (["--out", "{tmp}/o", "--data", "{data}", "--kimg", "1", "--ema-lengths", "0.5"], "--ema-lengths 0.5 is not an"),
+    (["--out", "{tmp}/o", "--data", "{data}", "--kimg", "1", "--ema-lengths", "0.1,x"], "--ema-lengths"),
 ])
 def test_bad_input_is_one_line(tmp_path, faces16, args, message):
     args = [a.format(tmp=tmp_path, data=faces16) for a in args]

@@ -21,11 +21,16 @@ from animegen.training.loop import Target, train
 TINY = {
     "stylegan2": {"z_dim": 32, "w_dim": 32, "channel_base": 256, "channel_max": 32, "mapping_layers": 2},
     "stylegan3-t": {"z_dim": 32, "w_dim": 32, "num_layers": 4, "margin": 6, "channel_base": 512, "channel_max": 32},
+    "stylegan3-r": {"z_dim": 32, "w_dim": 32, "num_layers": 4, "margin": 6, "channel_base": 512, "channel_max": 32},
     "dcgan": {"g_channels": 8, "latent_dim": 24},
     "vae": {"channels": 8, "max_channels": 16, "latent_dim": 12},
     "ddpm": {"base_channels": 16, "channel_mults": [1, 2], "attention_resolutions": [8], "num_groups": 4,
              "time_embed_dim": 32, "timesteps": 50, "sample_steps": 2},
 }
+
+SEFA = registry.families_that(lambda can: can.sefa)
+W_SPACE = registry.families_that(lambda can: "w" in can.spaces)
+ISOTROPIC = registry.families_that(lambda can: "w" not in can.spaces and can.inversion != "encoder")  # z ~ N(0, I) only
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,7 +38,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _model(family, seed=0):
     torch.manual_seed(seed)
     cls = registry.model_class(family)
-    return cls(build(cls.config_class, {"resolution": 16, **TINY[family]})).eval().requires_grad_(False)
+    return cls(build(cls.config_class, {"resolution": 16, **TINY.get(family, {})})).eval().requires_grad_(False)
 
 
 def _assert_orthonormal_and_sorted(directions):
@@ -43,22 +48,23 @@ def _assert_orthonormal_and_sorted(directions):
     assert eigenvalues == sorted(eigenvalues, reverse=True) and eigenvalues[0] > eigenvalues[-1]
 
 
-@pytest.mark.parametrize("family", ["stylegan2", "stylegan3-t", "dcgan", "vae"])
+@pytest.mark.parametrize("family", SEFA)
 def test_sefa_is_orthonormal_sorted_and_the_top_singular_vector(family):
     model = _model(family)
     directions = discover.sefa(model, num=6, samples=500)
     _assert_orthonormal_and_sorted(directions)
-    span = layer_range(model, "coarse") if family.startswith("stylegan") else None
+    in_w = model.capabilities.edit_space == "w"
+    span = layer_range(model, "coarse") if in_w else None
     assert all(d.layers == span and d.method == "sefa" for d in directions)
     # The top direction is A's first right singular vector (up to sign).
     a = discover.first_linear_map(model, span).numpy()
     top = np.linalg.svd(a)[2][0]
     assert abs(float(directions[0].vector.double().numpy() @ top)) > 0.999
-    if family == "dcgan":
+    if not in_w:  # z ~ N(0, I) has sd 1 along every unit vector
         assert all(d.scale == 1.0 for d in directions)
 
 
-@pytest.mark.parametrize("family", ["stylegan2", "stylegan3-t"])
+@pytest.mark.parametrize("family", W_SPACE)
 def test_ganspace_axes_are_orthonormal_sorted_and_scaled_by_their_sd(family):
     model = _model(family)
     directions = discover.ganspace(model, num=5, samples=3000)
@@ -81,7 +87,7 @@ def test_ganspace_of_a_vae_is_pca_of_its_encodings(faces16):
     assert float((codes @ directions[0].vector).std()) == pytest.approx(directions[0].scale, rel=1e-4)
 
 
-@pytest.mark.parametrize("family", ["dcgan", "ddpm"])
+@pytest.mark.parametrize("family", ISOTROPIC)
 def test_ganspace_refuses_isotropic_z(family):
     with pytest.raises(UserError, match="isotropic N\\(0, I\\)"):
         discover.ganspace(_model(family), num=3)
@@ -94,7 +100,7 @@ def test_sefa_refuses_ddpm_and_z_spaces_refuse_layer_ranges():
         discover.sefa(_model("dcgan"), num=3, layers="coarse")
 
 
-@pytest.mark.parametrize("family", ["stylegan2", "dcgan"])
+@pytest.mark.parametrize("family", SEFA)
 def test_an_edit_of_strength_zero_is_the_identity(family):
     model = _model(family)
     direction = discover.sefa(model, num=1, samples=200)[0]

@@ -19,9 +19,11 @@ from animegen.latent.directions import Direction, save_directions
 from animegen.latent.interpolate import (Interpolation, draw_each, frame_batches, interpolation_frames, slerp,
                                          slerp_path, spline, spline_curvature, style_mix_figure, write_interpolation,
                                          write_style_mix)
+from animegen.models import registry
 from animegen.training.loop import Target, train
 
-FAMILIES = ("stylegan2", "stylegan3-t", "dcgan", "vae", "ddpm")
+FAMILIES = registry.names()
+W_FAMILIES = registry.families_that(lambda can: "w" in can.spaces)  # z-space paths through W and style mixing
 SMALL_RUN = {"batch": 4, "sample_every": "0", "tensorboard": False, "grid_seeds": 4}
 SMALLER = {"ddpm": {"base_channels": 8, "channel_mults": [1, 2], "attention_resolutions": [8], "num_groups": 4,
                     "time_embed_dim": 16, "timesteps": 50}}
@@ -65,9 +67,9 @@ def test_keyframes_are_the_images_sample_makes(family, trained, tmp_path):
     assert not np.array_equal(video[0, 1], video[0, 0]) and not np.array_equal(video[0, 1], video[0, 3])
 
 
-@pytest.mark.parametrize("family", ["stylegan2", "stylegan3-t"])
+@pytest.mark.parametrize("family", W_FAMILIES)
 def test_stylegan_z_space_keyframes_and_loop(family, trained, tmp_path):
-    options = OPTIONS[family]
+    options = OPTIONS.get(family, {})
     video = frames_of(trained / family, options, frames=2, loop=True, space="z", rows=(SEEDS, [5, 6, 8]))
     assert video.shape == (2, 6, 16, 16, 3)  # a loop of 3 transitions, no repeated first frame
     np.testing.assert_array_equal(video[1, 4], sampled(trained / family, 8, tmp_path / "s8", options))
@@ -140,9 +142,9 @@ def test_ancestral_ddpm_is_refused(options, trained, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("family", ["stylegan2", "stylegan3-t"])
+@pytest.mark.parametrize("family", registry.families_that(lambda can: can.style_mixing))
 def test_style_mixing_takes_the_column_styles(family, trained, tmp_path):
-    run, options = trained / family, OPTIONS[family]
+    run, options = trained / family, OPTIONS.get(family, {})
     model, _ = load_generator(run, "cpu")
     options = model.resolve_sample_options(options)
     everything = style_mix_figure(model, [1, 2], [4, 5, 6], "all", options, batch_size=1)  # cells alone: exact

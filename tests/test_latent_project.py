@@ -4,6 +4,7 @@ edit applies to a projected image; bad images and options a family lacks are one
 Tiny runs at 16 px trained 2 steps (near their random init)."""
 
 import json
+import shlex
 import struct
 import zlib
 
@@ -20,6 +21,7 @@ from animegen.io import to_uint8
 from animegen.latent.directions import Direction, save_directions
 from animegen.latent.perceptual import ProjectionLoss, parse_loss
 from animegen.latent.project import Schedule, noise_regularization, project, psnr
+from animegen.models import registry
 from animegen.training.loop import Target, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -124,23 +126,27 @@ def _project_cli(tmp_path, run, files, *options):
     return tmp_path / "proj", result.output
 
 
-@pytest.mark.parametrize("family, options, sample", [
-    ("stylegan2", ["--steps", "20", "--loss", "pixel+discriminator"], ["--w"]),
-    ("stylegan3-t", ["--steps", "10", "--space", "w"], ["--w"]),
-    ("vae", ["--steps", "10"], ["--z"]),
-    ("ddpm", ["--steps", "5"], ["--sampler", "ddim", "--steps", "5", "--z"]),
-])
-def test_latents_file_renders_the_reconstructions_bit_for_bit(tmp_path, make_run, family, options, sample):
+# Per family, what the projection test varies (default: 10 steps of the pixel loss), and the sampler
+# settings its targets are made with (default: the run's).
+PROJECT_OPTIONS = {"stylegan2": ["--steps", "20", "--loss", "pixel+discriminator"],
+                   "stylegan3-t": ["--steps", "10", "--space", "w"], "ddpm": ["--steps", "5"]}
+TARGET_OPTIONS = {"ddpm": {"sampler": "ddim", "steps": 5}}
+
+
+@pytest.mark.parametrize("family", registry.names())
+def test_latents_file_renders_the_reconstructions_bit_for_bit(tmp_path, make_run, family):
+    """`project`'s latents, rendered by the `sample` command its report gives, are its reconstructions."""
     run = make_run(family)
     model, _ = load_generator(run)
-    images, _ = _generated(model, [7, 8], {"sampler": "ddim", "steps": 5} if family == "ddpm" else None)
+    images, _ = _generated(model, [7, 8], TARGET_OPTIONS.get(family))
     files = [_png(tmp_path / f"face{i}.png", im) for i, im in enumerate(images)]
-    out, printed = _project_cli(tmp_path, run, files, *options)
+    out, printed = _project_cli(tmp_path, run, files, *PROJECT_OPTIONS.get(family, ["--steps", "10"]))
     report = json.loads((out / "report.json").read_text())
     assert "mean PSNR" in printed and len(printed.strip().splitlines()) == 1
     assert [r["source"] for r in report["images"]] == files
-    again = CliRunner().invoke(main, ["sample", str(run), *sample, str(out / "latents.npz"), "--out",
-                                      str(tmp_path / "again"), "--device", "cpu"])
+    command = [str(tmp_path / "again") if a == "OUT" else a for a in shlex.split(report["reproduce"])]
+    assert command[:3] == ["animegen", "sample", str(run)]
+    again = CliRunner().invoke(main, [*command[1:], "--device", "cpu"])
     assert again.exit_code == 0, again.output
     for i in range(2):
         recon = np.asarray(Image.open(out / f"recon-{i:03d}.png"))

@@ -14,10 +14,10 @@ from animegen.training.config import changed_settings, make_config
 from animegen.training.loop import Target, train
 from animegen.training.objective import TrainContext
 
-FAMILIES = ["vae", "dcgan", "ddpm", "stylegan2", "stylegan3-t", "stylegan3-r"]
+FAMILIES = registry.names()
 FAST = {"batch": 4, "log_every": "1", "sample_every": "0", "ckpt_every": "2", "grid_seeds": 1,
         "tensorboard": False, "keep": 10, "precision": "bf16"}
-# The smallest networks per family; StyleGAN's lazy regularizers every 2 steps (steps 0 and 2,
+# The smallest networks per family (a family not named here trains its tiny preset); StyleGAN's lazy regularizers every 2 steps (steps 0 and 2,
 # so the resumed part has them too) and ADA's p rising from the first adjustment.
 STYLEGAN = {"z_dim": 16, "w_dim": 16, "d_channel_base": 128, "d_channel_max": 16, "mbstd_group": 2,
             "r1_interval": 2, "ada_interval": 1, "ada_target": -1.0, "ada_kimg": 0.05}
@@ -39,7 +39,7 @@ def _train(run, family, data, steps, resume=False, **sets):
     if resume:
         return train(str(run), target=Target(steps=steps), resume=True, device="cpu", echo=lambda line: None,
                      sets=sets)
-    return train(str(run), model=family, data=str(data), sets={**FAST, **SMALLEST[family], **sets},
+    return train(str(run), model=family, data=str(data), sets={**FAST, **SMALLEST.get(family, {}), **sets},
                  target=Target(steps=steps), device="cpu", seed=1, echo=lambda line: None)
 
 

@@ -7,6 +7,7 @@ import base64
 import os
 import resource
 import shlex
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -49,8 +50,17 @@ def runs(tmp_path_factory, faces16):
 
 
 @pytest.fixture(scope="module")
-def studio(runs):
-    return Studio([str(runs["sg2"]), str(runs["ddpm"])], [str(runs["directions"])], "cpu", runs["work"])
+def served(runs):
+    """The folder `serve` was started in, the runs' own: the commands the studio shows name paths
+    relative to it."""
+    return runs["sg2"].parent
+
+
+@pytest.fixture(scope="module")
+def studio(runs, served):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(served)
+        return Studio([str(runs["sg2"]), str(runs["ddpm"])], [str(runs["directions"])], "cpu", runs["work"])
 
 
 @pytest.fixture(scope="module")
@@ -63,18 +73,27 @@ def generate(url, **body):
     return httpx.post(f"{url}/api/generate", json=body, timeout=60)
 
 
-def run_command(command: str, cwd: Path) -> dict[str, bytes]:
-    """Run the page's `animegen ...` command in `cwd`; the bytes of the files it wrote."""
+def upload(url, data: bytes, query: str = "?run=0"):
+    """POST an upload as the page does: with the header that a page elsewhere cannot send."""
+    return httpx.post(f"{url}/api/project{query}", content=data, headers={"X-Animegen-Request": "1"}, timeout=60)
+
+
+def run_command(command: str, served: Path) -> dict[str, bytes]:
+    """Run the page's `animegen ...` command where `serve` was started; the bytes of the files it
+    wrote there (samples/, *.gif), which are then deleted for the next command."""
     args = shlex.split(command)
     assert args[0] == "animegen"
     old = os.getcwd()
-    os.chdir(cwd)
+    os.chdir(served)
     try:
         result = CliRunner().invoke(main, args[1:])
+        assert result.exit_code == 0, result.output
+        return {p.name: p.read_bytes() for p in [*(served / "samples").glob("*.png"), *served.glob("*.gif")]}
     finally:
         os.chdir(old)
-    assert result.exit_code == 0, result.output
-    return {p.name: p.read_bytes() for p in [*(cwd / "samples").glob("*.png"), *cwd.glob("*.gif")]}
+        shutil.rmtree(served / "samples", ignore_errors=True)
+        for gif in served.glob("*.gif"):
+            gif.unlink()
 
 
 @pytest.mark.parametrize("body", [
@@ -83,35 +102,35 @@ def run_command(command: str, cwd: Path) -> dict[str, bytes]:
     {"run": 0, "seed": 3, "count": 2, "edits": {"hair": {"strength": -2, "layers": "fine"}}},
     {"run": 1, "seed": 2, "count": 2, "options": {"sampler": "ddim", "steps": 3, "eta": 0.5}},
 ])
-def test_every_image_is_what_its_command_writes(url, body, tmp_path):
+def test_every_image_is_what_its_command_writes(url, body, served):
     answer = generate(url, **body)
     assert answer.status_code == 200, answer.text
     data = answer.json()
-    written = run_command(data["command"], tmp_path)
+    written = run_command(data["command"], served)
     assert {i["name"] for i in data["images"]} == set(written)
     for image in data["images"]:
         assert base64.b64decode(image["png"]) == written[image["name"]]
 
 
-def test_the_interpolation_strip_is_what_its_command_writes(url, tmp_path):
+def test_the_interpolation_strip_is_what_its_command_writes(url, served):
     answer = httpx.post(f"{url}/api/interpolate", json={"run": 0, "seeds": [4, 9], "frames": 5,
                                                         "options": {"truncation": 0.8}, "edits": {"hair": 1}}, timeout=60)
     assert answer.status_code == 200, answer.text
     data = answer.json()
     assert data["frames"] == 6 and "--seeds 4,9 --frames 5" in data["command"]
-    assert base64.b64decode(data["gif"]) == run_command(data["command"], tmp_path)["interpolation.gif"]
+    assert base64.b64decode(data["gif"]) == run_command(data["command"], served)["interpolation.gif"]
     refused = httpx.post(f"{url}/api/interpolate", json={"run": 1, "seeds": [1, 2], "options": {"sampler": "ddpm"}})
     assert refused.status_code == 400 and "deterministic" in refused.json()["error"]
 
 
-def test_a_few_shot_direction_is_fitted_saved_and_usable(url, runs):
+def test_a_few_shot_direction_is_fitted_saved_and_usable(url, served):
     marked = {"run": 0, "name": "bright", "positive": list(range(0, 12)), "negative": list(range(100, 112))}
     answer = httpx.post(f"{url}/api/directions/fit", json=marked, timeout=60)
     assert answer.status_code == 200, answer.text
     assert answer.json()["direction"]["method"] == "labels"
     assert "bright" in [d["name"] for d in httpx.get(f"{url}/api/runs").json()[0]["directions"]]
     file = httpx.get(f"{url}/api/runs/0/directions.safetensors")
-    assert file.status_code == 200 and file.content == Path(answer.json()["file"]).read_bytes()
+    assert file.status_code == 200 and file.content == (served / answer.json()["file"]).read_bytes()
     assert generate(url, run=0, seed=1, edits={"bright": 2}).status_code == 200
     too_few = httpx.post(f"{url}/api/directions/fit", json={**marked, "positive": [1], "negative": [2]})
     assert too_few.status_code == 400 and "at least 10" in too_few.json()["error"]
@@ -176,9 +195,12 @@ def test_nothing_outside_the_page_is_served(url, path):
 
 
 def test_malformed_and_oversized_requests_are_refused(url):
-    assert httpx.post(f"{url}/api/generate", content=b"{not json").json()["error"] == "the request body is not JSON."
-    assert httpx.post(f"{url}/api/generate", content=b"[1]").status_code == 400
-    big = httpx.post(f"{url}/api/generate", content=b" " * (65 * 1024))
+    def post(body: bytes):
+        return httpx.post(f"{url}/api/generate", content=body, headers={"Content-Type": "application/json"})
+
+    assert post(b"{not json").json()["error"] == "the request body is not JSON."
+    assert post(b"[1]").status_code == 400
+    big = post(b" " * (65 * 1024))
     assert big.status_code == 413 and "larger than 64 KB" in big.json()["error"]
     assert httpx.get(f"{url}/api/generate").status_code == 405
     assert httpx.get(url + "/", headers={"Host": "attacker.example"}).status_code == 403  # DNS rebinding
@@ -208,6 +230,7 @@ def test_a_token_is_required_on_every_request(studio):
     (["--host", "0.0.0.0"], "add --token SECRET"),
     (["--host", "0.0.0.0", "--token", "short"], "at least 8 characters"),
     (["--port", "0"], "Invalid value for '--port'"),
+    (["--work-limit", "0"], "Invalid value for '--work-limit'"),
 ])
 def test_serve_refuses_open_binds_without_a_token(runs, args, message):
     result = CliRunner().invoke(main, ["serve", str(runs["sg2"]), *args])
@@ -287,7 +310,7 @@ def changed(page, before: str) -> str:
     return first_image(page)
 
 
-def test_the_page_drives_the_studio(page, url, tmp_path):
+def test_the_page_drives_the_studio(page, url, served):
     assert page.locator("#grid img").count() == 4 and page.console_errors == [], page.console_errors
     start = first_image(page)
     page.fill("#seed", "5")
@@ -299,7 +322,7 @@ def test_the_page_drives_the_studio(page, url, tmp_path):
     edited = changed(page, truncated)
     command = page.locator("#command").inner_text()
     assert "--seed 5" in command and "--truncation 0.5" in command and "--edit hair=3" in command
-    written = run_command(command, tmp_path)
+    written = run_command(command, served)
     assert base64.b64decode(edited.split(",", 1)[1]) == written["seed000005.png"]
     page.fill("#seed", "-4")
     page.dispatch_event("#seed", "change")
@@ -342,48 +365,46 @@ def wait_for(url, job: str) -> dict:
     raise AssertionError("the projection did not finish")
 
 
-def test_upload_project_edit_and_the_commands_reproduce_it(url, faces16, tmp_path):
+def test_upload_project_edit_and_the_commands_reproduce_it(url, faces16, served, tmp_path):
     from animegen.data.store import load_split
     from PIL import Image
 
     face = tmp_path / "face.png"
     Image.fromarray(load_split(faces16, "test")[0]).resize((48, 48)).save(face)
-    started = httpx.post(f"{url}/api/project?run=0", content=face.read_bytes())
+    started = upload(url, face.read_bytes())
     assert started.status_code == 200, started.text
     result = wait_for(url, started.json()["job"])
     assert "error" not in result and result["progress"] == 1.0, result
     projected = result["result"]
     assert projected["psnr"] > 5 and projected["command"].startswith("animegen project")
     again = shlex.split(projected["command"])[:-1] + [str(tmp_path / "projected")]  # the CLI, into a new folder
-    run_command(shlex.join(again), tmp_path)
+    run_command(shlex.join(again), served)
     assert (tmp_path / "projected" / "recon-000.png").read_bytes() == base64.b64decode(projected["recon"])
     edited = generate(url, run=0, projection=projected["projection"], edits={"hair": 2})
     assert edited.status_code == 200, edited.text
     data = edited.json()
     assert "--w" in data["command"] and "--edit hair=2" in data["command"]
-    (tmp_path / "edit").mkdir()
     image = data["images"][0]
-    assert base64.b64decode(image["png"]) == run_command(data["command"], tmp_path / "edit")[image["name"]]
+    assert base64.b64decode(image["png"]) == run_command(data["command"], served)[image["name"]]
     unedited = generate(url, run=0, projection=projected["projection"]).json()["images"][0]["png"]
     assert unedited == projected["recon"]
-    second = wait_for(url, httpx.post(f"{url}/api/project?run=0", content=face.read_bytes()).json()["job"])["result"]
+    second = wait_for(url, upload(url, face.read_bytes()).json()["job"])["result"]
     walk = httpx.post(f"{url}/api/interpolate", json={"run": 0, "frames": 3,
                                                       "projections": [projected["projection"], second["projection"]]})
     assert walk.status_code == 200, walk.text
-    (tmp_path / "walk").mkdir()
     command = walk.json()["command"]
     assert command.count("--w ") == 2
-    assert base64.b64decode(walk.json()["gif"]) == run_command(command, tmp_path / "walk")["interpolation.gif"]
+    assert base64.b64decode(walk.json()["gif"]) == run_command(command, served)["interpolation.gif"]
 
 
-@pytest.mark.parametrize("upload, status, message", [
+@pytest.mark.parametrize("data, status, message", [
     (b"", 400, "at most 10 MB"),
     (b"not an image at all", 400, "not a usable image"),
     (b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, 400, "not a usable image"),
     (b"x" * (10 * 2**20 + 1), 413, "larger than 10 MB"),
 ])
-def test_bad_uploads_are_refused(url, upload, status, message):
-    started = httpx.post(f"{url}/api/project?run=0", content=upload, timeout=60)
+def test_bad_uploads_are_refused(url, data, status, message):
+    started = upload(url, data)
     if started.status_code == 200:  # refused when the job runs: the upload is read first
         started = wait_for(url, started.json()["job"])
         assert started["done"] and message in started["error"], started
@@ -392,8 +413,8 @@ def test_bad_uploads_are_refused(url, upload, status, message):
 
 
 def test_projection_requests_are_checked(url):
-    assert httpx.post(f"{url}/api/project?run=9", content=b"x").status_code == 400
-    assert httpx.post(f"{url}/api/project", content=b"x").json()["error"] == "give the run as ?run=N."
+    assert upload(url, b"x", "?run=9").status_code == 400
+    assert upload(url, b"x", "").json()["error"] == "give the run as ?run=N."
     assert httpx.get(f"{url}/api/jobs/../../etc").status_code == 404
     assert httpx.get(f"{url}/api/jobs/0123456789abcdef").status_code == 404
     missing = generate(url, run=0, projection="0123456789abcdef")
@@ -422,3 +443,18 @@ def test_the_page_projects_an_upload_and_edits_it(page, faces16, tmp_path):
     page.wait_for_selector("#strip-box:not([hidden])")
     assert "animegen interpolate" in page.locator("#strip-command").inner_text()
     assert page.foreign == [] and all("400" in e for e in page.console_errors), page.console_errors
+
+
+def test_serve_shows_the_checkpoint_it_serves(faces16, served, tmp_path):
+    """`serve --checkpoint` serves that checkpoint of each run, and its commands name it."""
+    run = served / "sg2-two-steps"
+    result = CliRunner().invoke(main, ["train", "stylegan2", "--data", str(faces16), "--out", str(run), "--preset", "tiny",
+                                       "--steps", "2", "--device", "cpu", "--set", "ckpt_every=1", "--set", "keep=2"])
+    assert result.exit_code == 0, result.output
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(served)
+        first, last = (Studio([str(run)], device="cpu", work=tmp_path / w, checkpoint=c).generate({"run": 0, "seed": 4})
+                       for w, c in (("a", "1"), ("b", "last")))
+    assert "--checkpoint 1" in first["command"] and "--checkpoint" not in last["command"]
+    assert first["images"][0]["png"] != last["images"][0]["png"]
+    assert run_command(first["command"], served)["seed000004.png"] == first["images"][0]["png"]

@@ -301,7 +301,18 @@ def demo(out, minutes):
 
 
 # ---------------------------------------------------------------- train / sample / eval
-@main.command("train")
+class _FamiliesCommand(click.Command):
+    """Ends its help with the registered families and what each is (from the registry)."""
+
+    def format_epilog(self, ctx, formatter):
+        from animegen.models import registry
+
+        with formatter.section("Families"):
+            formatter.write_dl([(name, registry.get(name).description) for name in registry.names()])
+        super().format_epilog(ctx, formatter)
+
+
+@main.command("train", cls=_FamiliesCommand)
 @click.argument("model", required=False)
 @click.option("--data", type=_NonEmptyPath(), default=None, help="Prepared dataset (train split used); optional with --resume.")
 @click.option("--out", "run", required=True, type=_NonEmptyPath(), help="Run folder.")
@@ -326,7 +337,7 @@ def demo(out, minutes):
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and parameter counts; train nothing.")
 def train_command(model, data, run, preset, sets, steps, kimg, minutes, resume, device, seed, fid_every, fid_num,
                   fid_real, init_from, dry_run):
-    """Train MODEL (vae, dcgan, ddpm, stylegan2, stylegan3-t, stylegan3-r) on a prepared dataset, or continue a run.
+    """Train MODEL (a registered family, listed below) on a prepared dataset, or continue a run.
 
     Multi-GPU: torchrun --nproc_per_node=K -m animegen train ...
 
@@ -387,7 +398,7 @@ class _SamplingCommand(click.Command):
 
     def get_params(self, ctx):
         if not any(getattr(p, "sampling", False) for p in self.params):
-            self.params[:0] = _sampling_params()
+            self.params.extend(_sampling_params())
         return super().get_params(ctx)
 
 
@@ -422,8 +433,9 @@ def _sampling_options(f):
     `_SamplingCommand`), batch size, device and checkpoint."""
     f = click.option("--batch-size", type=int, default=64, show_default=True)(f)
     f = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)(f)
-    f = click.option("--checkpoint", default="last", show_default=True, metavar="last|best|STEP|PATH",
-                     help="Which checkpoint: the newest, the best snapshot FID, a step, or a checkpoint folder.")(f)
+    f = click.option("--checkpoint", default="last", show_default=True, metavar="last|best|STEP|ema:LENGTH|PATH",
+                     help="Which checkpoint: the newest, the best snapshot FID, a step, an EMA length made by "
+                          "`animegen ema`, or a checkpoint folder.")(f)
     return f
 
 
@@ -512,23 +524,59 @@ def sample_command(run, count, out, seed, grid, seed_convention, z_file, w_file,
               help="Append the result to RUN/metrics.jsonl as an \"eval\" event.")
 @click.option("--data", type=_NonEmptyPath(), default=None,
               help="A moved copy of the run's dataset (its content hash must match) [default: the recorded path].")
+@click.option("--ema-length", "ema_lengths", default=None, metavar="L1,L2,...",
+              help="Evaluate the post-hoc EMA of each of these lengths (sigma_rel) instead, made from the run's "
+                   "snapshots (see `animegen ema`).")
 @_sampling_options
-def eval_command(run, metrics, num, split, as_json, record, data, batch_size, device, checkpoint, **options):
+def eval_command(run, metrics, num, split, as_json, record, data, ema_lengths, batch_size, device, checkpoint,
+                 **options):
     """Metrics of RUN's EMA generator against its dataset, with the exact protocol used.
 
     \b
-    Example:
+    Examples:
       animegen eval runs/ddpm32 --metrics fid,kid,pr --num 1000 --json
+      animegen eval runs/ddpm32 --ema-length 0.05,0.1,0.2 --json     # one JSON object per line and length
     """
-    from animegen.generate import evaluate_run
+    from animegen.generate import evaluate_ema_lengths, evaluate_run
+    from animegen.posthoc import parse_lengths
 
-    result = evaluate_run(run, [m.strip() for m in metrics.split(",") if m.strip()], num, split=split,
-                          options=options, device=device, batch_size=batch_size, progress=not as_json,
-                          record=record, data=data, checkpoint=checkpoint)
-    if as_json:
-        click.echo(json.dumps(result))
-    else:
-        _echo_readable(result)
+    names = [m.strip() for m in metrics.split(",") if m.strip()]
+    common = dict(split=split, options=options, device=device, batch_size=batch_size, progress=not as_json,
+                  record=record, data=data, checkpoint=checkpoint)
+    results = (evaluate_ema_lengths(run, parse_lengths(ema_lengths, "--ema-length"), names, num, **common)
+               if ema_lengths is not None else [evaluate_run(run, names, num, **common)])
+    for result in results:
+        if as_json:
+            click.echo(json.dumps(result))
+        else:
+            _echo_readable(result)
+
+
+@main.command("ema")
+@click.argument("run", type=_NonEmptyPath())
+@click.option("--length", "lengths", type=float, multiple=True, required=True, metavar="SIGMA_REL",
+              help="An EMA length: the averaging profile's standard deviation as a fraction of training (repeatable).")
+@click.option("--out", type=_NonEmptyPath(), default=None,
+              help="A new folder receiving a checkpoint folder per length [default: RUN/ema, replacing those there].")
+def ema_command(run, lengths, out):
+    """Post-hoc EMA: make RUN's EMA of any length from its post-hoc snapshots (train with --set posthoc_ema=[0.05,0.1]).
+
+    Each length becomes a checkpoint folder (RUN/ema/LENGTH) that sample, eval and the other
+    commands read with --checkpoint ema:LENGTH.
+
+    \b
+    Example:
+      animegen ema runs/ddpm32 --length 0.075 --length 0.15
+      animegen sample runs/ddpm32 --checkpoint ema:0.075 --count 64 --out samples/ --grid grid.png
+    """
+    from animegen.posthoc import write_lengths
+
+    for made in write_lengths(run, list(lengths), out):
+        steps = made["snapshots"]
+        profiles = ", ".join(f"{s:g}" for s in made["profiles"])
+        click.echo(f"{made['folder']}: EMA length {made['sigma_rel']:g} (gamma {made['gamma']:.3g}) at step "
+                   f"{made['step']} from {len(steps)} snapshots (steps {steps[0]}..{steps[-1]}) of the profiles "
+                   f"{profiles}; profile fit error {made['profile_fit_error']:.2%}")
 
 
 # ---------------------------------------------------------------- runs
@@ -578,9 +626,13 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 @click.option("--directions", "directions_files", multiple=True, type=_NonEmptyPath(),
               help="Directions files for the sliders; each is used for the runs it fits. Repeatable.")
 @click.option("--work", type=_NonEmptyPath(), default="animegen-studio", show_default=True,
-              help="Folder for what the studio makes (directions files), which its commands refer to.")
+              help="Folder for what the studio makes (directions files, uploads), which its commands refer to.")
+@click.option("--work-limit", type=click.IntRange(1), default=200, show_default=True, metavar="MB",
+              help="Most the --work folder may hold; the oldest uploads and projections are deleted to stay under it.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def serve_command(runs, port, host, token, directions_files, work, device):
+@click.option("--checkpoint", default="last", show_default=True, metavar="last|best|STEP|ema:LENGTH",
+              help="Which checkpoint of each run to serve (ema:LENGTH: one `animegen ema` synthesized).")
+def serve_command(runs, port, host, token, directions_files, work, work_limit, device, checkpoint):
     """A local web studio for RUNS: seeds, the seed plane, sampling options and direction sliders.
 
     \b
@@ -596,7 +648,7 @@ def serve_command(runs, port, host, token, directions_files, work, device):
         raise UserError(f"--host {host} makes the studio reachable from other machines; add --token SECRET.")
     if token is not None and len(token) < 8:
         raise UserError("--token must be at least 8 characters.")
-    studio = Studio(list(runs), list(directions_files), device, work)
+    studio = Studio(list(runs), list(directions_files), device, work, work_limit * 2**20, checkpoint)
     hosts = () if host not in LOOPBACK else ("127.0.0.1", "localhost", "::1")
     if host not in LOOPBACK:
         click.echo(f"warning: serving on {host}: anyone who can reach it and knows the token can use this machine.",
@@ -786,7 +838,7 @@ def style_mix_command(run, rows, cols, layers, out, seed_convention, scale, resa
 @click.option("--video", is_flag=True, help="Also write a GIF of the optimisation per image (every 10 steps).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Image i's random numbers come from seed SEED+i.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--checkpoint", default="last", show_default=True, metavar="last|best|STEP|PATH")
+@click.option("--checkpoint", default="last", show_default=True, metavar="last|best|STEP|ema:LENGTH|PATH")
 def project_command(run, images, out, space, loss, steps, video, seed, device, checkpoint):
     """Find the latents from which RUN's generator reproduces IMAGES (files, folders or zips).
 
@@ -824,10 +876,13 @@ def project_command(run, images, out, space, loss, steps, video, seed, device, c
 @click.option("--nfe-steps", default="10,20,50,100", show_default=True,
               help="DDPM: FID also with DDIM and DPM-Solver++ at these step counts, and ancestral at all steps; 'none': skip.")
 @click.option("--nfe-num", type=int, default=None, help="Generated images per point of the DDPM sweep [default: --fid-num].")
+@click.option("--ema-lengths", default=None, metavar="L1,L2,...",
+              help="Also FID-N of each run's post-hoc EMA at these lengths (sigma_rel); runs trained here then track "
+                   "posthoc_ema=[0.05,0.1] unless --set chooses it.")
 @click.option("--runs", "run_folders", multiple=True, type=_NonEmptyPath(), metavar="RUN",
               help="Evaluate these existing runs instead of training (repeatable).")
 def compare_command(data, out, models, preset, sets, minutes, kimg, fid_num, fid_every, repeats, device, nfe_steps,
-                    nfe_num, curve_num, run_folders):
+                    nfe_num, ema_lengths, curve_num, run_folders):
     """Train several families for one budget, evaluate them under one protocol, and write the papers' tables.
 
     \b
@@ -837,6 +892,7 @@ def compare_command(data, out, models, preset, sets, minutes, kimg, fid_num, fid
     """
     from animegen.compare import run_comparison
     from animegen.compare.plan import parse_nfe_steps
+    from animegen.posthoc import parse_lengths
     from animegen.training.config import parse_sets
     from animegen.training.loop import Target
 
@@ -846,7 +902,9 @@ def compare_command(data, out, models, preset, sets, minutes, kimg, fid_num, fid
                             target=target, fid_num=fid_num, repeats=repeats, device=device,
                             runs_given=list(run_folders) or None, sets=parse_sets(list(sets)),
                             fid_every=fid_every, nfe_steps=parse_nfe_steps(nfe_steps), nfe_num=nfe_num,
-                            curve_num=curve_num, echo=click.echo)
+                            curve_num=curve_num,
+                            ema_lengths=parse_lengths(ema_lengths, "--ema-lengths") if ema_lengths is not None else (),
+                            echo=click.echo)
     if result["signal"]:
         sys.exit(128 + result["signal"])
     count = len(result["models"])

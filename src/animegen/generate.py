@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from animegen import runs
+from animegen import posthoc, runs
 from animegen.devices import resolve_device
 from animegen.errors import UserError
 from animegen.io import atomic_dir, save_grid, shown_scale, to_uint8
@@ -59,13 +59,18 @@ def sample_grid(model: Model, seeds: Iterable[int], batch_size: int, options: di
 
 
 def load_generator(path: str | os.PathLike, device: torch.device | str = "cpu", weights: str = "ema",
-                   checkpoint: str | int = "last") -> tuple[Model, dict]:
-    """The Model of checkpoint `checkpoint` (last, best, a step, or a folder's path) of run
-    `path` (or of checkpoint folder `path`), in eval mode, and that checkpoint's state
-    (config, step, nimg, snapshot, and "checkpoint": its folder)."""
+                   checkpoint: str | int = "last", ema_length: float | None = None) -> tuple[Model, dict]:
+    """The Model of checkpoint `checkpoint` (last, best, a step, ema:LENGTH, or a folder's path)
+    of run `path` (or of checkpoint folder `path`), in eval mode, and that checkpoint's state
+    (config, step, nimg, snapshot, and "checkpoint": its folder). `ema_length`: instead, the
+    EMA of that length synthesized in memory from the run's post-hoc snapshots."""
     if weights not in WEIGHTS:
         raise UserError(f"unknown weights {weights!r}; choose ema or model.")
-    tensors, state = runs.load_checkpoint(path, checkpoint)
+    if ema_length is not None and str(checkpoint) != "last":
+        raise UserError("give --checkpoint or --ema-length, not both: a length is made from the post-hoc snapshots "
+                        "up to the newest.")
+    tensors, state = (runs.load_checkpoint(path, checkpoint) if ema_length is None
+                      else posthoc.synthesized(path, ema_length))
     family = registry.model_class(state["model"])
     model = family(build(family.config_class, state["config"]["model_config"]))
     model.load_state_dict(runs.module_state(tensors, weights), strict=True)
@@ -188,27 +193,37 @@ def _variants(model: Model, steering: Steering) -> list[tuple[str, list, str]]:
 
 def evaluate_run(run: str, metrics: list[str], num: int, split: str = "test", options: dict | None = None,
                  device: str = "auto", batch_size: int = 64, seed: int = 0, progress: bool = False,
-                 record: bool = True, data: str | None = None, checkpoint: str | int = "last", echo=None) -> dict:
-    """Metrics of a run's EMA generator against a split of its training dataset (or of `data`,
-    a copy of it: same content hash), with the exact protocol that produced them. With
-    `record`, also appended to RUN/metrics.jsonl as an "eval" event when `run` is a run
+                 record: bool = True, data: str | None = None, checkpoint: str | int = "last",
+                 ema_length: float | None = None, echo=None) -> dict:
+    """Metrics of a run's EMA generator (or of its post-hoc EMA of length `ema_length`) against
+    a split of its training dataset (or of `data`, a copy of it: same content hash), with the
+    exact protocol that produced them, which names the EMA length (None: the ema_kimg EMA).
+    With `record`, also appended to RUN/metrics.jsonl as an "eval" event when `run` is a run
     folder, so the folder keeps every number it produced. Real features the cache lacks are
     announced through `echo` (default: on stderr with `progress`)."""
     seeds = check_seeds(seed, num, "--num")
     check_batch_size(batch_size)
     dev = resolve_device(device)
-    model, state = load_generator(run, dev, checkpoint=checkpoint)
+    model, state = load_generator(run, dev, checkpoint=checkpoint, ema_length=ema_length)
     options = model.resolve_sample_options(options or {})
     real = runs.Run(run).dataset(state["config"], data)
     batches = sample_batches(model, seeds, batch_size, options)
     result = evaluate_generator(batches, real=real, split=split, metrics=tuple(metrics), num=num, device=dev,
                                 batch_size=batch_size, generator=model, progress=progress, echo=echo)
     protocol = {"model": state["model"], "checkpoint": state["checkpoint"], "step": state["step"],
-                "kimg": state["nimg"] / 1000, "weights": "ema", "images": num, "seeds": [seed, seed + num - 1],
-                "real": real, "split": split, "sample_options": options}
+                "kimg": state["nimg"] / 1000, "weights": "ema", "ema_length": state.get("posthoc", {}).get("sigma_rel"),
+                "images": num, "seeds": [seed, seed + num - 1], "real": real, "split": split, "sample_options": options,
+                **({"posthoc": state["posthoc"]} if "posthoc" in state else {})}
     result = {**result, "protocol": protocol}
     folder = runs.Run(run)
     if record and folder.metrics.is_file():
         folder.append_metrics({"event": "eval", "step": state["step"], "kimg": protocol["kimg"], "time": time.time(),
                                **result})
     return result
+
+
+def evaluate_ema_lengths(run: str, lengths, metrics: list[str], num: int, **options) -> list[dict]:
+    """evaluate_run of each post-hoc EMA length (`eval --ema-length`); every length is checked
+    against the run's snapshots before the first is measured or recorded."""
+    posthoc.check_lengths(run, lengths, "--ema-length")
+    return [evaluate_run(run, metrics, num, ema_length=length, **options) for length in lengths]

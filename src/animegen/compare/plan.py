@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from animegen import runs
+from animegen import posthoc, runs
 from animegen.data.store import load_split
 from animegen.devices import resolve_device
 from animegen.errors import UserError
@@ -24,17 +24,19 @@ MAX_REPEATS = 100
 class Protocol:
     """How every family is measured: FID-`fid_num` (with KID and P/R) over `repeats` disjoint
     seed ranges; a DDPM also at each of `nfe_steps` with FID-`nfe_num`; the training curves'
-    snapshots with FID-`curve_num`."""
+    snapshots with FID-`curve_num`; every run also at each post-hoc EMA length of
+    `ema_lengths` with FID-`fid_num` (seeds 0..fid_num-1)."""
 
     fid_num: int
     repeats: int
     nfe_steps: tuple[int, ...]
     nfe_num: int
     curve_num: int
+    ema_lengths: tuple[float, ...] = ()
 
 
 def check_protocol(fid_num: int, repeats: int | None, device: str, nfe_steps: Sequence[int], nfe_num: int | None,
-                   curve_num: int | None) -> Protocol:
+                   curve_num: int | None, ema_lengths: Sequence[float] = ()) -> Protocol:
     """The protocol's numbers, checked, with the defaults filled in: `repeats` 3 on a GPU and
     1 on the CPU, `nfe_num` `fid_num`, `curve_num` a fifth of `fid_num` (at least 4)."""
     check_int("--fid-num", fid_num, 4, 10**6)  # precision/recall's k=3 neighbours need 4 images
@@ -47,7 +49,8 @@ def check_protocol(fid_num: int, repeats: int | None, device: str, nfe_steps: Se
     check_int("--curve-num", curve_num, 4, 10**6)
     for steps in nfe_steps:
         check_int("--nfe-steps", steps, 1, 100_000)
-    return Protocol(fid_num, repeats, tuple(nfe_steps), nfe_num, curve_num)
+    lengths = tuple(posthoc.check_length(length, "--ema-lengths") for length in ema_lengths)
+    return Protocol(fid_num, repeats, tuple(nfe_steps), nfe_num, curve_num, lengths)
 
 
 def parse_nfe_steps(text: str) -> tuple[int, ...]:
@@ -91,6 +94,18 @@ def existing_runs(paths: Sequence[str]) -> dict[str, Path]:
             raise UserError(f"{path} has no checkpoint yet; train it first.")
         folders[family] = Path(path)
     return folders
+
+
+def posthoc_sets(sets: dict, protocol: Protocol) -> dict:
+    """With EMA lengths to measure, the runs track EDM2's two post-hoc profiles unless the
+    settings choose others."""
+    return {"posthoc_ema": list(posthoc.DEFAULT_PROFILES), **sets} if protocol.ema_lengths else sets
+
+
+def check_ema_lengths(folders: dict[str, Path], protocol: Protocol) -> None:
+    """Every run can make every EMA length of the protocol, if it has any (before any is measured)."""
+    for folder in folders.values() if protocol.ema_lengths else ():
+        posthoc.check_lengths(folder, protocol.ema_lengths, "--ema-lengths")
 
 
 def family_sets(sets: dict, family: str | None) -> dict:

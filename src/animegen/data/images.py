@@ -89,8 +89,9 @@ def read_files(files: Iterable[ImageFile]) -> Iterator[tuple[ImageFile, bytes | 
             yield f, data
 
 
-def decode_rgb(data: bytes) -> np.ndarray:
-    """Decode image file bytes to a uint8 H x W x 3 RGB array (rules in the module docstring)."""
+def decode_rgb(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode image file bytes to a uint8 H x W x 3 RGB array (rules in the module docstring);
+    more than `max_pixels` pixels are refused from the header."""
     if not data:
         raise BadImage("empty file (0 bytes)")
     try:
@@ -98,13 +99,13 @@ def decode_rgb(data: bytes) -> np.ndarray:
             # Pillow only warns between its own limit and twice that; make it a refusal too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))  # reads the header only
-            if im.width * im.height > MAX_PIXELS:
+            if im.width * im.height > max_pixels:
                 raise Image.DecompressionBombError(f"{im.width}x{im.height} pixels")
             im = ImageOps.exif_transpose(im)  # also decodes frame 0 (a copy)
             im.load()
             return _to_rgb(im)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise BadImage(f"refused as a possible decompression bomb (limit {MAX_PIXELS} pixels): {e}") from None
+        raise BadImage(f"refused as a possible decompression bomb (limit {max_pixels} pixels): {e}") from None
     except UnidentifiedImageError:
         raise BadImage("not a recognized image format") from None
     except BadImage:

@@ -175,9 +175,9 @@ def _prepare_one(label: str, data: bytes | BadImage, resolution: int, crop: str,
     return _Result(label, hashlib.sha256(data).hexdigest(), pixels, square_resize(rgb, resolution, crop))
 
 
-def decode_large_enough(data: bytes, min_size: int) -> np.ndarray:
+def decode_large_enough(data: bytes, min_size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """`decode_rgb`, and BadImage when the shorter side is below `min_size` (also used by `project`)."""
-    rgb = decode_rgb(data)
+    rgb = decode_rgb(data, max_pixels)
     h, w, _ = rgb.shape
     if min(h, w) < min_size:
         raise BadImage(f"too small: {w}x{h}, shorter side below the minimum of {min_size} pixels")

@@ -287,12 +287,11 @@ class Model(nn.Module):
 
     def option_flags(self, options: dict[str, Any]) -> list[str]:
         """The command-line flags that give these (resolved) options: those unlike the defaults."""
-        defaults = {o.name: o.default for o in self.option_specs()}
+        specs = {o.name: o for o in self.option_specs()}
         flags = []
         for name, value in options.items():
-            if value != defaults.get(name):
-                shown = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-                flags += ["--" + name.replace("_", "-"), shown]
+            if value != specs[name].default:
+                flags += [specs[name].flag, ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
         return flags
 
     def deterministic(self, options: dict[str, Any]) -> bool:

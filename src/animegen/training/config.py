@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from animegen.errors import UserError
 from animegen.models import registry
 from animegen.models.registry import PRESETS, ModelSpec
+from animegen.posthoc import SIGMA_REL_MAX, SIGMA_REL_MIN
 from animegen.settings import FRACTION, SEED, Limit, at_least, between, build, field_names, one_of, parsed_by
 
 # (a lambda: Every is defined below)
@@ -31,6 +32,11 @@ class TrainConfig:
     xflip: bool = False  # augment with horizontal flips
     ema_kimg: float = 10.0  # EMA half-life in thousands of images
     ema_rampup: float | None = 0.05  # half-life at most this fraction of images seen (warm-up); None: off
+    # Post-hoc EMA (animegen.posthoc): the lengths (sigma_rel) of the power-function EMAs to track
+    # beside the ema_kimg EMA, e.g. [0.05, 0.1]; None: off. They are stored every posthoc_every and
+    # at the end of a run in RUN/posthoc, from which `animegen ema` makes any length.
+    posthoc_ema: tuple[float, ...] | None = None
+    posthoc_every: str = "5kimg"
     log_every: str = "50"  # progress line, metrics.jsonl and TensorBoard scalars
     sample_every: str = "500"  # sample grid from fixed seeds
     ckpt_every: str = "1000"
@@ -47,10 +53,18 @@ class TrainConfig:
 
     limits: ClassVar[dict[str, Limit]] = {
         "batch": between(1, 65536), "ema_kimg": at_least(0, 1e6), "ema_rampup": FRACTION,
+        "posthoc_ema": between(SIGMA_REL_MIN, SIGMA_REL_MAX), "posthoc_every": INTERVAL,
         "log_every": INTERVAL, "sample_every": INTERVAL, "ckpt_every": INTERVAL, "fid_every": INTERVAL,
         # snapshots include precision/recall, whose k=3 neighbours need 4 images on each side
         "fid_num": between(4, 10**6), "fid_real": between(4, 10**8),
         "keep": between(1, 10**4), "grid_seeds": between(1, 1024), "precision": one_of("auto", "fp32", "bf16")}
+
+    def __post_init__(self):
+        lengths = self.posthoc_ema
+        if lengths is not None and (not lengths or len(set(lengths)) < len(lengths)):
+            raise ValueError(f"posthoc_ema={list(self.posthoc_ema)} must list distinct lengths, e.g. [0.05, 0.1].")
+        if self.posthoc_ema and Every(self.posthoc_every).off:
+            raise ValueError("posthoc_every=0 would store no post-hoc EMA snapshots; give an interval such as 5kimg.")
 
 
 def resolve_precision(precision: str, device_type: str) -> str:

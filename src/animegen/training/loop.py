@@ -1,11 +1,12 @@
 """The one training loop, for every family.
 
-Per step: next batch -> objective.train_step -> EMA -> losses averaged over ranks and
-checked (NaN/Inf stops the run without saving) -> then, when due: progress line and
-scalars (with an ETA that counts the snapshots still due), sample grid, FID snapshot (kept
-with the checkpoint written at that step), checkpoint. A run always ends with a checkpoint, also on Ctrl-C / SIGTERM: the current
-step finishes, a grid or FID snapshot under way is abandoned, and the command exits with
-130 / 143 after writing it. A second Ctrl-C exits at once (the last checkpoint stays).
+Per step: next batch -> objective.train_step -> EMA (and the post-hoc EMAs) -> losses
+averaged over ranks and checked (NaN/Inf stops the run without saving) -> then, when due:
+progress line and scalars (with an ETA that counts the snapshots still due), sample grid,
+post-hoc EMA snapshot, FID snapshot (kept with the checkpoint written at that step),
+checkpoint. A run always ends with a checkpoint, also on Ctrl-C / SIGTERM: the current step
+finishes, a grid or FID snapshot under way is abandoned, and the command exits with 130 /
+143 after writing it. A second Ctrl-C exits at once (the last checkpoint stays).
 
 The run folder (layout, checkpoints, lifecycle) belongs to animegen.runs; how a run starts
 (its config, new or resumed) to training.plan; the signal handling to training.signals; the
@@ -32,7 +33,7 @@ from animegen.models import registry
 from animegen.training import checkpoint, distributed, transfer
 from animegen.training.config import Every, RunConfig, describe_change, resolve_precision
 from animegen.training.data import TrainStream
-from animegen.training.ema import ema_beta, make_ema, update_ema
+from animegen.training.ema import PowerEMAs, ema_beta, make_ema, update_ema
 from animegen.training.memory import PeakMemory, out_of_memory_as_user_error
 from animegen.training.plan import check_fits, parameter_counts, plan_run, resolved_config, set_snapshots
 from animegen.training.signals import Abandon, StopSignals
@@ -88,7 +89,7 @@ def train(run: str, *, model: str | None = None, data: str | None = None, preset
             return {"config": resolved_config(config, ctx.device.type), "parameters": sizes, "start": line or mode}
         if target is None:
             raise UserError("give one of --steps, --kimg and --minutes.")
-        check_fits(sizes, ctx.device)
+        check_fits(sizes, ctx.device, len(config.train.posthoc_ema or ()))
         with out_of_memory_as_user_error():
             trainer = Trainer(folder, config, ctx, echo)  # reads nothing of the folder
             with folder.lock() if ctx.rank == 0 else contextlib.nullcontext():
@@ -136,6 +137,7 @@ class Trainer:
         self.spec = registry.get(config.model)
         self.tc = config.train
         self.every = {name: Every(getattr(self.tc, f"{name}_every")) for name in ("log", "sample", "ckpt", "fid")}
+        self.every["posthoc"] = Every(self.tc.posthoc_every if self.tc.posthoc_ema else None)
         self.stream = TrainStream(config.data, self.tc.batch, config.seed, self.tc.xflip, ctx.rank, ctx.world_size)
         self.snapshots = Snapshots(config, ctx.device, self._log_line, self._save_config)
         if not self.every["fid"].off and ctx.rank == 0:
@@ -145,11 +147,12 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         self.model = self.spec.model(config.model_config).to(ctx.device)
         self.ema = make_ema(self.model)
+        self.posthoc = PowerEMAs(self.model, self.tc.posthoc_ema)
         self.objective = self.spec.objective(self.model, config.objective_config, ctx)
         self.objective.draws.manual_seed(derived_seed(config.seed, DRAWS))
         self.objective.prepare(self.tc.compile)  # after the EMA copy, which samples eagerly in NCHW
         self.step, self.nimg, self.seconds = 0, 0, 0.0
-        self.saved_step = self.snapshot_step = self.grid_step = None
+        self.saved_step = self.snapshot_step = self.grid_step = self.posthoc_step = None
         self.start_step = 0
         self._writer = None
         self.memory = PeakMemory(ctx.device)
@@ -162,10 +165,15 @@ class Trainer:
         return {"steps": self.step, "kimg": self.nimg / 1000, "minutes": self.seconds / 60}
 
     def modules(self) -> dict[str, torch.nn.Module]:
+        """What --init-from fills; the post-hoc EMAs need nothing (step 1 replaces what they hold)."""
         return {"model": self.model, "ema": self.ema, **{f"net.{k}": v for k, v in self.objective.nets.items()}}
 
+    def saved_modules(self) -> dict[str, torch.nn.Module]:
+        """What a checkpoint holds: the modules and the post-hoc EMAs, by checkpoint prefix."""
+        return {**self.modules(), **self.posthoc.modules()}
+
     def load(self, tensors: dict, state: dict) -> None:
-        for prefix, module in self.modules().items():
+        for prefix, module in self.saved_modules().items():
             module.load_state_dict(runs.module_state(tensors, prefix), strict=True)
         for name, opt in self.objective.optimizers.items():
             checkpoint.load_optimizer(f"optim.{name}", opt, tensors, state["optimizers"][name])
@@ -186,7 +194,7 @@ class Trainer:
     def save(self, snapshot: dict | None = None) -> None:
         distributed.check_in_sync(self.ctx, self.modules().values())
         if self.ctx.rank == 0:
-            tensors = {k: v for p, m in self.modules().items() for k, v in checkpoint.module_tensors(p, m).items()}
+            tensors = checkpoint.modules_tensors(self.saved_modules())
             layouts = {}
             for name, opt in self.objective.optimizers.items():
                 opt_tensors, layouts[name] = checkpoint.optimizer_tensors(f"optim.{name}", opt)
@@ -217,12 +225,16 @@ class Trainer:
                         window = dict(after)
                     if self.every["sample"].due(before, after):
                         self._grid()
+                    if self.every["posthoc"].due(before, after):
+                        self._store_posthoc()
                     if self.every["fid"].due(before, after):
                         self._snapshot(target)
                     elif self.every["ckpt"].due(before, after):
                         self.save()
             except Abandon:  # a signal in the instant a grid or snapshot enters or leaves its block
                 self._stop = True
+            if not self.every["posthoc"].off and self.posthoc_step != self.step and not self._stop:
+                self._store_posthoc()  # a synthesized length is made at the newest snapshot's step
             if not self.every["fid"].off and self.snapshot_step != self.step and not self._stop:
                 self._snapshot(target)
             if self.saved_step != self.step:
@@ -242,6 +254,7 @@ class Trainer:
         self.nimg += self.tc.batch
         distributed.average_buffers(self.ctx, [self.model, *self.objective.nets.values()])
         update_ema(self.ema, self.model, ema_beta(self.nimg, self.tc.batch, self.tc.ema_kimg, self.tc.ema_rampup))
+        self.posthoc.update(self.model, self.step)
         names = list(losses)
         values = torch.stack([losses[k].detach().float().reshape(()) for k in names]
                              + [torch.tensor(float(self._stop_requested), device=self.ctx.device)])
@@ -303,6 +316,14 @@ class Trainer:
         if snapshots is None:
             return f"{duration(training)} + FID snapshots (timed at the first)"
         return duration(training + snapshots) + (f" (snapshots {duration(snapshots)})" if snapshots else "")
+
+    def _store_posthoc(self) -> None:
+        """The post-hoc EMAs of this step as RUN/posthoc/step-N (by rank 0: they are the same on every rank)."""
+        self.posthoc_step = self.step
+        if self.ctx.rank == 0:
+            tensors = checkpoint.modules_tensors(self.posthoc.modules())
+            self.folder.save_posthoc(self.step, tensors, {"step": self.step, "nimg": self.nimg,
+                                                          "train_seconds": self.seconds, **self.posthoc.describe()})
 
     def _snapshot(self, target: Target) -> None:
         """An FID snapshot (training.snapshots) of the EMA weights, written with the checkpoint

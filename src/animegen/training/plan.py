@@ -136,9 +136,10 @@ def parameter_counts(config: RunConfig) -> dict[str, int]:
     return {name: sum(p.numel() for p in net.parameters()) for name, net in nets.items()}
 
 
-def check_fits(sizes: dict[str, int], device: torch.device) -> None:
-    """Refuse a model whose weights, EMA copy, gradients and Adam moments alone exceed memory."""
-    need = 4 * (5 * sizes["model"] + 4 * sum(v for k, v in sizes.items() if k != "model"))
+def check_fits(sizes: dict[str, int], device: torch.device, posthoc_copies: int = 0) -> None:
+    """Refuse a model whose weights, EMA copies (the post-hoc ones too), gradients and Adam
+    moments alone exceed memory."""
+    need = 4 * ((5 + posthoc_copies) * sizes["model"] + 4 * sum(v for k, v in sizes.items() if k != "model"))
     have = (torch.cuda.mem_get_info(device)[1] if device.type == "cuda"
             else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     if need > have:

@@ -4,20 +4,19 @@ Starlette rather than FastAPI: the app is a dozen routes whose inputs the Studio
 itself (with the same limits as the CLI), so FastAPI's pydantic layer would add a
 dependency and a second set of rules. uvicorn serves it.
 
-Security: by default only loopback; the Host header must name the bound address (so a page
-on another site cannot reach the server by DNS rebinding); with a token (required for any
-other bind) every request must carry it, as a header, a query parameter or the cookie the
-page receives. The page and its two files are held in memory: no request path reaches the
-filesystem. Errors are JSON {"error": one line} with a 4xx code; never a stack trace.
+Security (security.py): by default only loopback; the Host header must name the bound address
+(so a page on another site cannot reach the server by DNS rebinding); with a token (required
+for any other bind) every request must carry it, as a header, a query parameter or the cookie
+the page receives; requests from other web pages are refused. The page and its two files are
+held in memory: no request path reaches the filesystem. Errors are JSON {"error": one line}
+with a 4xx code; never a stack trace.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import hmac
 import itertools
-import json
 import re
 import secrets
 import socket
@@ -26,7 +25,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
-from pathlib import Path
 
 import uvicorn
 from starlette.applications import Starlette
@@ -37,17 +35,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from animegen.errors import UserError
+from animegen.web.security import COOKIE, DIGITS, Gate, error, json_body, upload_body
 from animegen.web.studio import MAX_UPLOAD, Studio
 
 QUEUE = 32  # requests waiting for the renderer; more get a 503
 JOBS_WAITING, MAX_JOBS = 2, 64  # projections waiting or running; finished ones kept for polling
 JOB_ID = re.compile(r"^[0-9a-f]{16}$")
-MAX_JSON = 64 * 1024
 VIEW = re.compile(r"^[a-z0-9-]{1,32}$")
 STATIC = {"app.js": "text/javascript", "style.css": "text/css"}
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
-       "form-action 'none'; frame-ancestors 'none'; base-uri 'none'")
-COOKIE = "animegen_token"
 
 
 class Renderer:
@@ -194,10 +189,10 @@ def create_app(studio: Studio, token: str | None = None, hosts: tuple[str, ...] 
 
     async def project(request: Request) -> Response:
         index = request.query_params.get("run", "")
-        if not index.isdigit():
+        if not DIGITS.fullmatch(index):
             raise UserError("give the run as ?run=N.")
         studio.run(int(index))  # refused before the upload is read
-        data = await read_limited(request, MAX_UPLOAD)
+        data = await upload_body(request, MAX_UPLOAD)
         return JSONResponse({"job": jobs.start(studio.project, int(index), data)})
 
     async def job(request: Request) -> Response:
@@ -210,7 +205,7 @@ def create_app(studio: Studio, token: str | None = None, hosts: tuple[str, ...] 
         run = studio.run(request.path_params["index"])
         if not run.directions:
             raise HTTPException(404, "not found")
-        return Response(Path(run.directions_file).read_bytes(), media_type="application/octet-stream",
+        return Response(run.work.inside(run.directions_file).read_bytes(), media_type="application/octet-stream",
                         headers={"content-disposition": f'attachment; filename="{run.index}-directions.safetensors"'})
 
     routes = [Route("/", guarded(index)), Route("/static/{name}", guarded(static)), Route("/api/runs", guarded(runs)),
@@ -223,72 +218,6 @@ def create_app(studio: Studio, token: str | None = None, hosts: tuple[str, ...] 
     handlers = {HTTPException: http_error}
     middleware = [Middleware(Gate, token=token, hosts=hosts)]
     return Starlette(routes=routes, exception_handlers=handlers, middleware=middleware)
-
-
-async def json_body(request: Request) -> dict:
-    body = await read_limited(request, MAX_JSON)
-    try:
-        value = json.loads(body)
-    except ValueError:
-        raise UserError("the request body is not JSON.") from None
-    if not isinstance(value, dict):
-        raise UserError("the request body must be a JSON object.")
-    return value
-
-
-async def read_limited(request: Request, limit: int) -> bytes:
-    """The body, refused with a 413 as soon as it passes `limit` bytes (whatever Content-Length says)."""
-    too_large = HTTPException(413, f"the request is larger than {_size(limit)}.")
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _size(limit: int) -> str:
-    return f"{limit // 2**20} MB" if limit >= 2**20 else f"{limit // 1024} KB"
-
-
-class Gate:
-    """ASGI middleware: the Host check, the token check and the security headers."""
-
-    def __init__(self, app, token: str | None, hosts: tuple[str, ...]):
-        self.app, self.token, self.hosts = app, token, hosts
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        request = Request(scope)
-        host = (request.headers.get("host") or "").rsplit(":", 1)[0].strip("[]")
-        if self.hosts and host not in self.hosts:
-            return await error(403, f"host {host!r} is not served here.")(scope, receive, send)
-        if self.token and not self._authorized(request):
-            return await error(401, "a valid token is required (start the page from the URL `serve` printed).")(
-                scope, receive, send)
-
-        async def with_headers(message):
-            if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] += [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
-                                       (b"referrer-policy", b"no-referrer"), (b"cache-control", b"no-store")]
-            await send(message)
-
-        await self.app(scope, receive, with_headers)
-
-    def _authorized(self, request: Request) -> bool:
-        header = request.headers.get("authorization", "")
-        given = [header.removeprefix("Bearer "), request.query_params.get("token", ""), request.cookies.get(COOKIE, "")]
-        return any(g and hmac.compare_digest(g.encode(), self.token.encode()) for g in given)
-
-
-def error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
 
 
 def guarded(endpoint):

@@ -25,8 +25,8 @@ from animegen.data.prepare import decode_large_enough
 from animegen.errors import UserError
 from animegen.generate import load_generator, sample_batches
 from animegen.io import image_grid, shown_scale, to_uint8
-from animegen.latent.directions import (Direction, check_name, edit_space, layer_range, load_directions, parse_edits,
-                                       save_directions)
+from animegen.latent.directions import (NAMED_RANGES, Direction, check_name, edit_space, layer_range, load_directions,
+                                       parse_edits, save_directions)
 from animegen.latent.discover import fit_from_latents, sefa, seed_latents
 from animegen.latent import codes
 from animegen.latent.interpolate import check_deterministic, interpolation_frames, video_frames
@@ -35,18 +35,21 @@ from animegen.latent.plane import check_point, plane_latents
 from animegen.latent.project import project_files
 from animegen.models import registry
 from animegen.models.base import Model, Option
-from animegen.runs import describe_run
+from animegen.runs import Run, describe_run
 from animegen.settings import MAX_SEED, Limit, check_int
+from animegen.web.workfolder import WORK_LIMIT, WorkFolder
 
 # Caps for interactivity, tighter than the library's own limits (each named beside it); every
 # sampling option's range is the model's own (`Model.option_specs`).
 STUDIO_MAX_GRID = 16  # images per request (`sample --grid` takes up to generate.MAX_GRID)
 STUDIO_MAX_STRENGTH = 10.0  # of an edit slider (--edit takes up to latent.directions.MAX_STRENGTH)
 STUDIO_MAX_FRAMES = 60  # per interpolation strip (interpolate takes up to latent.interpolate.MAX_FRAMES)
+STUDIO_MAX_LABELLED = 512  # seeds marked in one few-shot fit (directions fit takes latent.discover.MAX_LABEL_ROWS)
 GIF_FPS = 12
-MAX_LABELLED = 512  # seeds marked in one few-shot fit
 SEFA_DIRECTIONS = 8  # computed on start for a run that no directions file fits
 MAX_UPLOAD = 10 * 2**20  # bytes of one uploaded face
+MAX_UPLOAD_PIXELS = 4096 * 4096  # of one uploaded face, read from its header: decoding one costs up to ~230 MB
+MAX_DIRECTIONS = 64  # per run: fitting a new name beyond them is refused, so the directions file stays small
 PROJECTION_ID = re.compile(r"^[0-9a-f]{16}$")
 REQUEST_KEYS = {"run", "view", "seed", "count", "plane", "projection", "options", "edits"}
 
@@ -62,23 +65,30 @@ class LoadedRun:
     card: dict
     folder: Path  # the studio's files of this run
     directions_file: str  # all of `directions`, on disk, for the commands shown
+    work: WorkFolder
+    checkpoint: str = "last"  # which of the run's checkpoints is served (`--checkpoint`)
     directions: dict[str, Direction] = field(default_factory=dict)
 
+    def checkpoint_flags(self) -> list[str]:
+        """`--checkpoint X` for the commands shown, unless the newest is served."""
+        return [] if self.checkpoint == "last" else ["--checkpoint", self.checkpoint]
+
     def save_directions(self) -> None:
-        save_directions(self.directions_file, self.model, list(self.directions.values()))
+        save_directions(self.work.inside(self.directions_file), self.model, list(self.directions.values()))
 
 
 class Studio:
     """The runs given to `animegen serve`, each loaded once."""
 
     def __init__(self, runs: list[str], directions_files: list[str] = (), device: str = "cpu",
-                 work: str | Path = "animegen-studio"):
+                 work: str | Path = "animegen-studio", work_limit: int = WORK_LIMIT, checkpoint: str = "last"):
         """`work`: where the studio keeps what it makes (each run's directions file, with the
-        SeFa directions computed on start and the few-shot ones), so every command it shows
-        can be run as it is."""
+        SeFa directions computed on start and the few-shot ones, and the uploads it projects),
+        so every command it shows can be run as it is; at most `work_limit` bytes of it.
+        `checkpoint`: which checkpoint of every run to serve (last, best, a step, ema:LENGTH)."""
         if not runs:
             raise UserError("give at least one run to serve.")
-        self.work, self.device = Path(work), device
+        self.work, self.device, self.checkpoint = WorkFolder(work, work_limit), device, str(checkpoint)
         self.unused = {str(f): "" for f in directions_files}  # file -> why no run took it
         self.runs = [self._load(i, path, directions_files, device) for i, path in enumerate(runs)]
         if self.unused:
@@ -87,12 +97,13 @@ class Studio:
         self.projections: dict[tuple[int, str], tuple[str, codes.LatentFile]] = {}  # (run, id) -> latents path, file
 
     def _load(self, index: int, path: str, directions_files, device: str) -> LoadedRun:
-        model, state = load_generator(path, device)
+        model, state = load_generator(path, device, checkpoint=self.checkpoint)
         info = describe_run(path)
-        card = {key: info[key] for key in ("family", "preset", "dataset", "kimg", "best_fid")}
-        card["resolution"] = model.resolution
-        folder = self.work / f"{index}-{Path(path).resolve().name}"
-        loaded = LoadedRun(index, str(path), model, state, card, folder, str(folder / "directions.safetensors"))
+        card = {key: info[key] for key in ("family", "preset", "best_fid")} | {"kimg": round(state["nimg"] / 1000, 3)}
+        card |= {"dataset": dataset_name(Run(path).read_config()), "resolution": model.resolution}
+        folder = self.work.root / f"{index}-{Path(path).resolve().name}"
+        loaded = LoadedRun(index, str(Path(path).absolute()), model, state, card, folder,
+                           str(folder / "directions.safetensors"), self.work, self.checkpoint)
         for file in directions_files:
             try:
                 loaded.directions.update(load_directions(file, model))
@@ -154,21 +165,25 @@ class Studio:
         if not 0 < len(data) <= MAX_UPLOAD:
             raise UserError(f"upload one image file of at most {MAX_UPLOAD // 2**20} MB.")
         try:
-            pixels = decode_large_enough(data, run.model.resolution // 2)
+            pixels = decode_large_enough(data, run.model.resolution // 2, MAX_UPLOAD_PIXELS)
         except BadImage as e:
             raise UserError(f"the upload is not a usable image: {e}.") from None
+        deleted = self.work.make_room()
+        self.projections = {k: v for k, v in self.projections.items() if k[1] not in deleted}
         key = secrets.token_hex(8)
-        uploads, out = run.folder / "uploads", run.folder / "projections" / key
+        uploads, out = run.folder / "uploads", self.work.inside(run.folder / "projections" / key)
+        upload = self.work.inside(uploads / f"{key}.png")
         uploads.mkdir(parents=True, exist_ok=True)
-        upload = uploads / f"{key}.png"
         Image.fromarray(pixels).save(upload)  # lossless: `animegen project` on it sees these pixels
-        report = project_files(run.path, [str(upload)], str(out), device=self.device, progress=progress)
+        report = project_files(run.path, [str(upload)], str(out), device=self.device, checkpoint=run.checkpoint,
+                               progress=progress)
         latents = out / "latents.npz"
-        self.projections[(run.index, key)] = (str(latents), codes.load_latents(latents, edit_space(run.model),
-                                                                               run.model))
+        self.projections[(run.index, key)] = (self.work.shown(latents),
+                                              codes.load_latents(latents, edit_space(run.model), run.model))
         return {"projection": key, "psnr": report["mean_psnr"], "target": (out / "target-000.png").read_bytes(),
                 "recon": (out / "recon-000.png").read_bytes(),
-                "command": " ".join(shlex.quote(a) for a in ["animegen", "project", run.path, str(upload), "--out", str(out)])}
+                "command": shlex.join(["animegen", "project", *map(self.work.shown, (run.path, upload)), "--out",
+                                       self.work.shown(out), *run.checkpoint_flags()])}
 
     def _projection(self, run: LoadedRun, key) -> tuple[str, codes.LatentFile]:
         if not isinstance(key, str) or not PROJECTION_ID.match(key) or (run.index, key) not in self.projections:
@@ -212,14 +227,23 @@ class Studio:
             raise UserError(f"unknown request field(s): {', '.join(sorted(unknown))}.")
         run = self.run(request.get("run"))
         name = check_name(request.get("name") if isinstance(request.get("name"), str) else "")
-        positive = int_list(request.get("positive"), "positive", 1, MAX_LABELLED)
-        negative = int_list(request.get("negative"), "negative", 1, MAX_LABELLED)
+        if name not in run.directions and len(run.directions) >= MAX_DIRECTIONS:
+            raise UserError(f"this run has {MAX_DIRECTIONS} directions, the most it keeps; refit one of their names.")
+        positive = int_list(request.get("positive"), "positive", 1, STUDIO_MAX_LABELLED)
+        negative = int_list(request.get("negative"), "negative", 1, STUDIO_MAX_LABELLED)
         latents = seed_latents(run.model, positive + negative)
         labels = torch.tensor([1.0] * len(positive) + [0.0] * len(negative))
         direction = fit_from_latents(run.model, latents, labels, name)
         run.directions[name] = direction
         run.save_directions()
-        return {"direction": describe_direction(direction), "file": run.directions_file}
+        return {"direction": describe_direction(direction), "file": self.work.shown(run.directions_file)}
+
+
+def dataset_name(config: dict) -> str:
+    """A run's dataset by its folder's name and content hash: where it lies is the server's business."""
+    if config.get("data") is None:
+        return "none (imported without --data)"
+    return f"{Path(config['data']).name} (content hash {str(config.get('data_hash'))[:12]})"
 
 
 def describe_direction(d: Direction) -> dict:
@@ -250,9 +274,10 @@ def edit_specs(run: LoadedRun, edits) -> list[str]:
 
 def command(verb: str, run: LoadedRun, target: list[str], options: dict, specs: list[str]) -> str:
     """The `animegen VERB` command line that makes exactly what the page shows."""
-    args = ["animegen", verb, run.path, *target, *run.model.option_flags(options)]
+    args = ["animegen", verb, run.work.shown(run.path), *target, *run.model.option_flags(options),
+            *run.checkpoint_flags()]
     if specs:
-        args += ["--directions", run.directions_file, *[a for spec in specs for a in ("--edit", spec)]]
+        args += ["--directions", run.work.shown(run.directions_file), *[a for spec in specs for a in ("--edit", spec)]]
     return " ".join(shlex.quote(a) for a in args)
 
 
@@ -266,7 +291,8 @@ def controls(model: Model) -> dict:
     """What the page builds its controls from: the model's sampling options (`Option.describe`),
     its edit space and style inputs, and the studio's caps."""
     return {"options": [o.describe() for o in model.option_specs()], "space": edit_space(model),
-            "family": registry.name_of(model), "num_ws": model.num_ws, "max_grid": STUDIO_MAX_GRID,
+            "family": registry.name_of(model), "num_ws": model.num_ws, "layer_ranges": list(NAMED_RANGES),
+            "max_grid": STUDIO_MAX_GRID,
             "max_strength": STUDIO_MAX_STRENGTH, "max_frames": STUDIO_MAX_FRAMES}
 
 

@@ -6,7 +6,6 @@ const $ = (id) => document.getElementById(id);
 const token = new URLSearchParams(location.search).get("token");
 const state = { runs: [], run: null, plane: null, projection: null, faces: [], sent: 0, shown: 0, marks: new Map(),
   corners: new Map(), cornersKey: "" };
-const LAYERS = ["own", "all", "coarse", "middle", "fine"];
 const PER_SEED = 48; // canvas pixels per seed on the plane
 const SPAN = 4; // seeds across the plane's canvas: its corners are SPAN + 1 seeds a side
 const MARGIN = PER_SEED / 2; // around the outer corners, so their thumbnails show whole
@@ -149,7 +148,7 @@ function directionSlider(d, run) {
   slider.title = `${d.method}${d.layers ? ", style inputs " + d.layers.join("–") : ""}; scale ${d.scale.toFixed(3)}`;
   slider.querySelector("input").dataset.direction = d.name;
   if (run.controls.space === "w") {
-    const layers = choice(LAYERS, "own");
+    const layers = choice(["own", ...run.controls.layer_ranges], "own");
     layers.className = "layer";
     layers.dataset.layersOf = d.name;
     layers.title = "Style inputs the slider moves";
@@ -197,7 +196,8 @@ function markButtons(seed) {
 async function upload() {
   const file = $("upload").files[0];
   if (!file) return;
-  const headers = token ? { Authorization: "Bearer " + token } : {};
+  const headers = { "X-Animegen-Request": "1" }; // uploads need it: a page on another site cannot send it
+  if (token) headers.Authorization = "Bearer " + token;
   $("project-progress").hidden = false;
   $("project-progress").value = 0;
   say("Projecting…");
