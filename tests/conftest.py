@@ -39,3 +39,23 @@ def faces16(tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "faces16"
     synthesize_dataset(out, count=40, resolution=16, seed=0, test_fraction=0.2)
     return out
+
+
+class _PooledPixels(torch.nn.Module):
+    """A stand-in for Inception: 2048 "features" of an image from its pixels, average-pooled;
+    cheap, and different for different images."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.adaptive_avg_pool2d(x, (27, 27)).flatten(1)[:, :2048]
+
+
+@pytest.fixture
+def cheap_inception(tmp_path_factory, monkeypatch):
+    """Training's FID snapshots, the feature cache and the metrics with a network that takes
+    milliseconds (as a TorchScript file in $ANIMEGEN_INCEPTION, the way a user names other
+    weights), and a feature cache of this test's own."""
+    folder = tmp_path_factory.mktemp("inception")
+    torch.jit.script(_PooledPixels()).save(str(folder / "pooled.pt"))
+    monkeypatch.setenv("ANIMEGEN_INCEPTION", str(folder / "pooled.pt"))
+    monkeypatch.setenv("ANIMEGEN_CACHE", str(folder / "cache"))
+    return folder

@@ -1,7 +1,7 @@
 """Property: bad input to `animegen data prepare|synth|info|export`, `fid`, `kid`, `train`
 (new and resumed, every `--set` key), `sample` (per family's sampling options, and its
-latent files, directions and edits), `eval`, `runs info`, `interpolate`, `style-mix` and
-`directions sefa|fit` fails cleanly.
+latent files, directions and edits), `eval`, `ema`, `runs info`, `interpolate`, `style-mix`
+and `directions sefa|fit` fails cleanly.
 
 Each case runs one command in-process with valid base arguments, some of them replaced by
 values it must refuse (out of range, the wrong type, empty, absurd, a path it cannot use),
@@ -29,10 +29,12 @@ from animegen.data.limits import MAX_BATCH_SIZE, MAX_IMAGES, MAX_MIN_SIZE, MAX_W
 from animegen.data.store import load_split
 from animegen.data.synth import synthesize_dataset
 from animegen.generate import MAX_COUNT, load_generator, sample_batches
+from animegen.io import MAX_SCALE
 from animegen.latent.codes import save_latents
 from animegen.latent.directions import save_directions
 from animegen.latent.discover import sefa
 from animegen.models import registry
+from animegen.posthoc import SIGMA_REL_MAX, SIGMA_REL_MIN
 from animegen.settings import MAX_RESOLUTION, MAX_SEED, limits_of
 from animegen.training.config import TrainConfig
 from animegen.training.loop import Target, train
@@ -168,9 +170,11 @@ def bad_sets(family: str):
 
 BAD_RUN = st.sampled_from(["", At("missing"), At("empty"), At("text"), At("file.txt"), At("ds"), At("run-damaged")])
 BAD_CHECKPOINT = st.sampled_from(["", "0", "7", "-1", "newest", "last,best", At("missing"), At("file.txt"), At("ds")])
+SCALE_OPTIONS = {"--scale": bad_int(1, MAX_SCALE), "--resample": not_one_of("nearest", "bilinear", "lanczos")}
 SAMPLE_OPTIONS = {
     "RUN": BAD_RUN, "--count": bad_int(1, MAX_COUNT), "--out": BAD_NEW_FOLDER, "--seed": bad_int(0, MAX_SEED),
     "--batch-size": bad_int(1, 65536), "--device": not_one_of("auto", "cpu", "cuda"), "--checkpoint": BAD_CHECKPOINT,
+    **SCALE_OPTIONS,
 }
 TRUNCATION = bad_float(-10, 10)
 BAD_LATENTS = st.sampled_from(["", At("missing"), At("file.txt"), At("latents-vae.npz"), At("bad-shape.npy"),
@@ -199,6 +203,7 @@ TRAIN_OPTIONS = {
     "--seed": bad_int(0, MAX_SEED),
     "--fid-every": st.sampled_from(["-5", "abc", "5x", "nan", "inf", "-1kimg", ""]),
     "--fid-num": bad_int(2, 10**6),
+    "--fid-real": bad_int(4, 10**8),
     "--init-from": st.sampled_from(["", At("missing"), At("empty"), At("file.txt"), At("ds"), At("run-damaged")]),
 }
 # Per command: option (or positional argument, in capitals) -> values that command must refuse.
@@ -228,6 +233,14 @@ BAD = {
         "DATASET": BAD_DATASET,
         "--split": not_one_of("train", "test"),
         "--out": BAD_NEW_FOLDER,
+        "--count": bad_int(1, 10**8),
+        "--indices": st.sampled_from(["", "a", "1,,2", "-1", "5-2", "99999", "1.5", "0-99999"]),
+    },
+    "data fid-stats": {
+        "DATASET": BAD_DATASET,
+        "--split": not_one_of("train", "test"),
+        "--batch-size": bad_int(1, MAX_BATCH_SIZE),
+        "--device": not_one_of("auto", "cpu", "cuda"),
     },
     "fid": {**METRIC_OPTIONS, "--metrics": BAD_METRICS},
     "kid": METRIC_OPTIONS,
@@ -250,7 +263,13 @@ BAD = {
              "--num": bad_int(1, MAX_COUNT), "--split": not_one_of("train", "test"),
              "--data": st.sampled_from(["", At("missing"), At("file.txt"), At("junk-ds"), At("ds-other")]),
              "--batch-size": bad_int(1, 65536), "--checkpoint": BAD_CHECKPOINT,
-             "--device": not_one_of("auto", "cpu", "cuda")},
+             "--device": not_one_of("auto", "cpu", "cuda"),
+             # the run has no post-hoc EMA profiles, so even a good length is refused
+             "--ema-length": st.sampled_from(["", "0.5", "nan", "x", "0.1,", "0.005", "0.1", "0.05,0.1"])},
+    "ema": {"RUN": st.one_of(BAD_RUN, st.just(At("run-vae"))),
+            "--length": st.one_of(bad_float(SIGMA_REL_MIN, SIGMA_REL_MAX),
+                                  st.sampled_from(["0", "1e-300", "0.005", "0.29"])),
+            "--out": BAD_NEW_FOLDER},
     "runs info": {"RUN": st.sampled_from(["", At("missing"), At("empty"), At("text"), At("file.txt"), At("ds")])},
     "sample@steering": {"--w": BAD_LATENTS, "--z": st.sampled_from([At("latents-vae.npz"), At("file.txt")]),
                         "--directions": BAD_DIRECTIONS, "--edit": BAD_EDIT,
@@ -259,9 +278,11 @@ BAD = {
                         "--truncation": st.sampled_from(["0.5"]), "--count": st.sampled_from(["7"])},
     "interpolate": {"RUN": BAD_RUN, "--seeds": BAD_SEED_ROWS, "--frames": bad_int(1, 1000),
                     "--out": BAD_MEDIA_OUT, "--fps": st.one_of(bad_float(0, 120), st.just("0")),
-                    "--space": not_one_of("z", "w"), "--edit": BAD_EDIT, "--directions": BAD_DIRECTIONS},
+                    "--space": not_one_of("z", "w"), "--edit": BAD_EDIT, "--directions": BAD_DIRECTIONS,
+                    **SCALE_OPTIONS},
     "style-mix": {"RUN": st.one_of(BAD_RUN, st.just(At("run-vae"))), "--rows": BAD_SEED_LIST, "--cols": BAD_SEED_LIST,
-                  "--layers": BAD_LAYERS, "--out": st.sampled_from(["", At("ds"), At("file.txt/x.png"), "x.gif"])},
+                  "--layers": BAD_LAYERS, "--out": st.sampled_from(["", At("ds"), At("file.txt/x.png"), "x.gif"]),
+                  **SCALE_OPTIONS},
     "directions sefa": {"RUN": st.one_of(BAD_RUN, st.just(At("run-ddpm"))), "--num": bad_int(1, 64),
                         "--layers": BAD_LAYERS, "--samples": bad_int(2, 10**8),
                         "--out": st.sampled_from(["", At("ds"), At("file.txt"), At("file.txt/x.safetensors")])},
@@ -280,6 +301,7 @@ BASE = {
     "data synth": {"--out": At("new"), "--count": str(SYNTH_COUNT), "--resolution": str(MIN_SYNTH_RESOLUTION)},
     "data info": {"DATASET": At("ds"), "--grid": At("new.png")},
     "data export": {"DATASET": At("ds"), "--out": At("new")},
+    "data fid-stats": {"DATASET": At("ds"), "--device": "cpu"},
     "fid": {"A": At("ds"), "B": At("faces"), "--device": "cpu", "--json": True},
     "kid": {"A": At("ds"), "B": At("faces"), "--device": "cpu", "--json": True},
     "train": {"MODEL": "vae", "--data": At("ds"), "--out": At("new"), "--steps": "1", "--device": "cpu",
@@ -291,6 +313,7 @@ BASE = {
                     "--sampler": "ddim", "--steps": "2"},
     "eval": {"RUN": At("run-vae"), "--num": "2", "--device": "cpu", "--json": True, "--no-record": True},
     "runs info": {"RUN": At("run-vae")},
+    "ema": {"RUN": At("run-posthoc"), "--length": "0.1", "--out": At("new")},
     "sample@steering": {**STEERING, "--w": At("latents-stylegan2.npz"), "--directions": At("dirs.safetensors"),
                         "--edit": "sefa0=1"},
     "interpolate": {**STEERING, "--seeds": "1,2", "--frames": "2", "--out": At("new.gif")},
@@ -305,7 +328,7 @@ BASE = {
 # Fewer than EXAMPLES where hypothesis runs out of distinct cases.
 FEWER_DISTINCT_CASES = {"runs info": 6, "project@vae": 3}
 FEWER_EXAMPLES = {"sample@steering": 60, "interpolate": 60, "style-mix": 60, "directions sefa": 60, "directions fit": 60,
-                  "project": 60, "project@vae": 4}
+                  "project": 60, "project@vae": 4, "ema": 60}
 RUN_FAMILIES = ("vae", "stylegan2", "stylegan3-t", "ddpm")
 SMALL_RUN = {"batch": 4, "sample_every": "0", "tensorboard": False, "grid_seeds": 4}
 SMALLER = {"ddpm": {"base_channels": 8, "channel_mults": [1, 2], "attention_resolutions": [8], "num_groups": 4,
@@ -342,6 +365,11 @@ def make_fixtures(root):
             train(str(_trained[family]), model=family, data=str(root / "ds"), sets={**SMALL_RUN, **SMALLER.get(family, {})},
                   target=Target(steps=1), device="cpu", echo=lambda _: None)
         shutil.copytree(_trained[family], root / f"run-{family}")
+    if "posthoc" not in _trained:  # one step: a single post-hoc snapshot, at the end of training
+        _trained["posthoc"] = root.parent / "trained-posthoc"
+        train(str(_trained["posthoc"]), model="vae", data=str(root / "ds"),
+              sets={**SMALL_RUN, "posthoc_ema": [0.05, 0.1]}, target=Target(steps=1), device="cpu", echo=lambda _: None)
+    shutil.copytree(_trained["posthoc"], root / "run-posthoc")
     shutil.copytree(root / "run-vae", root / "run-damaged")
     make_steering_fixtures(root)
     (root / "run-damaged" / "checkpoints" / "step-00000001" / "state.json").write_text("{")
@@ -419,7 +447,8 @@ def assert_clean_failure(result, root, before: list[str]):
 def test_base_arguments_are_valid(command, tmp_path):
     """Each case below differs from these in its bad values only, so those are what it refuses."""
     root = make_fixtures(tmp_path)
-    if command in ("fid", "kid"):  # valid up to the network, which comes after every check (test_metrics runs it)
+    if command in ("fid", "kid", "data fid-stats"):  # valid up to the network, which comes after every check
+        # (test_metrics and test_snapshots run it)
         result = run(command, {**BASE[command], "--inception": At("missing")}, root)
         assert result.exit_code == 2 and "Inception weights" in result.stderr, result.output
     else:

@@ -215,6 +215,8 @@ def test_family_sets():
     (["--out", "{tmp}/o", "--data", "{data}", "--kimg", "1", "--set", "gpt.batch=4"], "'gpt' is not a family"),
     (["--out", "{tmp}/o", "--data", "{data}", "--kimg", "1", "--curve-num", "3"], "--curve-num"),
     (["--out", "{tmp}/o", "--data", "{data}", "--kimg", "1", "--nfe-num", "1"], "--nfe-num"),
+    (["--out", "{tmp}/o", "--data", "{data}", "--kimg", "1", "--ema-lengths", "0.5"], "--ema-lengths 0.5 is not an"),
+    (["--out", "{tmp}/o", "--data", "{data}", "--kimg", "1", "--ema-lengths", "0.1,x"], "--ema-lengths"),
 ])
 def test_bad_input_is_one_line(tmp_path, faces16, args, message):
     args = [a.format(tmp=tmp_path, data=faces16) for a in args]

@@ -174,7 +174,7 @@ def test_style_mix_cli_and_its_refusal_for_other_families(trained, tmp_path):
     result = CliRunner().invoke(main, ["style-mix", str(trained / "stylegan2"), "--rows", "1,2,3", "--cols", "4,5",
                                        "--layers", "fine", "--out", str(out), "--device", "cpu"])
     assert result.exit_code == 0 and result.stdout.startswith(f"{out}: 3 x 2 style mixes"), result.output
-    assert Image.open(out).size == (2 + 3 * 18, 2 + 4 * 18)
+    assert Image.open(out).size == (2 + 3 * 130, 2 + 4 * 130)  # 16 px faces shown at 128 px by default
     result = CliRunner().invoke(main, ["style-mix", str(trained / "vae"), "--rows", "1", "--cols", "2",
                                        "--out", str(tmp_path / "vae.png"), "--device", "cpu"])
     assert result.exit_code == 2 and result.stderr.count("\n") == 1 and "stylegan2, stylegan3-t" in result.stderr
@@ -185,12 +185,12 @@ def test_gif_and_png_outputs(trained, tmp_path):
     gif = tmp_path / "walk.gif"
     result = CliRunner().invoke(main, ["interpolate", str(trained / "dcgan"), "--seeds", "1,2,3;4,5,6", "--frames", "4",
                                        "--loop", "--fps", "25", "--out", str(gif), "--device", "cpu"])
-    assert result.exit_code == 0 and result.stdout == f"{gif}: 2 interpolation(s) of 12 frames in z from " \
+    assert result.exit_code == 0 and result.stdout == f"{gif}: 2 interpolation(s) of 12 frames of 128 px in z from " \
         f"{trained / 'dcgan' / 'checkpoints' / 'step-00000001'}\n", result.output
     with Image.open(gif) as image:
-        assert image.n_frames == 12 and image.info["duration"] == 40 and image.size == (2 + 2 * 18, 2 + 18)
+        assert image.n_frames == 12 and image.info["duration"] == 40 and image.size == (2 + 2 * 130, 2 + 130)
     png = tmp_path / "walk.png"
-    info = write_interpolation(str(trained / "vae"), str(png), "1,2;3,4;5,6", frames=5, device="cpu")
+    info = write_interpolation(str(trained / "vae"), str(png), "1,2;3,4;5,6", frames=5, device="cpu", scale=1)
     assert info["frames"] == 6 and Image.open(png).size == (2 + 6 * 18, 2 + 3 * 18)
 
 
@@ -271,7 +271,7 @@ def test_keyframes_from_latent_files_are_their_images(tmp_path, trained):
     out = tmp_path / "walk.png"
     result = runner.invoke(main, ["interpolate", str(run), "--w", str(tmp_path / "s3" / "latents.npz"), "--w",
                                   str(tmp_path / "s8" / "latents.npz"), "--frames", "4", "--out", str(out),
-                                  "--device", "cpu"])
+                                  "--device", "cpu", "--scale", "1"])
     assert result.exit_code == 0, result.output
     strip, r = np.array(Image.open(out)), 16  # one row of frames, 2 px apart and around
     first, last = strip[2 : 2 + r, 2 : 2 + r], strip[2 : 2 + r, -2 - r : -2]

@@ -65,7 +65,7 @@ def test_a_fine_tune_of_an_import_resumes_exactly_from_the_imported_networks(tmp
     # Step 0's grid is the imported G_ema's.
     grid = np.asarray(Image.open(tmp_path / "split" / "samples" / "step-00000000.png"))
     invoke("sample", tmp_path / "split", "--count", 4, "--out", tmp_path / "s", "--device", "cpu", "--grid",
-           tmp_path / "grid.png")
+           tmp_path / "grid.png", "--scale", 1)  # training's grids are 1:1
     assert np.array_equal(grid, np.asarray(Image.open(tmp_path / "grid.png")))
     resume = ["train", "--resume", "--device", "cpu", "--out"]
     invoke(*resume, tmp_path / "split", "--steps", 1)

@@ -21,6 +21,7 @@ from animegen.generate import load_generator, write_samples
 from animegen.models import registry
 from animegen.training.config import make_config
 from animegen.training.loop import Target, train
+from animegen.training.objectives.stylegan2 import r1_gamma_heuristic
 
 SMALL = {"batch": 8, "channels": 8, "max_channels": 16, "latent_dim": 8, "log_every": "1", "sample_every": "0",
          "ckpt_every": "2", "keep": 2, "tensorboard": False}
@@ -202,6 +203,25 @@ def test_resume_accepts_the_same_options_and_names_a_differing_one(tmp_path, fac
     assert code == 2 and "MODEL dcgan differs from the run's vae" in out
 
 
+def test_snapshot_settings_changed_at_resume_are_recorded_and_kept(tmp_path, faces16, cheap_inception):
+    """`--resume --fid-every 0` turns snapshots off for good: config.json records it (and
+    when), `runs info` shows it, and a later plain --resume does not switch them back on."""
+    run = tmp_path / "run"
+    sets = ["--set", "batch=8", "--set", "sample_every=0", "--device", "cpu"]
+    assert _cli("train", "vae", "--data", faces16, "--out", run, "--steps", 2, "--fid-every", 2, *sets)[0] == 0
+    code, out = _cli("train", "--out", run, "--resume", "--steps", 4, "--fid-every", 0, "--fid-num", 40)
+    assert code == 0 and "changed on resume (recorded in config.json): fid_every 2 -> off, fid_num 32 -> 40" in out
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["fid_every"] is None and config["train"]["fid_num"] == 40
+    assert config["resumed_changes"] == [{"step": 2, "fid_every": ["2", None], "fid_num": [32, 40]}]
+    code, out = _cli("train", "--out", run, "--resume", "--steps", 6)
+    assert code == 0 and "changed on resume" not in out
+    assert [e["step"] for e in runs.Run(run).read_metrics() if e["event"] == "fid"] == [2]
+    info = json.loads(_cli("runs", "info", run, "--json")[1])
+    assert info["changed_on_resume"] == ["step 2: fid_every 2 -> off, fid_num 32 -> 40"]
+    assert "fid_num=40" in info["changed_settings"]
+
+
 # ---------------------------------------------------------------- preflight
 def test_fid_snapshots_check_the_inception_file_and_test_split_before_step_0(tmp_path, faces16, monkeypatch):
     monkeypatch.setenv("ANIMEGEN_INCEPTION", str(tmp_path / "nowhere.pt"))
@@ -237,8 +257,9 @@ def test_tensorboard_shows_each_step_once_after_a_resume(tmp_path, faces16):
 # ---------------------------------------------------------------- signals
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_abandons_a_snapshot_writes_the_checkpoint_and_exits_128_plus_signum(tmp_path, faces16,
-                                                                                       monkeypatch, signum):
-    import animegen.training.loop
+                                                                                       monkeypatch, signum,
+                                                                                       cheap_inception):
+    import animegen.training.snapshots
 
     def slow_snapshot(batches, **kw):  # a CPU FID snapshot takes minutes
         next(iter(batches))
@@ -246,8 +267,7 @@ def test_a_signal_abandons_a_snapshot_writes_the_checkpoint_and_exits_128_plus_s
         time.sleep(60)
         raise AssertionError("the snapshot was not abandoned")
 
-    monkeypatch.setattr(animegen.training.loop, "InceptionV3", lambda **kw: None)
-    monkeypatch.setattr(animegen.training.loop, "evaluate_generator", slow_snapshot)
+    monkeypatch.setattr(animegen.training.snapshots, "evaluate_generator", slow_snapshot)
     before = signal.getsignal(signum)  # SIG_IGN when pytest itself runs in a background job
     t0 = time.perf_counter()
     code, out = _cli("train", "vae", "--data", faces16, "--out", tmp_path / "run", "--steps", 50, "--device", "cpu",
@@ -311,6 +331,25 @@ def test_runs_info_and_dry_run(tmp_path, faces16):
     assert not any(s.startswith("lr=") for s in info["changed_settings"])
     code, out = _cli("runs", "info", tmp_path / "nothing")
     assert code == 2 and "holds no run" in out
+
+
+@pytest.mark.parametrize("family", registry.names())
+def test_dry_run_prints_the_values_the_run_uses(tmp_path, faces16, family):
+    """No null where the run computes a value: StyleGAN's R1 weight is the family's rule at this
+    resolution and batch, unset snapshot counts say how they will be chosen; the nulls left
+    mean "off" (an activation clamp)."""
+    code, out = _cli("train", family, "--data", faces16, "--out", tmp_path / "run", "--dry-run", "--fid-every", "2min",
+                     "--device", "cpu")
+    assert code == 0, out
+    config = json.loads(out)["config"]
+    nulls = {key for section in ("model_config", "objective_config", "train") for key, value in config[section].items()
+             if value is None}
+    assert nulls <= {"conv_clamp", "d_conv_clamp", "posthoc_ema"}, nulls  # each null means off
+    assert "chosen at the first snapshot" in config["train"]["fid_num"]
+    if family == "stylegan2":
+        assert config["objective_config"]["r1_gamma"] == pytest.approx(r1_gamma_heuristic(16, config["train"]["batch"]))
+    elif family.startswith("stylegan3"):  # its own rule: R^2 / 32768 at batch 32
+        assert config["objective_config"]["r1_gamma"] == pytest.approx(16**2 / 32768 * 32 / config["train"]["batch"])
 
 
 def test_one_trainer_per_run(tmp_path, faces16):

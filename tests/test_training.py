@@ -21,6 +21,7 @@ from animegen.training.loop import Target, train
 FAMILIES = registry.names()
 # Small and fast; sample/ckpt intervals fire mid-run so resume is tested across them.
 FAST = {"batch": 8, "log_every": "2", "sample_every": "2", "ckpt_every": "2", "grid_seeds": 4, "keep": 10}
+POSTHOC = {"posthoc_ema": [0.05, 0.1], "posthoc_every": "2"}
 SMALLER = {"ddpm": {"base_channels": 16, "channel_mults": [1, 2], "attention_resolutions": [8], "num_groups": 4,
                     "time_embed_dim": 32, "timesteps": 50, "sample_steps": 2},
             "edm": {"base_channels": 16, "channel_mults": [1, 2], "attention_resolutions": [8], "num_groups": 4,
@@ -42,23 +43,29 @@ def _train(run, family, data, steps, resume=False, **sets):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_resume_is_exact(tmp_path, faces16, family):
-    """3 steps, then resume to 6 == 6 straight, weight for weight: model, EMA, auxiliary
-    nets, optimizer states, RNG and data position; the mid-run checkpoint equals the one a
-    run ending there writes (so a kill after it loses nothing)."""
-    _train(tmp_path / "split", family, faces16, 3, ckpt_every="3")
+    """3 steps, then resume to 6 == 6 straight, weight for weight: model, EMA, post-hoc EMAs,
+    auxiliary nets, optimizer states, RNG and data position; the mid-run checkpoint equals the
+    one a run ending there writes (so a kill after it loses nothing); so do the post-hoc
+    snapshots (every 2 steps, and at the end of each leg)."""
+    _train(tmp_path / "split", family, faces16, 3, ckpt_every="3", **POSTHOC)
     _train(tmp_path / "split", family, faces16, 6, resume=True)
-    _train(tmp_path / "straight", family, faces16, 6, ckpt_every="3")
+    _train(tmp_path / "straight", family, faces16, 6, ckpt_every="3", **POSTHOC)
     for step in (3, 6):
         a, state_a = runs.load_checkpoint(tmp_path / "split" / "checkpoints" / f"step-{step:08d}")
         b, state_b = runs.load_checkpoint(tmp_path / "straight" / "checkpoints" / f"step-{step:08d}")
         assert a.keys() == b.keys()
-        assert {"model.", "ema.", "optim.", "rng."} <= {k.split(".")[0] + "." for k in a}
+        assert {"model.", "ema.", "posthoc.", "optim.", "rng."} <= {k.split(".")[0] + "." for k in a}
         different = [k for k in a if not torch.equal(a[k], b[k])]
         assert not different, f"step {step}: {different[:5]}"
         for key in ("step", "nimg", "data", "optimizers"):
             assert state_a[key] == state_b[key]
     # A second epoch started (32 train images, batch 8): the data position carried over.
     assert state_a["data"] == {"epoch": 1, "offset": 16}
+    split, straight = runs.Run(tmp_path / "split"), runs.Run(tmp_path / "straight")
+    assert split.posthoc_steps() == [2, 3, 4, 6] and straight.posthoc_steps() == [2, 4, 6]
+    for step in straight.posthoc_steps():
+        a, b = split.read_posthoc(step)[0], straight.read_posthoc(step)[0]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"post-hoc snapshot {step}"
     # The resumed log holds each step once.
     steps = [json.loads(line)["step"] for line in open(tmp_path / "split" / "metrics.jsonl")
              if json.loads(line)["event"] == "train"]
@@ -78,6 +85,8 @@ def test_run_folder_and_checkpoint_pruning(tmp_path, faces16):
     assert summary["step"] == 7 and math.isclose(summary["kimg"], 0.056)
     assert sorted(p.name for p in (run / "samples").glob("*.png"))[-1] == "step-00000007.png"
     assert any((run / "tb").iterdir())
+    assert not (run / "posthoc").exists()  # post-hoc EMA is off by default
+    assert not any(k.startswith("posthoc.") for k in runs.load_checkpoint(run)[0])
     events = [json.loads(line)["event"] for line in open(run / "metrics.jsonl")]
     assert events == ["train", "train", "train", "end"]
 
@@ -181,21 +190,21 @@ def test_family_settings_share_one_namespace(family):
         make_config(spec, "d", 32 if preset == "tiny" else 64, preset, {}, 0)
 
 
-def test_fid_snapshots_are_kept_with_their_checkpoints(tmp_path, faces16, monkeypatch):
+def test_fid_snapshots_are_kept_with_their_checkpoints(tmp_path, faces16, monkeypatch, cheap_inception):
     """Snapshots (the metric faked here: FID needs minutes of Inception on a CPU) see EMA
     samples of fixed seeds, land in metrics.jsonl and the checkpoint of their step, the best
     is kept, and sampling leaves the training randomness alone (still exact resume)."""
-    import animegen.training.loop
+    import animegen.training.snapshots
 
     fids = iter([30.0, 10.0, 20.0, 40.0, 50.0, 60.0])
     seen = []
 
-    def fake_evaluate(batches, real, split, metrics, num, device, batch_size):
+    def fake_evaluate(batches, real, split, metrics, num, num_real, **kw):
         images = torch.cat(list(batches))
         seen.append((images.shape, split, metrics, str(real)))
-        return {"fid": next(fids), "kid": 1.0, "precision": 0.5, "recall": 0.25, "real": "label"}
+        return {"fid": next(fids), "kid": 1.0, "precision": 0.5, "recall": 0.25, "real": "label", "num_real": num_real}
 
-    monkeypatch.setattr(animegen.training.loop, "evaluate_generator", fake_evaluate)
+    monkeypatch.setattr(animegen.training.snapshots, "evaluate_generator", fake_evaluate)
     _train(tmp_path / "run", "vae", faces16, 7, fid_every="2", fid_num=5, keep=1, ckpt_every="100")
     run = tmp_path / "run"
     assert seen[0] == (torch.Size([5, 3, 16, 16]), "test", ("fid", "kid", "pr"), str(faces16.resolve()))

@@ -332,6 +332,30 @@ def test_the_page_drives_the_studio(page, url, served):
     assert page.foreign == []
 
 
+def test_the_page_shows_images_large_while_saying_it_renders_and_the_planes_seeds(page):
+    """16 px faces at 12x (192 px: a whole multiple, pixels as square blocks), a loading state
+    while the newest request renders, and the seeds at the plane's grid points drawn on it."""
+    image = page.locator("#grid img").first
+    assert image.bounding_box()["width"] == 192 and image.evaluate("i => getComputedStyle(i).imageRendering") == "pixelated"
+    gate = {"open": False, "held": []}  # the answers wait: the page must say it is rendering
+    page.route("**/api/generate", lambda route: route.continue_() if gate["open"] else gate["held"].append(route))
+    page.fill("#seed", "9")
+    page.dispatch_event("#seed", "change")
+    page.wait_for_selector("#busy:not([hidden])")
+    assert page.locator("#view").get_attribute("aria-busy") == "true"
+    assert float(page.locator("#grid").evaluate("g => getComputedStyle(g).opacity")) < 1
+    gate["open"] = True
+    for route in gate["held"]:
+        route.continue_()
+    page.wait_for_function("() => document.querySelector('#busy').hidden")
+    assert page.locator("#grid img").first.get_attribute("data-seed") == "9"
+    # Seed 9 puts the plane's first grid point at seed 9; its thumbnail covers the pixels around it.
+    thumbnail = "([x, y]) => document.querySelector('#plane').getContext('2d').getImageData(x, y, 1, 1).data[3] === 255"
+    for x, y in ((32, 32), (24 + 4 * 48 - 8, 24 + 4 * 48 - 8)):  # the first and last grid points' thumbnails
+        page.wait_for_function(thumbnail, arg=[x, y])
+    assert page.console_errors == [] and page.foreign == [], page.console_errors
+
+
 def wait_for(url, job: str) -> dict:
     for _ in range(600):
         status = httpx.get(f"{url}/api/jobs/{job}").json()
@@ -419,3 +443,18 @@ def test_the_page_projects_an_upload_and_edits_it(page, faces16, tmp_path):
     page.wait_for_selector("#strip-box:not([hidden])")
     assert "animegen interpolate" in page.locator("#strip-command").inner_text()
     assert page.foreign == [] and all("400" in e for e in page.console_errors), page.console_errors
+
+
+def test_serve_shows_the_checkpoint_it_serves(faces16, served, tmp_path):
+    """`serve --checkpoint` serves that checkpoint of each run, and its commands name it."""
+    run = served / "sg2-two-steps"
+    result = CliRunner().invoke(main, ["train", "stylegan2", "--data", str(faces16), "--out", str(run), "--preset", "tiny",
+                                       "--steps", "2", "--device", "cpu", "--set", "ckpt_every=1", "--set", "keep=2"])
+    assert result.exit_code == 0, result.output
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(served)
+        first, last = (Studio([str(run)], device="cpu", work=tmp_path / w, checkpoint=c).generate({"run": 0, "seed": 4})
+                       for w, c in (("a", "1"), ("b", "last")))
+    assert "--checkpoint 1" in first["command"] and "--checkpoint" not in last["command"]
+    assert first["images"][0]["png"] != last["images"][0]["png"]
+    assert run_command(first["command"], served)["seed000004.png"] == first["images"][0]["png"]

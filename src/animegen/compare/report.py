@@ -32,13 +32,17 @@ CAVEAT = ("A small budget and a small FID count both push FID up, so the papers'
 
 
 def write_report(out: Path, results: dict) -> None:
-    """OUT/fid_curves.png, OUT/<family>_nfe.png (per family with an NFE sweep), OUT/results.json,
-    OUT/report.md and OUT/index.html (which inlines the figures, so they come first)."""
+    """OUT/fid_curves.png, OUT/<family>_nfe.png (per family with an NFE sweep), OUT/ema_lengths.png
+    (with an EMA-length sweep), OUT/results.json, OUT/report.md and OUT/index.html (which inlines
+    the figures, so they come first)."""
     models = results["models"]
     plots.fid_curves({family: m["curve"] for family, m in models.items()}, out / "fid_curves.png")
     for family, m in models.items():
         if "nfe_sweep" in m:
             plots.nfe_plot(m["nfe_sweep"], out / f"{family}_nfe.png")
+    sweeps = {family: m["ema_sweep"] for family, m in models.items() if "ema_sweep" in m}
+    if sweeps:
+        plots.ema_plot(sweeps, out / "ema_lengths.png")
     atomic_write_json(out / "results.json", results)
     parts = sections(results)
     atomic_write_bytes(out / "report.md", markdown(parts).encode())
@@ -79,6 +83,9 @@ def sections(results: dict) -> list[Section]:
             out.append(Section(f"{family.upper()}: FID-{m['nfe_sweep'][0]['num']} against NFE", header, rows,
                                ["NFE: network evaluations per image, as the sampler spends them (a second-order "
                                 "step takes two)."], [("FID against NFE", f"{family}_nfe.png")]))
+    sweeps = {family: m["ema_sweep"] for family, m in models.items() if "ema_sweep" in m}
+    if sweeps:
+        out.append(ema_section(sweeps, models))
     guided = {family: m for family, m in models.items() if "guided" in m}
     if guided:
         out.append(Section("Autoguidance", ["model", "guide", "guide kimg", "w", f"FID-{protocol['generated']}",
@@ -118,6 +125,20 @@ def nfe_table(sweep: list[dict]) -> tuple[list[str], list[list[str]]]:
     samplers = list(dict.fromkeys(point["sampler"] for point in sweep))
     return ["sampler", *(f"NFE {n}" for n in counts)], [[s, *(_number(fids.get((s, n))) for n in counts)]
                                                          for s in samplers]
+
+
+def ema_section(sweeps: dict[str, list[dict]], models: dict) -> Section:
+    """A family per row, a post-hoc EMA length per column, and the ema_kimg EMA (the scores
+    above) measured on the same seeds."""
+    lengths = [p["ema_length"] for p in next(iter(sweeps.values()))]
+    num = next(iter(sweeps.values()))[0]["num"]
+    rows = [[family, *(_number(p["fid"]) for p in points), _number(models[family]["repeats"][0]["fid"])]
+            for family, points in sweeps.items()]
+    return Section(f"FID-{num} against post-hoc EMA length", ["model", *(f"{s:g}" for s in lengths), "ema_kimg EMA"],
+                   rows, ["Each column is the EMA of that length (sigma_rel: the standard deviation of its averaging "
+                          "profile as a fraction of training, EDM2's power-function EMA) made after training from the "
+                          "run's post-hoc snapshots (animegen ema); the last is the run's own EMA (ema_kimg), on the "
+                          "same seeds."], [("FID against EMA length", "ema_lengths.png")])
 
 
 def _curve_note(models: dict) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from PIL import Image
 from animegen.data.store import SPLITS, load_split, read_manifest
 from animegen.errors import UserError
 from animegen.io import atomic_dir, save_grid
-from animegen.settings import check_file_output, check_new_folder
+from animegen.settings import check_file_output, check_int, check_new_folder
 
 GRID_IMAGES = 64
 GRID_COLUMNS = 8
@@ -52,16 +53,37 @@ def dataset_info(path: str | os.PathLike, grid_path: str | os.PathLike | None = 
     return info
 
 
-def export_split(path: str | os.PathLike, split: str, out: str | os.PathLike) -> int:
-    """Write each image of `split` as out/<index>.png (zero-padded, in array order); the folder
-    appears only when complete. Returns the number of files."""
+def export_split(path: str | os.PathLike, split: str, out: str | os.PathLike, count: int | None = None,
+                 indices: str | None = None) -> int:
+    """Write images of `split` as out/<index>.png (zero-padded, the index in the split): all,
+    the first `count`, or those `indices` names ("0,5,10-19"); the folder appears only when
+    complete. Returns the number of files."""
     images = load_split(path, split)
+    chosen = _chosen(len(images), count, indices)
     check_new_folder("--out", out)
     width = len(str(max(len(images) - 1, 0)))
     with atomic_dir(out) as tmp:
-        for i, image in enumerate(images):
-            Image.fromarray(np.asarray(image)).save(tmp / f"{i:0{width}d}.png")
-    return len(images)
+        for i in chosen:
+            Image.fromarray(np.asarray(images[i])).save(tmp / f"{i:0{width}d}.png")
+    return len(chosen)
+
+
+def _chosen(size: int, count: int | None, indices: str | None) -> list[int]:
+    """The indices of a split of `size` images that `--count` or `--indices` pick (default: all)."""
+    if count is not None and indices is not None:
+        raise UserError("give --count or --indices, not both.")
+    if count is not None:
+        return list(range(check_int("--count", count, 1, size)))
+    if indices is None:
+        return list(range(size))
+    chosen = []
+    for part in indices.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        first, last = (int(match.group(1)), int(match.group(2) or match.group(1))) if match else (1, 0)
+        if not first <= last < size:
+            raise UserError(f"--indices {indices!r}: give indices or ranges A-B from 0 to {size - 1}, e.g. 0,5,10-19.")
+        chosen += [i for i in range(first, last + 1) if i not in chosen]
+    return chosen
 
 
 def _describe_sources(sources: list[str]) -> str:

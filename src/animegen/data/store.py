@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -53,10 +54,19 @@ def content_hash(train: np.ndarray, test: np.ndarray) -> str:
 
 
 def read_manifest(path: str | os.PathLike) -> dict:
+    """The dataset's manifest, parsed once per version of the file in a process (a real
+    dataset's lists every image: megabytes that starting a run would otherwise parse four
+    times). Shared: callers read it, never change it."""
     p = Path(path)
     if not is_dataset(p):
         raise UserError(f"{p} is not a prepared dataset (no manifest.json and train.npy); "
                         "make one with `animegen data prepare` or `animegen data synth`.")
+    stat = (p / "manifest.json").stat()
+    return _parsed_manifest(p, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed_manifest(p: Path, inode: int, size: int, mtime_ns: int) -> dict:  # a replaced file has another key
     try:
         manifest = read_json(p / "manifest.json")
     except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8

@@ -27,7 +27,7 @@ import torch
 
 from animegen.errors import UserError
 from animegen.generate import MAX_GRID, check_batch_size, load_generator
-from animegen.io import image_grid, save_grid, to_uint8
+from animegen.io import enlarge, image_grid, save_grid, shown_scale, to_uint8
 from animegen.latent import codes
 from animegen.latent.directions import Direction, apply_edits, edit_space, layer_range, load_all_directions, parse_edits
 from animegen.latent.media import VIDEO_FORMATS, check_video_writer, write_video
@@ -317,11 +317,13 @@ def write_interpolation(run: str, out: str, seeds: str | None, frames: int = 30,
                         space: str | None = None, fps: float = 30.0, options: dict | None = None,
                         device: str = "auto", checkpoint: str | int = "last", batch_size: int = 32,
                         directions: list[str] = (), edits: list[str] = (), seed_convention: str = "animegen",
-                        latents: tuple[str, list[str]] | None = None, guide: str | None = None) -> dict:
+                        latents: tuple[str, list[str]] | None = None, scale: int | None = None,
+                        resample: str = "nearest", guide: str | None = None) -> dict:
     """Interpolate between the keyframe seeds of each row of `seeds` ("3,7,11" or "1,2,3;4,5,6"),
     or through the latents of latent files (`latents`: kind "z" or "w" and the files, their rows
     in order: e.g. projected faces), and write `out`: a .png with one row of frames per
-    interpolation, or a .gif / .mp4 whose every frame shows all the rows. `guide`: as
+    interpolation, or a .gif / .mp4 whose every frame shows all the rows; each image enlarged
+    `scale` times (by default to 128 px or more: io.shown_scale) with `resample`. `guide`: as
     generate.load_generator's."""
     if (seeds is None) == (latents is None):
         raise UserError("give the keyframes as --seeds or as latent files (--z / --w), one of them.")
@@ -343,22 +345,30 @@ def write_interpolation(run: str, out: str, seeds: str | None, frames: int = 30,
             raise UserError(f"the latent files hold {len(file)} keyframes; interpolation needs 2 to {MAX_KEYFRAMES}.")
         rows, given = [file.seeds], file.given
     count = frame_count(len(rows[0]), frames, loop)
-    suffix = _check_output(out, len(rows), count, model.resolution, fps)
+    scale = shown_scale(model.resolution, scale, len(rows) * count)
+    suffix = _check_output(out, len(rows), count, model.resolution * scale, fps)
     moves = parse_edits(list(edits), load_all_directions(directions, model), model)
     video = interpolation_frames(model, rows, frames, loop, space, options, batch_size, moves, seed_convention, given)
     if suffix == ".png":
-        save_grid(video.reshape(-1, *video.shape[2:]), out, columns=count)
+        save_grid(video.reshape(-1, *video.shape[2:]), out, columns=count, scale=scale, resample=resample)
     else:
-        pad = 2 if len(rows) > 1 else 0
-        write_video(out, [image_grid(video[:, t], pad=pad) for t in range(count)], fps)
+        write_video(out, video_frames(video, scale, resample), fps)
     return {"out": str(out), "rows": len(rows), "frames": count, "space": space, "checkpoint": state["checkpoint"],
-            "sample_options": options}
+            "sample_options": options, "size": model.resolution * scale}
+
+
+def video_frames(video: np.ndarray, scale: int, resample: str = "nearest") -> list[np.ndarray]:
+    """The frames of a video of interpolations (rows, T, R, R, 3): frame t shows every row's
+    frame t side by side, each enlarged `scale` times."""
+    pad = 2 if len(video) > 1 else 0
+    return [image_grid(enlarge(video[:, t], scale, resample), pad=pad) for t in range(video.shape[1])]
 
 
 def write_style_mix(run: str, out: str, rows: str, cols: str, layers: str = "coarse", options: dict | None = None,
                     device: str = "auto", checkpoint: str | int = "last", batch_size: int = 32,
-                    seed_convention: str = "animegen") -> dict:
-    """Write the style-mixing figure (`style_mix_figure`) of seeds `rows` x `cols` as the PNG `out`."""
+                    seed_convention: str = "animegen", scale: int | None = None, resample: str = "nearest") -> dict:
+    """Write the style-mixing figure (`style_mix_figure`) of seeds `rows` x `cols` as the PNG
+    `out`, each image enlarged `scale` times (by default to 128 px or more: io.shown_scale)."""
     row_seeds, col_seeds = parse_seeds(rows, "--rows", most=MAX_ROWS), parse_seeds(cols, "--cols", most=MAX_ROWS)
     check_batch_size(batch_size)
     if Path(out).suffix.lower() != ".png":
@@ -366,8 +376,9 @@ def write_style_mix(run: str, out: str, rows: str, cols: str, layers: str = "coa
     check_file_output("--out", out)
     model, state = load_generator(run, device, checkpoint=checkpoint)
     options = model.resolve_sample_options(options or {})
+    scale = shown_scale(model.resolution, scale, (len(row_seeds) + 1) * (len(col_seeds) + 1))
     figure = style_mix_figure(model, row_seeds, col_seeds, layers, options, batch_size, seed_convention)
-    save_grid(figure.reshape(-1, *figure.shape[2:]), out, columns=len(col_seeds) + 1)
+    save_grid(figure.reshape(-1, *figure.shape[2:]), out, columns=len(col_seeds) + 1, scale=scale, resample=resample)
     return {"out": str(out), "rows": len(row_seeds), "cols": len(col_seeds), "layers": list(layer_range(model, layers)),
             "checkpoint": state["checkpoint"]}
 

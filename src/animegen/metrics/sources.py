@@ -31,6 +31,7 @@ class ImageSource:
     content: Callable[[], str]  # sha256 naming exactly these images (with `split` and `count`)
     split: str | None
     batches: Callable[[int], Iterator[np.ndarray | list[np.ndarray]]]  # batch_size -> uint8 batches
+    whole: int  # images the content hash names: the split's, of which these are the first `count`
 
 
 def open_source(path: str | os.PathLike, split: str = "test", num: int | None = None) -> ImageSource:
@@ -44,7 +45,8 @@ def open_source(path: str | os.PathLike, split: str = "test", num: int | None = 
 
 
 def _dataset_source(path: Path, split: str, num: int | None) -> ImageSource:
-    images = load_split(path, split)[:num]
+    split_images = load_split(path, split)
+    images = split_images[:num]
     if len(images) == 0:
         raise UserError(f"the {split} split of {path} is empty.")
     content_hash = read_manifest(path).get("content_hash")
@@ -55,7 +57,7 @@ def _dataset_source(path: Path, split: str, num: int | None) -> ImageSource:
         for start in range(0, len(images), batch_size):
             yield np.array(images[start : start + batch_size])  # a copy: the memory map is read-only
 
-    return ImageSource(f"{path} ({split} split)", len(images), lambda: content_hash, split, batches)
+    return ImageSource(f"{path} ({split} split)", len(images), lambda: content_hash, split, batches, len(split_images))
 
 
 def _files_source(path: Path, num: int | None) -> ImageSource:
@@ -85,7 +87,7 @@ def _files_source(path: Path, num: int | None) -> ImageSource:
         if batch:
             yield batch
 
-    return ImageSource(str(path), len(files), content, None, batches)
+    return ImageSource(str(path), len(files), content, None, batches, len(files))  # the hash names just these
 
 
 def _read(files: list[ImageFile]) -> Iterator[tuple[ImageFile, bytes]]:

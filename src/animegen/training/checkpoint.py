@@ -4,6 +4,7 @@ checkpoint folders themselves (atomic writes, verification, last/best, pruning) 
 animegen.runs.
 
     model.*, ema.*, net.<name>.*     module state dicts
+    posthoc.<k>.*                    the post-hoc EMA of the k-th length of posthoc_ema (training.ema.PowerEMAs)
     optim.<name>.<index>.<key>       optimizer state tensors (the rest: JSON layout)
     rng.draws                        the state of the objective's generator of training randomness
 """
@@ -16,6 +17,11 @@ import torch
 # ---------------------------------------------------------------- modules and optimizers
 def module_tensors(prefix: str, module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
+
+
+def modules_tensors(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """The state dicts of {prefix: module} in one flat dict."""
+    return {k: v for prefix, module in modules.items() for k, v in module_tensors(prefix, module).items()}
 
 
 def optimizer_tensors(prefix: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

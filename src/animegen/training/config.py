@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from animegen.errors import UserError
 from animegen.models import registry
 from animegen.models.registry import PRESETS, ModelSpec
+from animegen.posthoc import SIGMA_REL_MAX, SIGMA_REL_MIN
 from animegen.settings import FRACTION, SEED, Limit, at_least, between, build, field_names, one_of, parsed_by
 
 # (a lambda: Every is defined below)
@@ -31,11 +32,19 @@ class TrainConfig:
     xflip: bool = False  # augment with horizontal flips
     ema_kimg: float = 10.0  # EMA half-life in thousands of images
     ema_rampup: float | None = 0.05  # half-life at most this fraction of images seen (warm-up); None: off
+    # Post-hoc EMA (animegen.posthoc): the lengths (sigma_rel) of the power-function EMAs to track
+    # beside the ema_kimg EMA, e.g. [0.05, 0.1]; None: off. They are stored every posthoc_every and
+    # at the end of a run in RUN/posthoc, from which `animegen ema` makes any length.
+    posthoc_ema: tuple[float, ...] | None = None
+    posthoc_every: str = "5kimg"
     log_every: str = "50"  # progress line, metrics.jsonl and TensorBoard scalars
     sample_every: str = "500"  # sample grid from fixed seeds
     ckpt_every: str = "1000"
     fid_every: str | None = None  # FID snapshot (also writes a checkpoint); None: off
-    fid_num: int = 1000
+    # Generated and real (first of the test split) images per snapshot; None: chosen at the first
+    # snapshot and recorded (training.snapshots: 1000 and the whole split, or on a CPU a fifth of the time).
+    fid_num: int | None = None
+    fid_real: int | None = None
     keep: int = 3  # newest checkpoints kept (plus the best-FID one)
     grid_seeds: int = 64  # grids show seeds 0..grid_seeds-1
     tensorboard: bool = True  # also write scalars and grids to RUN/tb
@@ -44,9 +53,18 @@ class TrainConfig:
 
     limits: ClassVar[dict[str, Limit]] = {
         "batch": between(1, 65536), "ema_kimg": at_least(0, 1e6), "ema_rampup": FRACTION,
+        "posthoc_ema": between(SIGMA_REL_MIN, SIGMA_REL_MAX), "posthoc_every": INTERVAL,
         "log_every": INTERVAL, "sample_every": INTERVAL, "ckpt_every": INTERVAL, "fid_every": INTERVAL,
-        "fid_num": between(4, 10**6),  # snapshots include precision/recall, whose k=3 neighbours need 4 images
+        # snapshots include precision/recall, whose k=3 neighbours need 4 images on each side
+        "fid_num": between(4, 10**6), "fid_real": between(4, 10**8),
         "keep": between(1, 10**4), "grid_seeds": between(1, 1024), "precision": one_of("auto", "fp32", "bf16")}
+
+    def __post_init__(self):
+        lengths = self.posthoc_ema
+        if lengths is not None and (not lengths or len(set(lengths)) < len(lengths)):
+            raise ValueError(f"posthoc_ema={list(self.posthoc_ema)} must list distinct lengths, e.g. [0.05, 0.1].")
+        if self.posthoc_ema and Every(self.posthoc_every).off:
+            raise ValueError("posthoc_every=0 would store no post-hoc EMA snapshots; give an interval such as 5kimg.")
 
 
 def resolve_precision(precision: str, device_type: str) -> str:
@@ -67,11 +85,12 @@ class RunConfig:
     preset: str = "tiny"  # recorded so that a run folder says how it was configured
     overrides: dict = dataclasses.field(default_factory=dict)  # the --set values, as given
     data_hash: str | None = None  # the dataset's content hash (manifest), checked by --resume and eval
+    resumed_changes: list = dataclasses.field(default_factory=list)  # {"step", setting: [old, new]} per --resume
 
     def to_json(self) -> dict:
         return {"model": self.model, "data": self.data, "data_hash": self.data_hash,
                 "resolution": self.model_config.resolution, "seed": self.seed, "preset": self.preset,
-                "overrides": self.overrides,
+                "overrides": self.overrides, "resumed_changes": self.resumed_changes,
                 "model_config": dataclasses.asdict(self.model_config),
                 "objective_config": dataclasses.asdict(self.objective_config),
                 "train": dataclasses.asdict(self.train)}
@@ -82,7 +101,7 @@ class RunConfig:
                    model_config=build(spec.model.config_class, obj["model_config"]),
                    objective_config=build(spec.objective.config_class, obj["objective_config"]),
                    train=build(TrainConfig, obj["train"]), preset=obj["preset"], overrides=obj["overrides"],
-                   data_hash=obj.get("data_hash"))
+                   data_hash=obj.get("data_hash"), resumed_changes=obj.get("resumed_changes", []))
 
 
 def make_config(spec: ModelSpec, data: str, resolution: int, preset: str, sets: dict[str, Any],
@@ -116,6 +135,20 @@ def changed_settings(stored: dict) -> list[str]:
     return [f"{key}={json.dumps(value)}" for section in ("model_config", "objective_config", "train")
             for key, value in stored[section].items()
             if json.dumps(value) != json.dumps(preset[section].get(key))]
+
+
+def describe_change(changes: dict) -> str:
+    """{setting: [old, new]} (and "step") as "fid_every 2min -> off, fid_num 1000 -> 200"."""
+    def shown(key, value):
+        return str(value) if value is not None else "off" if key == "fid_every" else "unset"
+
+    return ", ".join(f"{key} {shown(key, values[0])} -> {shown(key, values[1])}" for key, values in changes.items()
+                     if key != "step")
+
+
+def resume_history(stored: dict) -> list[str]:
+    """`runs info`: "step N: what changed" for each resume of a stored run config that changed a setting."""
+    return [f"step {entry['step']}: {describe_change(entry)}" for entry in stored.get("resumed_changes", [])]
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
@@ -164,3 +197,11 @@ class Every:
         if self.off:
             return False
         return math.floor(after[self.unit] / self.every) > math.floor(before[self.unit] / self.every)
+
+    def left(self, now: dict[str, float], end: dict[str, float]) -> int:
+        """How many times it is due after clock `now` up to clock `end`, counting once more
+        for a partial interval at the end (a run ends with a snapshot)."""
+        if self.off:
+            return 0
+        last = math.ceil(end[self.unit] / self.every * (1 - 1e-9))  # a clock a rounding error past a multiple
+        return max(last - math.floor(now[self.unit] / self.every), 0)

@@ -1,15 +1,17 @@
 """The one training loop, for every family.
 
-Per step: next batch -> objective.train_step -> EMA -> losses averaged over ranks and
-checked (NaN/Inf stops the run without saving) -> then, when due: progress line and
-scalars, sample grid, FID snapshot (kept with the checkpoint written at that step),
-checkpoint. A run always ends with a checkpoint, also on Ctrl-C / SIGTERM: the current
-step finishes, a grid or FID snapshot under way is abandoned, and the command exits with
-130 / 143 after writing it. A second Ctrl-C exits at once (the last checkpoint stays).
+Per step: next batch -> objective.train_step -> EMA (and the post-hoc EMAs) -> losses
+averaged over ranks and checked (NaN/Inf stops the run without saving) -> then, when due:
+progress line and scalars (with an ETA that counts the snapshots still due), sample grid,
+post-hoc EMA snapshot, FID snapshot (kept with the checkpoint written at that step),
+checkpoint. A run always ends with a checkpoint, also on Ctrl-C / SIGTERM: the current step
+finishes, a grid or FID snapshot under way is abandoned, and the command exits with 130 /
+143 after writing it. A second Ctrl-C exits at once (the last checkpoint stays).
 
 The run folder (layout, checkpoints, lifecycle) belongs to animegen.runs; how a run starts
 (its config, new or resumed) to training.plan; the signal handling to training.signals; the
-peak-memory measurement to training.memory.
+peak-memory measurement to training.memory; what a FID snapshot measures and costs to
+training.snapshots.
 """
 
 from __future__ import annotations
@@ -25,24 +27,19 @@ import torch
 
 from animegen import runs
 from animegen.errors import UserError
-from animegen.generate import sample_batches, sample_grid
-from animegen.io import image_grid, save_grid
-from animegen.metrics import InceptionV3, evaluate_generator
-from animegen.metrics.sources import open_source
+from animegen.generate import sample_grid
+from animegen.io import duration, image_grid, save_grid
 from animegen.models import registry
 from animegen.training import checkpoint, distributed, transfer
-from animegen.training.config import Every, RunConfig, resolve_precision
+from animegen.training.config import Every, RunConfig, describe_change, resolve_precision
 from animegen.training.data import TrainStream
-from animegen.training.ema import ema_beta, make_ema, update_ema
+from animegen.training.ema import PowerEMAs, ema_beta, make_ema, update_ema
 from animegen.training.memory import PeakMemory, out_of_memory_as_user_error
-from animegen.training.plan import check_fits, parameter_counts, plan_run, set_snapshots
+from animegen.training.plan import check_fits, parameter_counts, plan_run, resolved_config, set_snapshots
 from animegen.training.signals import Abandon, StopSignals
+from animegen.training.snapshots import Snapshots
 
-SNAPSHOT_METRICS = ("fid", "kid", "pr")
 DRAWS, MODULES = 1, 2  # streams of derived_seed: the objective's draws, module-internal randomness
-# Inception images per forward pass in CPU snapshots: one pass cannot be interrupted, so it
-# must stay short for Ctrl-C to be honoured within seconds.
-CPU_INCEPTION_BATCH = 8
 
 
 class Target:
@@ -68,7 +65,7 @@ class Target:
 def train(run: str, *, model: str | None = None, data: str | None = None, preset: str | None = None,
           sets: dict | None = None, target: Target | None = None, resume: bool = False, device: str = "auto",
           seed: int | None = None, fid_every: str | None = None, fid_num: int | None = None,
-          init_from: str | None = None, dry_run: bool = False, echo=print) -> dict:
+          fid_real: int | None = None, init_from: str | None = None, dry_run: bool = False, echo=print) -> dict:
     """Start (or with resume=True continue) the run in folder `run`; returns the end summary
     ("signal" is set when SIGINT/SIGTERM stopped it). A new run uses `preset` (default tiny),
     `sets` and `seed` (default 0), and starts from the weights of run or checkpoint
@@ -86,22 +83,22 @@ def train(run: str, *, model: str | None = None, data: str | None = None, preset
     try:
         config, mode, line = plan_run(folder, request, resume, ctx.device.type)
         config.train.precision = resolve_precision(config.train.precision, ctx.device.type)
-        set_snapshots(config, fid_every, fid_num)
+        changes = set_snapshots(config, fid_every, fid_num, fid_real)
         sizes = parameter_counts(config)
         if dry_run:
-            return {"config": config.to_json(), "parameters": sizes, "start": line or mode}
+            return {"config": resolved_config(config, ctx.device.type), "parameters": sizes, "start": line or mode}
         if target is None:
             raise UserError("give one of --steps, --kimg and --minutes.")
-        check_fits(sizes, ctx.device)
+        check_fits(sizes, ctx.device, len(config.train.posthoc_ema or ()))
         with out_of_memory_as_user_error():
             trainer = Trainer(folder, config, ctx, echo)  # reads nothing of the folder
             with folder.lock() if ctx.rank == 0 else contextlib.nullcontext():
-                return _train(trainer, mode, line, init_from, target)
+                return _train(trainer, mode, line, init_from, target, changes if mode == "resume" else {})
     finally:
         distributed.teardown(ctx)
 
 
-def _train(trainer: Trainer, mode: str, line: str | None, init_from, target: Target) -> dict:
+def _train(trainer: Trainer, mode: str, line: str | None, init_from, target: Target, changes: dict) -> dict:
     folder, ctx = trainer.folder, trainer.ctx
     if ctx.rank == 0:
         removed = folder.remove_interrupted_writes()
@@ -124,8 +121,11 @@ def _train(trainer: Trainer, mode: str, line: str | None, init_from, target: Tar
         if ctx.rank == 0:
             folder.write_init_from(report)
     trainer.forget_later_history()
-    if ctx.rank == 0 and (mode != "resume" or folder.read_config().get("data") is None):
-        folder.write_config(trainer.config.to_json())  # a new run's; or an import's, with its first dataset
+    if changes:
+        trainer.config.resumed_changes.append({"step": trainer.step, **changes})
+        trainer._log_line("changed on resume (recorded in config.json): " + describe_change(changes))
+    if ctx.rank == 0 and (mode != "resume" or changes or folder.read_config().get("data") is None):
+        folder.write_config(trainer.config.to_json())  # a new run's; a resumed one's changes; an import's dataset
     distributed.barrier(ctx)
     return trainer.run(target)
 
@@ -137,20 +137,22 @@ class Trainer:
         self.spec = registry.get(config.model)
         self.tc = config.train
         self.every = {name: Every(getattr(self.tc, f"{name}_every")) for name in ("log", "sample", "ckpt", "fid")}
+        self.every["posthoc"] = Every(self.tc.posthoc_every if self.tc.posthoc_ema else None)
         self.stream = TrainStream(config.data, self.tc.batch, config.seed, self.tc.xflip, ctx.rank, ctx.world_size)
-        if not self.every["fid"].off and ctx.rank == 0:  # fail before step 0, not at the first snapshot
-            InceptionV3(device=ctx.device)
-            open_source(config.data, "test")
+        self.snapshots = Snapshots(config, ctx.device, self._log_line, self._save_config)
+        if not self.every["fid"].off and ctx.rank == 0:
+            self.snapshots.check()
         torch.manual_seed(config.seed)  # identical initialization on every rank
         if ctx.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.model = self.spec.model(config.model_config).to(ctx.device)
         self.ema = make_ema(self.model)
+        self.posthoc = PowerEMAs(self.model, self.tc.posthoc_ema)
         self.objective = self.spec.objective(self.model, config.objective_config, ctx)
         self.objective.draws.manual_seed(derived_seed(config.seed, DRAWS))
         self.objective.prepare(self.tc.compile)  # after the EMA copy, which samples eagerly in NCHW
         self.step, self.nimg, self.seconds = 0, 0, 0.0
-        self.saved_step = self.snapshot_step = self.grid_step = None
+        self.saved_step = self.snapshot_step = self.grid_step = self.posthoc_step = None
         self.start_step = 0
         self._writer = None
         self.memory = PeakMemory(ctx.device)
@@ -163,10 +165,15 @@ class Trainer:
         return {"steps": self.step, "kimg": self.nimg / 1000, "minutes": self.seconds / 60}
 
     def modules(self) -> dict[str, torch.nn.Module]:
+        """What --init-from fills; the post-hoc EMAs need nothing (step 1 replaces what they hold)."""
         return {"model": self.model, "ema": self.ema, **{f"net.{k}": v for k, v in self.objective.nets.items()}}
 
+    def saved_modules(self) -> dict[str, torch.nn.Module]:
+        """What a checkpoint holds: the modules and the post-hoc EMAs, by checkpoint prefix."""
+        return {**self.modules(), **self.posthoc.modules()}
+
     def load(self, tensors: dict, state: dict) -> None:
-        for prefix, module in self.modules().items():
+        for prefix, module in self.saved_modules().items():
             module.load_state_dict(runs.module_state(tensors, prefix), strict=True)
         for name, opt in self.objective.optimizers.items():
             checkpoint.load_optimizer(f"optim.{name}", opt, tensors, state["optimizers"][name])
@@ -176,6 +183,7 @@ class Trainer:
         self.step, self.nimg, self.seconds = state["step"], state["nimg"], state["train_seconds"]
         self.saved_step = self.grid_step = self.start_step = self.step
         self.snapshot_step = self.step if "snapshot" in state else None
+        self.snapshots.remember(state.get("snapshot", {}))
 
     def forget_later_history(self) -> None:
         """Log lines, grids and TensorBoard events after the starting step are a killed run's:
@@ -186,7 +194,7 @@ class Trainer:
     def save(self, snapshot: dict | None = None) -> None:
         distributed.check_in_sync(self.ctx, self.modules().values())
         if self.ctx.rank == 0:
-            tensors = {k: v for p, m in self.modules().items() for k, v in checkpoint.module_tensors(p, m).items()}
+            tensors = checkpoint.modules_tensors(self.saved_modules())
             layouts = {}
             for name, opt in self.objective.optimizers.items():
                 opt_tensors, layouts[name] = checkpoint.optimizer_tensors(f"optim.{name}", opt)
@@ -213,18 +221,22 @@ class Trainer:
                     losses = self._train_step()
                     after = self.clock
                     if self.every["log"].due(before, after):
-                        self._progress(losses, window, target)
+                        self._progress(losses, window, target, before)
                         window = dict(after)
                     if self.every["sample"].due(before, after):
                         self._grid()
+                    if self.every["posthoc"].due(before, after):
+                        self._store_posthoc()
                     if self.every["fid"].due(before, after):
-                        self._snapshot()
+                        self._snapshot(target)
                     elif self.every["ckpt"].due(before, after):
                         self.save()
             except Abandon:  # a signal in the instant a grid or snapshot enters or leaves its block
                 self._stop = True
+            if not self.every["posthoc"].off and self.posthoc_step != self.step and not self._stop:
+                self._store_posthoc()  # a synthesized length is made at the newest snapshot's step
             if not self.every["fid"].off and self.snapshot_step != self.step and not self._stop:
-                self._snapshot()
+                self._snapshot(target)
             if self.saved_step != self.step:
                 self.save()
             if self.grid_step != self.step and not self._stop:
@@ -242,6 +254,7 @@ class Trainer:
         self.nimg += self.tc.batch
         distributed.average_buffers(self.ctx, [self.model, *self.objective.nets.values()])
         update_ema(self.ema, self.model, ema_beta(self.nimg, self.tc.batch, self.tc.ema_kimg, self.tc.ema_rampup))
+        self.posthoc.update(self.model, self.step)
         names = list(losses)
         values = torch.stack([losses[k].detach().float().reshape(()) for k in names]
                              + [torch.tensor(float(self._stop_requested), device=self.ctx.device)])
@@ -270,13 +283,12 @@ class Trainer:
         self._stop = distributed.mean_over_ranks(self.ctx, local).item() > 0
 
     # ------------------------------------------------------------ outputs (rank 0)
-    def _progress(self, losses: dict, window: dict, target: Target) -> None:
+    def _progress(self, losses: dict, window: dict, target: Target, before: dict) -> None:
         seconds = (self.seconds - window["minutes"] * 60) or 1e-9
         rate = (self.nimg - window["kimg"] * 1000) / seconds
-        remaining = _eta_seconds(target, self.clock, rate, self.tc.batch)
         text = "  ".join(f"{k} {v:.4g}" for k, v in losses.items())
         self._log_line(f"step {self.step:>7}  kimg {self.nimg / 1000:8.2f}  {rate:7.1f} img/s  {text}"
-                       f"  ETA {_duration(remaining)}")
+                       f"  ETA {self._eta(target, rate, before)}")
         self._record({"event": "train", "img_per_s": rate, "peak_mem_mb": self.memory.training_mb(), **losses},
                      {f"loss/{k}": v for k, v in losses.items()} | {"perf/img_per_s": rate})
 
@@ -294,36 +306,51 @@ class Trainer:
             self._write_grid()
         self._agree_on_stop()
 
-    def _snapshot(self) -> None:
-        """FID (with KID and precision/recall, which come nearly free from the same Inception
-        features) of the EMA weights, seeds 0..fid_num-1, vs the whole test split; written
-        with the checkpoint of this step. A signal abandons it; the checkpoint is still written."""
+    def _eta(self, target: Target, rate: float, before: dict) -> str:
+        """Time to the target at `rate` img/s, with the snapshots due after clock `before` (the
+        one this step may be due included) and their share said, or training alone with a
+        note when no snapshot has been timed yet."""
+        end = projected_end(target, self.clock, rate, self.tc.batch)
+        training = (end["minutes"] - self.clock["minutes"]) * 60
+        snapshots = self.snapshots.seconds_left(before, end)
+        if snapshots is None:
+            return f"{duration(training)} + FID snapshots (timed at the first)"
+        return duration(training + snapshots) + (f" (snapshots {duration(snapshots)})" if snapshots else "")
+
+    def _store_posthoc(self) -> None:
+        """The post-hoc EMAs of this step as RUN/posthoc/step-N (by rank 0: they are the same on every rank)."""
+        self.posthoc_step = self.step
+        if self.ctx.rank == 0:
+            tensors = checkpoint.modules_tensors(self.posthoc.modules())
+            self.folder.save_posthoc(self.step, tensors, {"step": self.step, "nimg": self.nimg,
+                                                          "train_seconds": self.seconds, **self.posthoc.describe()})
+
+    def _snapshot(self, target: Target) -> None:
+        """An FID snapshot (training.snapshots) of the EMA weights, written with the checkpoint
+        of this step. A signal abandons it; the checkpoint is still written."""
         snapshot = None
         if self.ctx.rank == 0:
-            with self._abandoned_on_signal("FID snapshot"), self.memory.apart():
-                snapshot = self._measure()
+            with self._abandoned_on_signal("FID snapshot"), self.memory.apart(), self._sampling_rng():
+                end = projected_end(target, self.clock, self.nimg / max(self.seconds, 1e-9), self.tc.batch)
+                snapshot = self.snapshots.measure(self.ema, end, self._sample_batch)
             if snapshot is not None:  # recorded only once complete, so a log line always has its checkpoint
+                self._log_snapshot(snapshot)
                 self._record({"event": "fid", **snapshot}, {f"metrics/{k}": v for k, v in snapshot.items()
-                                                            if isinstance(v, (int, float)) and not k.startswith("num")})
+                                                            if isinstance(v, (int, float))
+                                                            and not k.startswith(("num", "seconds"))})
         if snapshot is not None or self.ctx.rank != 0:
             self.snapshot_step = self.step
         self.save(snapshot)
 
-    def _measure(self) -> dict:
-        t0 = time.perf_counter()
-        options = self.ema.resolve_sample_options({})
-        inception_batch = CPU_INCEPTION_BATCH if self.ctx.device.type == "cpu" else self._sample_batch
-        with self._sampling_rng():
-            batches = sample_batches(self.ema, range(self.tc.fid_num), self._sample_batch, options)
-            result = evaluate_generator(batches, real=self.config.data, split="test", metrics=SNAPSHOT_METRICS,
-                                        num=self.tc.fid_num, device=self.ctx.device, batch_size=inception_batch)
-        numbers = {k: v for k, v in result.items() if isinstance(v, (int, float))}
-        snapshot = {**numbers, "num": self.tc.fid_num, "split": "test", "sample_options": options}
-        name = f"FID-{_count(self.tc.fid_num)}"
-        self._log_line(f"step {self.step:>7}  {name} {result['fid']:.2f}  "
-                       + "  ".join(f"{k} {numbers[k]:.4g}" for k in ("kid", "precision", "recall") if k in numbers)
-                       + f"  ({time.perf_counter() - t0:.0f} s)")
-        return snapshot
+    def _log_snapshot(self, snapshot: dict) -> None:
+        others = "  ".join(f"{k} {snapshot[k]:.4g}" for k in ("kid", "precision", "recall") if k in snapshot)
+        self._log_line(f"step {self.step:>7}  FID-{_count(snapshot['num'])} {snapshot['fid']:.2f}  {others}  "
+                       f"({snapshot['num']} generated vs {snapshot['num_real']} test images, "
+                       f"{duration(snapshot['seconds'])})")
+
+    def _save_config(self) -> None:
+        if self.ctx.rank == 0:
+            self.folder.write_config(self.config.to_json())
 
     def _finish(self, start: dict) -> dict:
         seconds = self.seconds - start["minutes"] * 60
@@ -389,17 +416,14 @@ def derived_seed(*key: int) -> int:
     return int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def _eta_seconds(target: Target, clock: dict, img_per_s: float, batch: int) -> float:
-    if target.unit == "minutes":
-        return max(target.value - clock["minutes"], 0) * 60
-    images_left = (target.value - clock["kimg"]) * 1000 if target.unit == "kimg" else (target.value - clock["steps"]) * batch
-    return max(images_left, 0) / max(img_per_s, 1e-9)
-
-
-def _duration(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+def projected_end(target: Target, clock: dict, img_per_s: float, batch: int) -> dict:
+    """The clock (steps, kimg, minutes of training) when the run reaches `target`, training
+    at `img_per_s` from `clock` on."""
+    images = {"minutes": (target.value - clock["minutes"]) * 60 * img_per_s,
+              "kimg": (target.value - clock["kimg"]) * 1000, "steps": (target.value - clock["steps"]) * batch}
+    left = max(images[target.unit], 0)
+    return {"steps": clock["steps"] + left / batch, "kimg": clock["kimg"] + left / 1000,
+            "minutes": clock["minutes"] + left / max(img_per_s, 1e-9) / 60}
 
 
 def _count(n: int) -> str:

@@ -43,6 +43,9 @@ Implementers subclass `Objective` and provide:
     extra_state() / load_extra_state(state)
                         optional: JSON-able non-tensor state (tensors belong in buffers of
                         a net added with add_net, which are checkpointed already).
+    resolved_settings(batch) -> dict
+                        optional: the values the objective uses for config fields left
+                        None that it fills by a rule (StyleGAN's r1_gamma), for --dry-run.
 
 Distributed training does not wrap modules in DistributedDataParallel: `optimize`
 all-reduces the gradients of the parameters it steps (one flat buffer), and the loop
@@ -105,6 +108,11 @@ class Objective:
     def add_optimizer(self, name: str, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         self.optimizers[name] = optimizer
         return optimizer
+
+    def resolved_settings(self, batch: int) -> dict:
+        """Settings of the objective config left unset (None) that it fills with a rule of its
+        own, as it uses them at global batch `batch` (`train --dry-run` shows these); none by default."""
+        return {}
 
     def autocast(self):
         dtype = self.ctx.autocast_dtype

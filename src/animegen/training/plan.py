@@ -17,8 +17,9 @@ from animegen.data.store import read_manifest
 from animegen.errors import UserError
 from animegen.models import registry
 from animegen.settings import check_new_folder, check_value, limits_of
-from animegen.training.config import RunConfig, TrainConfig, make_config, resolve_precision
+from animegen.training.config import Every, RunConfig, TrainConfig, make_config, resolve_precision
 from animegen.training.objective import TrainContext
+from animegen.training.snapshots import unset_counts
 
 
 def plan_run(folder: runs.Run, request: dict, resume: bool, device_type: str) -> tuple[RunConfig, str, str | None]:
@@ -91,12 +92,36 @@ def _resume_config(folder: runs.Run, stored: dict, request: dict, device_type: s
     return config
 
 
-def set_snapshots(config: RunConfig, fid_every, fid_num) -> None:
-    """--fid-every / --fid-num: the only settings a resumed run may change."""
+def set_snapshots(config: RunConfig, fid_every, fid_num, fid_real) -> dict[str, list]:
+    """--fid-every / --fid-num / --fid-real: the only settings a resumed run may change;
+    returns {setting: [old, new]} for each that changed (an interval that is off is null)."""
     hints, limits = typing.get_type_hints(TrainConfig), limits_of(TrainConfig)
-    for key, value in (("fid_every", fid_every), ("fid_num", fid_num)):
-        if value is not None:
-            setattr(config.train, key, check_value(key, value, hints[key], limits[key], source="--" + key.replace("_", "-")))
+    changes = {}
+    for key, value in (("fid_every", fid_every), ("fid_num", fid_num), ("fid_real", fid_real)):
+        if value is None:
+            continue
+        value = check_value(key, value, hints[key], limits[key], source="--" + key.replace("_", "-"))
+        if key == "fid_every" and Every(value).off:
+            value = None
+        if value != getattr(config.train, key):
+            changes[key] = [getattr(config.train, key), value]
+            setattr(config.train, key, value)
+    return changes
+
+
+def resolved_config(config: RunConfig, device_type: str) -> dict:
+    """config.json as the run will use it (`train --dry-run`): the values an objective
+    computes for settings left unset (StyleGAN's r1_gamma), and the rule that chooses
+    unset FID snapshot counts at the first snapshot (training.snapshots), in place of nulls."""
+    shown = config.to_json()
+    spec, meta = registry.get(config.model), torch.device("meta")
+    with meta:
+        objective = spec.objective(spec.model(config.model_config), config.objective_config, TrainContext(meta))
+    shown["objective_config"].update(objective.resolved_settings(config.train.batch))
+    train = shown["train"]
+    if train["fid_every"] is not None:
+        train.update({k: v for k, v in unset_counts(device_type).items() if train[k] is None})
+    return shown
 
 
 def parameter_counts(config: RunConfig) -> dict[str, int]:
@@ -111,9 +136,10 @@ def parameter_counts(config: RunConfig) -> dict[str, int]:
     return {name: sum(p.numel() for p in net.parameters()) for name, net in nets.items()}
 
 
-def check_fits(sizes: dict[str, int], device: torch.device) -> None:
-    """Refuse a model whose weights, EMA copy, gradients and Adam moments alone exceed memory."""
-    need = 4 * (5 * sizes["model"] + 4 * sum(v for k, v in sizes.items() if k != "model"))
+def check_fits(sizes: dict[str, int], device: torch.device, posthoc_copies: int = 0) -> None:
+    """Refuse a model whose weights, EMA copies (the post-hoc ones too), gradients and Adam
+    moments alone exceed memory."""
+    need = 4 * ((5 + posthoc_copies) * sizes["model"] + 4 * sum(v for k, v in sizes.items() if k != "model"))
     have = (torch.cuda.mem_get_info(device)[1] if device.type == "cuda"
             else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     if need > have:

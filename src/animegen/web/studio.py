@@ -24,12 +24,12 @@ from animegen.data.images import BadImage
 from animegen.data.prepare import decode_large_enough
 from animegen.errors import UserError
 from animegen.generate import load_generator, sample_batches
-from animegen.io import image_grid, to_uint8
+from animegen.io import image_grid, shown_scale, to_uint8
 from animegen.latent.directions import (NAMED_RANGES, Direction, check_name, edit_space, layer_range, load_directions,
                                        parse_edits, save_directions)
 from animegen.latent.discover import fit_from_latents, sefa, seed_latents
 from animegen.latent import codes
-from animegen.latent.interpolate import check_deterministic, interpolation_frames
+from animegen.latent.interpolate import check_deterministic, interpolation_frames, video_frames
 from animegen.latent.media import gif_bytes
 from animegen.latent.plane import check_point, plane_latents
 from animegen.latent.project import project_files
@@ -66,8 +66,17 @@ class LoadedRun:
     folder: Path  # the studio's files of this run
     directions_file: str  # all of `directions`, on disk, for the commands shown
     work: WorkFolder
+    checkpoint: str = "last"  # which of the run's checkpoints is served (`--checkpoint`)
     directions: dict[str, Direction] = field(default_factory=dict)
-    guide: str | None = None  # the run guiding this one (autoguidance), for the commands shown
+    guide: str | None = None  # the run guiding this one (autoguidance, `--guide`)
+
+    def checkpoint_flags(self) -> list[str]:
+        """`--checkpoint X` for the commands shown, unless the newest is served."""
+        return [] if self.checkpoint == "last" else ["--checkpoint", self.checkpoint]
+
+    def guide_flags(self) -> list[str]:
+        """`--guide GUIDE` for the commands shown, when a guide steers this run."""
+        return ["--guide", self.work.shown(self.guide)] if self.guide else []
 
     def save_directions(self) -> None:
         save_directions(self.work.inside(self.directions_file), self.model, list(self.directions.values()))
@@ -77,10 +86,12 @@ class Studio:
     """The runs given to `animegen serve`, each loaded once."""
 
     def __init__(self, runs: list[str], directions_files: list[str] = (), device: str = "cpu",
-                 work: str | Path = "animegen-studio", work_limit: int = WORK_LIMIT, guides: dict[str, str] | None = None):
+                 work: str | Path = "animegen-studio", work_limit: int = WORK_LIMIT, checkpoint: str = "last",
+                 guides: dict[str, str] | None = None):
         """`work`: where the studio keeps what it makes (each run's directions file, with the
         SeFa directions computed on start and the few-shot ones, and the uploads it projects),
         so every command it shows can be run as it is; at most `work_limit` bytes of it.
+        `checkpoint`: which checkpoint of every run to serve (last, best, a step, ema:LENGTH).
         `guides`: run -> the run guiding it (autoguidance; its weight is then a control)."""
         if not runs:
             raise UserError("give at least one run to serve.")
@@ -88,7 +99,7 @@ class Studio:
         unknown = sorted(set(guides) - set(runs))
         if unknown:
             raise UserError(f"--guide names {', '.join(unknown)}, which is not among the runs served.")
-        self.work, self.device = WorkFolder(work, work_limit), device
+        self.work, self.device, self.checkpoint = WorkFolder(work, work_limit), device, str(checkpoint)
         self.unused = {str(f): "" for f in directions_files}  # file -> why no run took it
         self.runs = [self._load(i, path, directions_files, device, guides.get(path)) for i, path in enumerate(runs)]
         if self.unused:
@@ -97,15 +108,15 @@ class Studio:
         self.projections: dict[tuple[int, str], tuple[str, codes.LatentFile]] = {}  # (run, id) -> latents path, file
 
     def _load(self, index: int, path: str, directions_files, device: str, guide: str | None) -> LoadedRun:
-        model, state = load_generator(path, device, guide=guide)
+        model, state = load_generator(path, device, checkpoint=self.checkpoint, guide=guide)
         info = describe_run(path)
-        card = {key: info[key] for key in ("family", "preset", "kimg", "best_fid")}
+        card = {key: info[key] for key in ("family", "preset", "best_fid")} | {"kimg": round(state["nimg"] / 1000, 3)}
         card |= {"dataset": dataset_name(Run(path).read_config()), "resolution": model.resolution}
         if guide:
             card["guide"] = f"{Path(guide).name} ({state['guide']['kimg']:g} kimg)"
         folder = self.work.root / f"{index}-{Path(path).resolve().name}"
         loaded = LoadedRun(index, str(Path(path).absolute()), model, state, card, folder,
-                           str(folder / "directions.safetensors"), self.work,
+                           str(folder / "directions.safetensors"), self.work, self.checkpoint,
                            guide=str(Path(guide).absolute()) if guide else None)
         for file in directions_files:
             try:
@@ -178,14 +189,15 @@ class Studio:
         upload = self.work.inside(uploads / f"{key}.png")
         uploads.mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels).save(upload)  # lossless: `animegen project` on it sees these pixels
-        report = project_files(run.path, [str(upload)], str(out), device=self.device, progress=progress, guide=run.guide)
+        report = project_files(run.path, [str(upload)], str(out), device=self.device, checkpoint=run.checkpoint,
+                               progress=progress, guide=run.guide)
         latents = out / "latents.npz"
         self.projections[(run.index, key)] = (self.work.shown(latents),
                                               codes.load_latents(latents, edit_space(run.model), run.model))
         return {"projection": key, "psnr": report["mean_psnr"], "target": (out / "target-000.png").read_bytes(),
                 "recon": (out / "recon-000.png").read_bytes(),
                 "command": shlex.join(["animegen", "project", *map(self.work.shown, (run.path, upload)), "--out",
-                                       self.work.shown(out), *guide_flag(run)])}
+                                       self.work.shown(out), *run.checkpoint_flags(), *run.guide_flags()])}
 
     def _projection(self, run: LoadedRun, key) -> tuple[str, codes.LatentFile]:
         if not isinstance(key, str) or not PROJECTION_ID.match(key) or (run.index, key) not in self.projections:
@@ -215,10 +227,11 @@ class Studio:
             seeds, given = int_list(request.get("seeds"), "seeds", 2, 8), None
             keyframes = ["--seeds", ",".join(map(str, seeds))]
         video = interpolation_frames(run.model, [seeds], frames, options=options,
-                                     edits=parse_edits(specs, run.directions, run.model), given=given)[0]
+                                     edits=parse_edits(specs, run.directions, run.model), given=given)
+        gif = gif_bytes(video_frames(video, shown_scale(run.model.resolution)), GIF_FPS)  # as the command's default
         target = [*keyframes, "--frames", str(frames), "--fps", str(GIF_FPS), "--out", "interpolation.gif"]
-        return {"strip": png_bytes(image_grid(video, columns=len(video))), "gif": gif_bytes(video, GIF_FPS),
-                "frames": len(video), "command": command("interpolate", run, target, options, specs)}
+        return {"strip": png_bytes(image_grid(video[0], columns=video.shape[1])), "gif": gif,
+                "frames": video.shape[1], "command": command("interpolate", run, target, options, specs)}
 
     def fit(self, request: dict) -> dict:
         """A direction fitted to the seeds the user marked ("has it" / "doesn't"), added to the
@@ -275,14 +288,11 @@ def edit_specs(run: LoadedRun, edits) -> list[str]:
 
 def command(verb: str, run: LoadedRun, target: list[str], options: dict, specs: list[str]) -> str:
     """The `animegen VERB` command line that makes exactly what the page shows."""
-    args = ["animegen", verb, run.work.shown(run.path), *target, *run.model.option_flags(options), *guide_flag(run)]
+    args = ["animegen", verb, run.work.shown(run.path), *target, *run.model.option_flags(options),
+            *run.checkpoint_flags(), *run.guide_flags()]
     if specs:
         args += ["--directions", run.work.shown(run.directions_file), *[a for spec in specs for a in ("--edit", spec)]]
     return " ".join(shlex.quote(a) for a in args)
-
-
-def guide_flag(run: LoadedRun) -> list[str]:
-    return ["--guide", run.work.shown(run.guide)] if run.guide else []
 
 
 def int_list(value, name: str, least: int, most: int) -> list[int]:

@@ -9,14 +9,14 @@ its resolution. Both designs return float32 taps that sum to 1 (DC gain 1), read
 from __future__ import annotations
 
 import numpy as np
-import scipy.signal
-import scipy.special
 import torch
 
 
 def kaiser_lowpass(numtaps: int, cutoff: float, width: float, fs: float) -> torch.Tensor:
     """Separable Kaiser-windowed sinc low-pass: 1-D taps; `width` is the full transition band
     (the Kaiser beta is chosen so that the stopband starts at cutoff + width/2)."""
+    import scipy.signal  # a second to import: loaded when a StyleGAN3 is built, not by every command
+
     taps = scipy.signal.firwin(numtaps, cutoff, width=width, fs=fs)
     return torch.as_tensor(taps, dtype=torch.float32)
 
@@ -26,6 +26,9 @@ def jinc_lowpass(numtaps: int, cutoff: float, width: float, fs: float) -> torch.
     disc-shaped low-pass, a jinc, windowed by the same Kaiser window as `kaiser_lowpass`
     (outer product), so the passband is a disc instead of a square and rotations do not
     meet a preferred direction."""
+    import scipy.signal  # as in kaiser_lowpass
+    import scipy.special
+
     x = (np.arange(numtaps) - (numtaps - 1) / 2) / fs
     r = np.hypot(x[:, None], x[None, :])
     # The inverse Fourier transform of a disc of radius fc is fc * J1(2 pi fc r) / r, which

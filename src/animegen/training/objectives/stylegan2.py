@@ -93,6 +93,13 @@ class StyleGANObjective(Objective):
         """R1 weight when `r1_gamma` is unset, for the global `batch`: StyleGAN2-ADA's heuristic."""
         return r1_gamma_heuristic(self.model.resolution, batch)
 
+    def r1_gamma(self, batch: int) -> float:
+        """The R1 weight used at global batch `batch`: the setting, or the family's rule."""
+        return self.config.r1_gamma if self.config.r1_gamma is not None else self.default_r1_gamma(batch)
+
+    def resolved_settings(self, batch: int) -> dict:
+        return {"r1_gamma": self.r1_gamma(batch)}
+
     def compiled_modules(self) -> list[torch.nn.Module]:
         """The mapping network and D. Not the synthesis network: StyleGAN2's per-image noise
         draws (a torch.Generator) break its graph at every layer, and the layers' shared code
@@ -181,7 +188,7 @@ class StyleGANObjective(Objective):
     def _r1_step(self, real: torch.Tensor) -> torch.Tensor:
         """R1: gamma/2 * E|grad_x D(x)|^2 on (non-augmented) reals, every r1_interval steps."""
         c = self.config
-        gamma = c.r1_gamma if c.r1_gamma is not None else self.default_r1_gamma(real.shape[0] * self.ctx.world_size)
+        gamma = self.r1_gamma(real.shape[0] * self.ctx.world_size)
         real = real.detach().requires_grad_(True)
         with self.eager(), self.autocast():  # a double backward: no compiled graphs
             logits = self.discriminate(real)

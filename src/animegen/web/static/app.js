@@ -4,8 +4,13 @@
 
 const $ = (id) => document.getElementById(id);
 const token = new URLSearchParams(location.search).get("token");
-const state = { runs: [], run: null, plane: null, projection: null, faces: [], sent: 0, shown: 0, marks: new Map() };
-const PER_SEED = 40; // canvas pixels per seed on the plane
+const state = { runs: [], run: null, plane: null, projection: null, faces: [], sent: 0, shown: 0, marks: new Map(),
+  corners: new Map(), cornersKey: "" };
+const PER_SEED = 48; // canvas pixels per seed on the plane
+const SPAN = 4; // seeds across the plane's canvas: its corners are SPAN + 1 seeds a side
+const MARGIN = PER_SEED / 2; // around the outer corners, so their thumbnails show whole
+const THUMB = 32; // canvas pixels of a corner seed's thumbnail
+const SHOWN = 192; // at least this many CSS pixels per image: a 32 px face at 6x, pixel for pixel
 
 async function api(path, body) {
   const headers = { "Content-Type": "application/json" };
@@ -100,9 +105,19 @@ function optionsChanged() {
   refresh();
 }
 
+// Images are shown at a whole multiple of the run's resolution (so every model pixel is a
+// square block: `image-rendering: pixelated`), the smallest one that is SHOWN px or more.
+function showSizes(resolution) {
+  const root = document.documentElement.style;
+  root.setProperty("--shown", resolution * Math.max(1, Math.floor(SHOWN / resolution)) + "px");
+  root.setProperty("--strip-scale", Math.max(1, Math.floor(128 / resolution)));
+  root.setProperty("--resolution", resolution + "px");
+}
+
 function buildControls() {
   const run = state.run;
   const card = run.card;
+  showSizes(card.resolution);
   $("card").textContent = `${card.family} · ${card.preset || "imported"} · ${card.resolution} px · ${card.kimg} kimg · best FID ${card.best_fid}`;
   $("count").max = run.controls.max_grid;
   $("frames").max = run.controls.max_frames;
@@ -238,6 +253,10 @@ async function interpolate(between) {
   const body = { run: state.run.index, frames: Number($("frames").value), options: request().options, edits: edits() };
   if (between === "faces") body.projections = state.faces;
   else body.seeds = [Number($("from-seed").value), Number($("to-seed").value)];
+  const button = $(between === "faces" ? "interpolate-faces" : "interpolate");
+  const label = button.textContent;
+  Object.assign(button, { disabled: true, textContent: "Rendering…" });
+  $("strip-box").classList.add("busy");
   try {
     const data = await api("/api/interpolate", body);
     if (data.stale) return;
@@ -249,6 +268,9 @@ async function interpolate(between) {
     say("");
   } catch (e) {
     say(e.message, true);
+  } finally {
+    Object.assign(button, { disabled: between === "faces" && state.faces.length < 2, textContent: label });
+    $("strip-box").classList.remove("busy");
   }
 }
 
@@ -265,17 +287,30 @@ function request() {
   return body;
 }
 
+// While the newest request renders, the images shown dim and a spinner says so.
+function busy(on) {
+  $("view").classList.toggle("busy", on);
+  $("view").setAttribute("aria-busy", on);
+  $("busy").hidden = !on;
+}
+
 async function refresh() {
   const ticket = ++state.sent;
+  busy(true);
+  loadCorners();
   let data;
   try {
     data = await api("/api/generate", request());
   } catch (e) {
-    if (ticket === state.sent) say(e.message, true);
+    if (ticket === state.sent) {
+      say(e.message, true);
+      busy(false);
+    }
     return;
   }
   if (data.stale || ticket < state.shown) return; // a newer request is on its way
   state.shown = ticket;
+  if (ticket === state.sent) busy(false);
   say("");
   const figures = data.images.map((image) => {
     const figure = document.createElement("figure");
@@ -303,21 +338,55 @@ function origin() {
   return [seed % 100, Math.floor(seed / 100)];
 }
 
+// The seeds at the plane's grid points, a row of SPAN + 1 per request (seeds of a row are
+// consecutive; rows are 100 apart), with the current sampling options; each row is its own
+// view on the server, so the main images never wait behind an older row.
+async function loadCorners() {
+  const [x0, y0] = origin();
+  const options = request().options;
+  const key = JSON.stringify([state.run.index, x0, y0, options]);
+  if (key === state.cornersKey) return;
+  state.cornersKey = key;
+  state.corners.clear();
+  drawPlane();
+  for (let row = 0; row <= SPAN; row++) {
+    const body = { run: state.run.index, view: "plane-" + row, seed: x0 + 100 * (y0 + row), count: SPAN + 1, options };
+    api("/api/generate", body).then((data) => {
+      if (data.stale || key !== state.cornersKey) return;
+      data.images.forEach((image, i) => {
+        const img = new Image();
+        img.onload = () => { if (key === state.cornersKey) drawPlane(); };
+        img.src = "data:image/png;base64," + image.png;
+        state.corners.set(row * (SPAN + 1) + i, img);
+      });
+    }).catch(() => {}); // the main request shows what is wrong
+  }
+}
+
 function drawPlane() {
   const canvas = $("plane");
   const g = canvas.getContext("2d");
   g.clearRect(0, 0, canvas.width, canvas.height);
   g.strokeStyle = "#99a";
-  for (let p = 0; p <= canvas.width; p += PER_SEED) {
-    g.beginPath(); g.moveTo(p, 0); g.lineTo(p, canvas.height); g.stroke();
-    g.beginPath(); g.moveTo(0, p); g.lineTo(canvas.width, p); g.stroke();
+  const end = MARGIN + SPAN * PER_SEED;
+  for (let p = MARGIN; p <= end; p += PER_SEED) {
+    g.beginPath(); g.moveTo(p, MARGIN); g.lineTo(p, end); g.stroke();
+    g.beginPath(); g.moveTo(MARGIN, p); g.lineTo(end, p); g.stroke();
+  }
+  g.imageSmoothingEnabled = false; // the corner seeds' pixels, as in the grid
+  for (const [at, img] of state.corners) {
+    if (!img.complete) continue;
+    const x = MARGIN + (at % (SPAN + 1)) * PER_SEED, y = MARGIN + Math.floor(at / (SPAN + 1)) * PER_SEED;
+    g.drawImage(img, x - THUMB / 2, y - THUMB / 2, THUMB, THUMB);
   }
   if (state.plane) {
     const [x0, y0] = origin();
     g.fillStyle = "#d33";
+    g.strokeStyle = "#fff";
     g.beginPath();
-    g.arc((state.plane[0] - x0) * PER_SEED, (state.plane[1] - y0) * PER_SEED, 4, 0, 2 * Math.PI);
+    g.arc(MARGIN + (state.plane[0] - x0) * PER_SEED, MARGIN + (state.plane[1] - y0) * PER_SEED, 5, 0, 2 * Math.PI);
     g.fill();
+    g.stroke();
     $("plane-value").textContent = `(${state.plane[0].toFixed(2)}, ${state.plane[1].toFixed(2)})`;
   } else {
     $("plane-value").textContent = "";
@@ -328,10 +397,21 @@ function dragPlane(event) {
   if (event.buttons !== 1) return;
   const box = $("plane").getBoundingClientRect();
   const [x0, y0] = origin();
-  const x = Math.min(Math.max(event.clientX - box.left, 0), box.width) / PER_SEED;
-  const y = Math.min(Math.max(event.clientY - box.top, 0), box.height) / PER_SEED;
+  const inside = (v) => Math.min(Math.max(v - MARGIN, 0), SPAN * PER_SEED) / PER_SEED;
+  const x = inside(event.clientX - box.left), y = inside(event.clientY - box.top);
   state.plane = [x0 + x, y0 + y];
   state.projection = null;
+  drawPlane();
+  refresh();
+}
+
+// A new seed leaves the plane and a projected face. The box also says "change" when it loses
+// focus to a click on the plane: the same seed then changes nothing.
+let seedShown = "0";
+function seedChanged() {
+  if ($("seed").value === seedShown) return;
+  seedShown = $("seed").value;
+  state.plane = state.projection = null;
   drawPlane();
   refresh();
 }
@@ -353,7 +433,7 @@ async function start() {
     buildControls();
     unproject();
   });
-  $("seed").addEventListener("change", () => { state.plane = state.projection = null; drawPlane(); refresh(); });
+  $("seed").addEventListener("change", seedChanged);
   $("upload").addEventListener("change", upload);
   $("unproject").addEventListener("click", unproject);
   $("count").addEventListener("input", () => { $("count-value").textContent = $("count").value; refresh(); });
