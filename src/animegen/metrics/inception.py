@@ -42,6 +42,7 @@ from animegen.errors import UserError
 WEIGHTS_ENV = "ANIMEGEN_INCEPTION"
 SIZE = 299
 DIMS = 2048
+CPU_IMAGES_PER_THREAD = 8  # images per network pass and torch thread on the CPU
 RESIZE = "tf1-bilinear-299"  # the resize, by name, in every result
 # Everything that decides the features besides the weights; part of every cache key.
 PREPROCESSING = "uint8 RGB; float32; tf1 bilinear to 299 (affine_grid + grid_sample, align_corners=False, border); (x-128)/128"
@@ -233,9 +234,16 @@ class InceptionV3:
     @torch.inference_mode()
     def __call__(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         x = network_input(images, self.device)
+        # On the CPU, 8 images per thread at a time: more spill the caches (on one thread, 64 at a
+        # time run at half the speed of 8), fewer leave threads waiting (docs/results/inception-cpu.md).
+        chunks = x.split(CPU_IMAGES_PER_THREAD * torch.get_num_threads()) if self.device.type == "cpu" else [x]
         with _settings():
-            features = (_fused(self.net, len(x)) if self.device.type == "cpu" and _onednn_graph() else self.net)(x)
+            features = torch.cat([self._network(len(chunk))(chunk) for chunk in chunks])
         return features.float().cpu().numpy()
+
+    def _network(self, batch: int) -> torch.nn.Module:
+        """The network for `batch` images: traced and fused on the CPU where torch has oneDNN Graph."""
+        return _fused(self.net, batch) if self.device.type == "cpu" and _onednn_graph() else self.net
 
     def extract(self, batches: Iterable[np.ndarray | Sequence[np.ndarray]], num: int | None = None,
                 batch_size: int = 64, progress: bool = False, label: str = "features") -> np.ndarray:
