@@ -18,8 +18,9 @@ from animegen.cli import main
 from animegen.diffusion import samplers
 from animegen.generate import load_generator, sample_batches
 from animegen.io import to_uint8
+from animegen.metrics.inception import weights_path
 from animegen.latent.directions import Direction, save_directions
-from animegen.latent.perceptual import ProjectionLoss, parse_loss
+from animegen.latent.perceptual import ProjectionLoss, _inception_features, _inception_layers, parse_loss
 from animegen.latent.project import Schedule, noise_regularization, project, psnr
 from animegen.models import registry
 from animegen.training.loop import Target, train
@@ -114,6 +115,23 @@ def test_losses_are_zero_at_the_target_and_differentiable(make_run):
         value = loss(images)
         value.sum().backward()
         assert (value > 0).all() and images.grad.abs().sum() > 0, spec
+
+
+def test_inception_term_equals_the_files_layers():
+    """The inception term's layers (metrics' eager network, batch norms folded) give the
+    TorchScript file's pool0, pool1 and mixed_2 features to 1e-4 of their mean |feature|,
+    and pass gradients to the images."""
+    path = str(weights_path())
+    ours = _inception_layers(path, torch.device("cpu"))
+    theirs = list(torch.jit.load(path).net.layers.named_children())[: len(ours)]
+    images = (torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1).requires_grad_()
+    with torch.no_grad():
+        expected = _inception_features(theirs, images)
+    features = _inception_features(ours, images)
+    for f, e in zip(features, expected, strict=True):
+        assert f.shape == e.shape and (f - e).abs().max() < 1e-4 * e.abs().mean()
+    sum(f.square().sum() for f in features).backward()
+    assert images.grad.abs().sum() > 0
 
 
 def _png(path, image):

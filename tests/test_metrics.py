@@ -24,7 +24,8 @@ from animegen.errors import UserError
 from animegen.metrics import InceptionV3, Metric, compare_sources, evaluate_generator, registry
 from animegen.metrics.cache import cache_dir, cached_features
 from animegen.metrics.fid import covariance_factor, frechet_distance, trace_sqrt_product
-from animegen.metrics.inception import network_input, resize_tf_bilinear
+from animegen.metrics import inception
+from animegen.metrics.inception import network_input, read_network, resize_tf_bilinear
 from animegen.metrics.kid import kernel_inception_distance
 from animegen.metrics.precision_recall import precision_recall
 from animegen.metrics.sources import open_source
@@ -111,16 +112,30 @@ def test_features_equal_fid_helpers(folders, features):
     assert np.abs(theirs).max() > 0.5  # real activations, not zeros
 
 
-def test_fast_layout_keeps_fid(folders, features, net):
-    """Our extractor feeds the network NHWC on the CPU (faster); its FID equals the plain
-    TorchScript network's, in the stored NCHW layout, to 1e-4 relative."""
+def test_our_network_keeps_the_files_features_and_fid(folders, features, net):
+    """Our network (the file's weights in an eager module with the batch norms folded; on the
+    CPU traced and fused by oneDNN Graph) gives the plain TorchScript file's features to 1e-4
+    of the mean |feature| and its FID to 1e-4 relative; so does the eager module itself (the
+    CUDA path)."""
     plain = torch.jit.load(str(net.path), map_location="cpu").eval()
-    images = [next(iter(open_source(f).batches(PER_SET))) for f in folders]
-    ours = features  # extracted by `net` into a cache of this session (conftest)
+    eager = read_network(net.path, net.device)
+    inputs = [network_input(next(iter(open_source(f).batches(PER_SET))), net.device) for f in folders]
     with torch.inference_mode():
-        stored = [plain(network_input(batch, net.device)).reshape(-1, 2048).numpy() for batch in images]
-    assert 0 < np.abs(ours[0] - stored[0]).max() < 1e-4  # a different summation order, not the same path
-    assert frechet_distance(*ours) == pytest.approx(frechet_distance(*stored), rel=1e-4)
+        stored = [plain(x).numpy() for x in inputs]
+        unfused = [eager(x).numpy() for x in inputs]
+    scale = np.abs(stored[0]).mean()
+    for ours in (features, unfused):  # `features`: extracted by `net` into a cache of this session
+        assert 0 < np.abs(ours[0] - stored[0]).max() < 1e-4 * scale  # a different summation order, not the same path
+        assert frechet_distance(*ours) == pytest.approx(frechet_distance(*stored), rel=1e-4)
+
+
+def test_without_onednn_graph_the_eager_module_runs(monkeypatch, folders, features, net):
+    """A torch built without the JIT's oneDNN Graph fuser (not x86) runs the eager module."""
+    for name in ("_jit_llga_enabled", "_jit_set_llga_enabled"):
+        monkeypatch.delattr(torch._C, name)
+    monkeypatch.setattr(inception, "_fused", None)  # not called
+    ours = net(next(iter(open_source(folders[0]).batches(2))))
+    np.testing.assert_allclose(ours, features[0][:2], rtol=0, atol=1e-4 * np.abs(features[0]).mean())
 
 
 def test_fid_formula_equals_fid_helpers(features):

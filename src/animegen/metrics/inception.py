@@ -14,6 +14,10 @@ comparable with published tables:
 
 Generated images reach this module already quantized to uint8 (`animegen.io.to_uint8`),
 so an image and its saved PNG give the same features.
+
+The network runs as an eager module built from the file's weights (`TFInception`, its batch
+norms folded into the convolutions); on the CPU it is traced, frozen and fused by oneDNN
+Graph. Its features equal the file's own to 1e-4 of the mean feature (tests/test_metrics.py).
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ import functools
 import hashlib
 import importlib.util
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from animegen.errors import UserError
@@ -36,6 +42,7 @@ from animegen.errors import UserError
 WEIGHTS_ENV = "ANIMEGEN_INCEPTION"
 SIZE = 299
 DIMS = 2048
+CPU_IMAGES_PER_THREAD = 8  # images per network pass and torch thread on the CPU
 RESIZE = "tf1-bilinear-299"  # the resize, by name, in every result
 # Everything that decides the features besides the weights; part of every cache key.
 PREPROCESSING = "uint8 RGB; float32; tf1 bilinear to 299 (affine_grid + grid_sample, align_corners=False, border); (x-128)/128"
@@ -82,16 +89,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return device
 
 
-@functools.lru_cache(maxsize=2)
-def _load(path: str, sha256: str, device: torch.device) -> torch.jit.ScriptModule:
-    try:
-        net = torch.jit.load(path, map_location=device).eval()
-    except (RuntimeError, ValueError) as e:
-        raise UserError(f"{path} is not a TorchScript Inception network: {str(e).splitlines()[0]}") from None
-    # Freezing inlines the weights as constants: the same arithmetic, a little faster (benchmarks/).
-    return torch.jit.freeze(net)
-
-
 # ---------------------------------------------------------------- preprocessing
 def resize_tf_bilinear(x: torch.Tensor, size: int = SIZE) -> torch.Tensor:
     """Float NCHW -> N x C x size x size with TensorFlow 1's `resize_bilinear` (align_corners=False).
@@ -119,6 +116,112 @@ def network_input(images: np.ndarray | Sequence[np.ndarray], device: torch.devic
 
 
 # ---------------------------------------------------------------- the network
+BN_EPS = 1e-3  # the file's batch norms: no scale, a shift (beta), eps 0.001
+
+
+class Conv(nn.Conv2d):
+    """One of the file's Conv2dLayers (convolution, batch norm, ReLU) as a convolution whose
+    weights and bias hold the batch norm: w * s and beta - mean * s with s = 1 / sqrt(var + eps),
+    folded in float64. One pass over the activations instead of three."""
+
+    def __init__(self, layer: torch.jit.ScriptModule):
+        weight, scale = layer.weight.double(), (layer.var.double() + BN_EPS).rsqrt()
+        super().__init__(weight.shape[1], weight.shape[0], tuple(weight.shape[2:]), layer.stride, layer.padding)
+        with torch.no_grad():
+            self.weight.copy_(weight * scale[:, None, None, None])
+            self.bias.copy_(layer.beta.double() - layer.mean.double() * scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(super().forward(x), inplace=True)
+
+
+class Mixed(nn.ModuleDict):
+    """Branches on one input, their outputs concatenated over channels (in the file's order)."""
+
+    def __init__(self, **branches: nn.Module):
+        super().__init__(branches)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([branch(x) for branch in self.values()], 1)
+
+
+class TFInception(nn.Sequential):
+    """The network of `default_1.pt` as an eager module: the graph of the file's TorchScript code,
+    written out here, with the weights read by name from the loaded file (`net.layers`) and the
+    batch norms folded. Normalized 299 px images in, (N, 2048) pool features out; the children
+    are named as the file's layers."""
+
+    def __init__(self, layers: torch.jit.ScriptModule):
+        file = dict(layers.named_modules())
+
+        def conv(name):
+            return Conv(file[name])
+
+        def tower(name):
+            return nn.Sequential(*(Conv(layer) for layer in file[name].children()))
+
+        def max_pool(stride=2, padding=0):
+            return nn.MaxPool2d(3, stride, padding)
+
+        def avg_pool():
+            return nn.AvgPool2d(3, 1, 1, count_include_pad=False)
+
+        def block_a(m):  # Mixed_5b-d and (with 1x7 and 7x1 towers) Mixed_6b-e
+            return Mixed(conv=conv(f"{m}.conv"), tower=tower(f"{m}.tower"), tower_1=tower(f"{m}.tower_1"),
+                         tower_2=nn.Sequential(avg_pool(), conv(f"{m}.tower_2.conv")))
+
+        def block_e(m, pool):  # Mixed_7b-c: towers that end in a 1x3 and a 3x1 side by side
+            def split(prefix):
+                return Mixed(conv=conv(f"{prefix}_conv"), conv_1=conv(f"{prefix}_conv_1"))
+
+            return Mixed(conv=conv(f"{m}.conv"), tower=nn.Sequential(conv(f"{m}.tower_conv"), split(f"{m}.tower_mixed")),
+                         tower_1=nn.Sequential(conv(f"{m}.tower_1_conv"), conv(f"{m}.tower_1_conv_1"), split(f"{m}.tower_1_mixed")),
+                         tower_2=nn.Sequential(pool, conv(f"{m}.tower_2_conv")))
+
+        super().__init__(OrderedDict([
+            ("conv", conv("conv")), ("conv_1", conv("conv_1")), ("conv_2", conv("conv_2")), ("pool0", max_pool()),
+            ("conv_3", conv("conv_3")), ("conv_4", conv("conv_4")), ("pool1", max_pool()),
+            *((m, block_a(m)) for m in ("mixed", "mixed_1", "mixed_2")),
+            ("mixed_3", Mixed(conv=conv("mixed_3.conv"), tower=tower("mixed_3.tower"), pool=max_pool())),
+            *((m, block_a(m)) for m in ("mixed_4", "mixed_5", "mixed_6", "mixed_7")),
+            ("mixed_8", Mixed(tower=tower("mixed_8.tower"), tower_1=tower("mixed_8.tower_1"), pool=max_pool())),
+            ("mixed_9", block_e("mixed_9", avg_pool())),
+            ("mixed_10", block_e("mixed_10", max_pool(1, 1))),  # max, not average: TF's graph has it so
+            ("pool2", nn.AvgPool2d(8)), ("flatten", nn.Flatten()),
+        ]))
+
+
+def read_network(path: str | os.PathLike, device: torch.device) -> TFInception:
+    """The file's network as an eager module (weights frozen: gradients flow to the images only)."""
+    try:
+        net = TFInception(torch.jit.load(str(path), map_location="cpu").net.layers)
+    except (RuntimeError, ValueError, AttributeError, KeyError) as e:
+        raise UserError(f"{path} is not the TF-FID Inception TorchScript: {str(e).splitlines()[0]}") from None
+    return net.to(device).eval().requires_grad_(False)
+
+
+@functools.lru_cache(maxsize=2)
+def _load(path: str, sha256: str, device: torch.device) -> TFInception:
+    return read_network(path, device)
+
+
+@functools.lru_cache(maxsize=4)
+def _fused(net: TFInception, batch: int) -> torch.jit.ScriptModule:
+    """`net` traced and frozen for CPU batches of `batch` images. oneDNN Graph (`_settings`) then
+    fuses each convolution with its ReLU, keeps the activations in its blocked layout from one
+    fused op to the next and reorders the weights once (docs/results/inception-cpu.md); but it
+    fuses a graph for the first input shape it runs only (others run unfused), hence one per
+    batch size. Traced on one image, unchecked (a check runs it again): its graph does not
+    depend on the batch size."""
+    with torch.no_grad():
+        return torch.jit.freeze(torch.jit.trace(net, torch.zeros(1, 3, SIZE, SIZE), check_trace=False))
+
+
+def _onednn_graph() -> bool:
+    """Whether this torch has the JIT's oneDNN Graph fuser (its x86 builds do; without it, eager)."""
+    return hasattr(torch._C, "_jit_llga_enabled")
+
+
 class InceptionV3:
     """The feature extractor: `net(uint8 images) -> float32 (N, 2048)` numpy features."""
 
@@ -130,13 +233,17 @@ class InceptionV3:
 
     @torch.inference_mode()
     def __call__(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
-        # Without the JIT's profiling runs, which cost whole seconds per new batch shape on a CPU.
         x = network_input(images, self.device)
-        if self.device.type == "cpu":  # oneDNN convolutions are faster on NHWC; FID equal to 1e-4 (benchmarks/)
-            x = x.contiguous(memory_format=torch.channels_last)
-        with _exact_convolutions(), torch.jit.optimized_execution(False):
-            features = self.net(x)
-        return features.reshape(-1, DIMS).float().cpu().numpy()
+        # On the CPU, 8 images per thread at a time: more spill the caches (on one thread, 64 at a
+        # time run at half the speed of 8), fewer leave threads waiting (docs/results/inception-cpu.md).
+        chunks = x.split(CPU_IMAGES_PER_THREAD * torch.get_num_threads()) if self.device.type == "cpu" else [x]
+        with _settings():
+            features = torch.cat([self._network(len(chunk))(chunk) for chunk in chunks])
+        return features.float().cpu().numpy()
+
+    def _network(self, batch: int) -> torch.nn.Module:
+        """The network for `batch` images: traced and fused on the CPU where torch has oneDNN Graph."""
+        return _fused(self.net, batch) if self.device.type == "cpu" and _onednn_graph() else self.net
 
     def extract(self, batches: Iterable[np.ndarray | Sequence[np.ndarray]], num: int | None = None,
                 batch_size: int = 64, progress: bool = False, label: str = "features") -> np.ndarray:
@@ -157,11 +264,17 @@ class InceptionV3:
 
 
 @contextlib.contextmanager
-def _exact_convolutions():
-    """TF32 convolutions (PyTorch's default on Ampere+) change the features; turn them off here."""
-    saved = torch.backends.cudnn.allow_tf32
+def _settings():
+    """While the network runs: no TF32 (PyTorch's default for cuDNN convolutions on Ampere+; it
+    changes the features), and oneDNN Graph fusion for the traced CPU network (a global JIT
+    switch, read when the JIT optimizes a graph on its first calls with a new input shape)."""
+    saved = torch.backends.cudnn.allow_tf32, _onednn_graph() and torch.jit.onednn_fusion_enabled()
     torch.backends.cudnn.allow_tf32 = False
+    if _onednn_graph():
+        torch.jit.enable_onednn_fusion(True)
     try:
         yield
     finally:
-        torch.backends.cudnn.allow_tf32 = saved
+        torch.backends.cudnn.allow_tf32 = saved[0]
+        if _onednn_graph():
+            torch.jit.enable_onednn_fusion(saved[1])
