@@ -191,18 +191,34 @@ class TFInception(nn.Sequential):
         ]))
 
 
-def read_network(path: str | os.PathLike, device: torch.device) -> TFInception:
-    """The file's network as an eager module (weights frozen: gradients flow to the images only)."""
+def _script(path: str | os.PathLike) -> torch.jit.ScriptModule:
     try:
-        net = TFInception(torch.jit.load(str(path), map_location="cpu").net.layers)
+        return torch.jit.load(str(path), map_location="cpu")
+    except (RuntimeError, ValueError) as e:
+        raise UserError(f"{path} is not a TorchScript file: {str(e).splitlines()[0]}") from None
+
+
+def _tf_inception(script: torch.jit.ScriptModule, path: str | os.PathLike) -> TFInception:
+    try:
+        return TFInception(script.net.layers)
     except (RuntimeError, ValueError, AttributeError, KeyError) as e:
         raise UserError(f"{path} is not the TF-FID Inception TorchScript: {str(e).splitlines()[0]}") from None
-    return net.to(device).eval().requires_grad_(False)
+
+
+def read_network(path: str | os.PathLike, device: torch.device) -> TFInception:
+    """The file's network as an eager module (weights frozen: gradients flow to the images only)."""
+    return _tf_inception(_script(path), path).to(device).eval().requires_grad_(False)
 
 
 @functools.lru_cache(maxsize=2)
-def _load(path: str, sha256: str, device: torch.device) -> TFInception:
-    return read_network(path, device)
+def _load(path: str, sha256: str, device: torch.device) -> torch.nn.Module:
+    """The metrics' network: the TF-FID file as TFInception; a TorchScript of another layout (a
+    feature network of the user's, or the tests' cheap stand-in: the preprocessed 299 px batch in,
+    (N, 2048) features out) runs as it is."""
+    script = _script(path)
+    if not hasattr(script, "net"):
+        return script.to(device).eval()
+    return _tf_inception(script, path).to(device).eval().requires_grad_(False)
 
 
 @functools.lru_cache(maxsize=4)
@@ -243,7 +259,8 @@ class InceptionV3:
 
     def _network(self, batch: int) -> torch.nn.Module:
         """The network for `batch` images: traced and fused on the CPU where torch has oneDNN Graph."""
-        return _fused(self.net, batch) if self.device.type == "cpu" and _onednn_graph() else self.net
+        fusable = isinstance(self.net, TFInception) and self.device.type == "cpu" and _onednn_graph()
+        return _fused(self.net, batch) if fusable else self.net
 
     def extract(self, batches: Iterable[np.ndarray | Sequence[np.ndarray]], num: int | None = None,
                 batch_size: int = 64, progress: bool = False, label: str = "features") -> np.ndarray:
