@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--preset", default="tiny", choices=["tiny", "paper64"])
     parser.add_argument("--resolution", type=int, default=32)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--models", default="vae,dcgan,ddpm,stylegan2,stylegan3-t,stylegan3-r")
+    parser.add_argument("--models", default=None, help="comma-separated families [default: every registered one]")
     parser.add_argument("--threads", default="1", help="comma-separated torch CPU thread counts")
     parser.add_argument("--steps", type=int, default=4, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (R1 and path length included)")
@@ -100,7 +100,9 @@ def main() -> None:
     header = "| model | parameters | auxiliary | batch | threads | " + " | ".join(f"{t} img/s" for t in trees)
     print(header + (" | new / old |" if args.against else " |"))
     print("|---" * (5 + len(trees) + bool(args.against)) + "|")
-    for family in args.models.split(","):
+    sys.path.insert(0, str(SOURCE))
+    from animegen.models import registry  # this tree's families; each measurement imports its own tree
+    for family in args.models.split(",") if args.models else registry.names():
         for threads in map(int, args.threads.split(",")):
             rates = {tree: [] for tree in trees}
             for _ in range(1 if args.counts_only else args.rounds):
