@@ -3,8 +3,8 @@
     python benchmarks/peers.py --peers-site /work/peers/site --nvlabs /work/peers/stylegan3
     python benchmarks/peers.py --preset paper64 --resolution 64 --batch 2 --out table.md ...
 
-- ddpm: our U-Net, schedule and samplers against a diffusers `UNet2DModel` of the same width and
-  depth (`diffusers_unet_kwargs`) with its DDPMScheduler (training: add_noise, eps MSE, Adam,
+- ddpm: our U-Net, schedule and samplers against diffusers' `UNet2DModel` holding the same weights
+  (`animegen.interop.unet2d`) with its DDPMScheduler (training: add_noise, eps MSE, Adam,
   grad clip 1) and DPMSolverMultistepScheduler (2M, trailing timesteps, the same number of steps).
 - stylegan2, stylegan3-t, stylegan3-r: our G and D against NVIDIA's (NVlabs/stylegan3 checkout,
   `--nvlabs DIR`, imported from there at run time; its custom ops take their PyTorch reference
@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from animegen import heap
 from animegen.diffusion import samplers
+from animegen.interop import unet2d
 from animegen.models import registry
 from animegen.training.config import make_config
 from animegen.training.objective import TrainContext
@@ -77,31 +78,13 @@ def median_rates(ours, peer, batch: int, repeats: int, warmup: int, min_seconds:
 
 
 # ---------------------------------------------------------------- DDPM vs diffusers
-def diffusers_unet_kwargs(config) -> dict:
-    """UNet2DModel arguments for the same network as our UNetConfig: channels and blocks per
-    level, attention at the same resolutions (heads of head_channels), scale-shift time
-    conditioning, GroupNorm groups everywhere (also the mid-block attention, which diffusers
-    otherwise leaves without a norm under scale-shift)."""
-    levels = config.level_resolutions()
-    attention = [res in config.attention_resolutions for res in levels]
-    if config.time_embed_dim != 4 * config.base_channels:
-        raise ValueError("diffusers' time embedding is 4 x base_channels wide.")
-    return {
-        "sample_size": config.resolution, "in_channels": config.in_channels, "out_channels": config.in_channels,
-        "block_out_channels": tuple(config.base_channels * m for m in config.channel_mults),
-        "layers_per_block": config.num_res_blocks,
-        "down_block_types": tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention),
-        "up_block_types": tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
-        "attention_head_dim": config.head_channels, "norm_num_groups": config.num_groups,
-        "attn_norm_num_groups": config.num_groups, "resnet_time_scale_shift": "scale_shift",
-        "dropout": config.dropout, "flip_sin_to_cos": True, "freq_shift": 0,
-    }
-
-
-def diffusers_scheduler_kwargs(model_config) -> dict:
-    return {"num_train_timesteps": model_config.timesteps,
-            "beta_schedule": {"linear": "linear", "cosine": "squaredcos_cap_v2"}[model_config.schedule],
-            "prediction_type": {"eps": "epsilon", "v": "v_prediction"}[model_config.prediction]}
+def diffusers_peer(diffusers, model):
+    """diffusers' UNet2DModel with our U-Net's weights (animegen.interop.unet2d), and the
+    scheduler config of our noise schedule."""
+    config = unet2d.unet2d_config(model.unet.config)
+    peer = diffusers.UNet2DModel(**{k: v for k, v in config.items() if not k.startswith("_")})
+    peer.load_state_dict(unet2d.to_diffusers(model.unet.state_dict()), strict=True)
+    return peer, model.diffusers_form().scheduler
 
 
 def ddpm_rows(args, diffusers) -> list[str]:
@@ -112,8 +95,8 @@ def ddpm_rows(args, diffusers) -> list[str]:
     model = spec.model(config.model_config)
     objective = spec.objective(model, config.objective_config, TrainContext(torch.device("cpu")))
     objective.prepare()  # as training prepares it (NHWC weights)
-    peer = diffusers.UNet2DModel(**diffusers_unet_kwargs(model.unet.config))
-    train_scheduler = diffusers.DDPMScheduler(**diffusers_scheduler_kwargs(model.config))
+    peer, scheduler_config = diffusers_peer(diffusers, model)
+    train_scheduler = diffusers.DDPMScheduler.from_config(scheduler_config)
     c = config.objective_config
     optimizer = torch.optim.Adam(peer.parameters(), lr=c.lr, betas=c.betas)
     real = torch.rand(batch, 3, args.resolution, args.resolution) * 2 - 1
@@ -136,9 +119,8 @@ def ddpm_rows(args, diffusers) -> list[str]:
     rows = [row("ddpm", "train step", shape, args, batch, rates, params, "diffusers UNet2DModel + DDPMScheduler")]
 
     steps = args.sample_steps
-    sample_scheduler = diffusers.DPMSolverMultistepScheduler(
-        **diffusers_scheduler_kwargs(model.config), algorithm_type="dpmsolver++", solver_order=2,
-        timestep_spacing="trailing")
+    sample_scheduler = diffusers.DPMSolverMultistepScheduler.from_config(
+        scheduler_config, algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing")
     x_T = torch.randn(batch, 3, args.resolution, args.resolution)
 
     @torch.no_grad()

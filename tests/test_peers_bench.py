@@ -1,7 +1,6 @@
 """benchmarks/peers.py builds its peers to our networks' shapes: NVIDIA's constructor arguments
-for a config imported from an NVIDIA snapshot are the ones NVIDIA recorded, and the diffusers
-UNet2DModel for each DDPM preset has our U-Net's parameter count. No peer code is needed except
-diffusers for the last test, which is skipped without it."""
+for a config imported from an NVIDIA snapshot are the ones NVIDIA recorded. (The diffusers peer
+holds our U-Net's own weights: tests/test_diffusers_interop.py.)"""
 
 import importlib.util
 import json
@@ -10,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from animegen.models import registry
-from animegen.models.unet import UNet, paper64_config, tiny_config
 from animegen.nvlabs.networks import import_snapshot
 from animegen.training.config import make_config
 from animegen.training.nvimport import architecture_settings
@@ -44,10 +42,3 @@ def test_nvlabs_kwargs_of_an_imported_config_are_the_ones_nvidia_recorded(name):
     recorded_d = {k: v for k, v in meta["D_init_kwargs"].items() if k not in ("block_kwargs", "mapping_kwargs")}
     assert_subset(meta["G_init_kwargs"], g)
     assert_subset(recorded_d, d)
-
-
-@pytest.mark.parametrize("config", [tiny_config(32), paper64_config(64)], ids=["tiny", "paper64"])
-def test_the_diffusers_unet_has_our_parameter_count(config):
-    diffusers = pytest.importorskip("diffusers", reason="diffusers is a peer, not a dependency (peers.py --peers-site)")
-    peer = diffusers.UNet2DModel(**load_bench().diffusers_unet_kwargs(config))
-    assert sum(p.numel() for p in peer.parameters()) == sum(p.numel() for p in UNet(config).parameters())

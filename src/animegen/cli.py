@@ -361,34 +361,79 @@ def train_command(model, data, run, preset, sets, steps, kimg, minutes, resume, 
 
 
 @main.command("import")
-@click.argument("pkl", type=_NonEmptyPath())
+@click.argument("source", type=_NonEmptyPath())
 @click.option("--out", required=True, type=_NonEmptyPath(), help="New run folder (must not exist).")
 @click.option("--data", type=_NonEmptyPath(), default=None,
               help="Prepared dataset at the network's resolution, for fine-tuning and eval [default: none yet; "
                    "eval and train --resume then take --data].")
 @click.option("--preset", type=click.Choice(["tiny", "paper64"]), default="tiny", show_default=True,
-              help="Training hyperparameters (the architecture comes from the pickle).")
+              help="Training hyperparameters (the architecture comes from the import).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one training setting (repeatable).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the run's data order and noise.")
-def import_command(pkl, out, data, preset, sets, seed):
-    """Import an NVIDIA StyleGAN2-ADA / StyleGAN3 snapshot pickle as a run folder at step 0.
+@click.option("--scheduler", type=_NonEmptyPath(), default=None,
+              help="A diffusers UNet2DModel folder's scheduler_config.json, when it is not in the folder "
+                   "[default: SOURCE/scheduler/].")
+def import_command(source, out, data, preset, sets, seed, scheduler):
+    """Import a network made elsewhere as a run folder at step 0: an NVIDIA StyleGAN2-ADA /
+    StyleGAN3 snapshot pickle (a file), or a diffusers UNet2DModel folder (a ddpm run).
 
-    Nothing in the pickle is executed. Continue with sample, eval, train --resume or
-    train --init-from. See docs/stylegan.md.
+    Nothing is executed: the pickle is read without unpickling, the diffusers folder as JSON
+    and safetensors (pickled .bin weights are refused). Continue with sample, eval, train
+    --resume or train --init-from. See docs/stylegan.md and docs/interop.md.
 
     \b
     Example:
       animegen import network-snapshot-001000.pkl --out runs/imported
       animegen sample runs/imported --count 6 --out samples/ --seed-convention nvlabs --noise-mode const
+      animegen import ddpm-anime-64/ --out runs/from-diffusers --data data/faces64
       animegen train --out runs/imported --resume --data data/faces256 --kimg 100
     """
     from animegen.training.config import parse_sets
+
+    common = {"data": data, "preset": preset, "sets": parse_sets(list(sets)), "seed": seed, "echo": click.echo}
+    if os.path.isdir(source):
+        from animegen.training.diffusers_import import import_folder
+
+        info = import_folder(source, out, scheduler=scheduler, **common)
+        click.echo(f"{info['run']}: ddpm at {info['resolution']} px ({info['schedule']} schedule over "
+                   f"{info['timesteps']} steps, {info['prediction']}-prediction) imported from {source}; "
+                   f"grid {info['grid']}")
+        return
+    if scheduler is not None:
+        raise click.UsageError("--scheduler goes with a diffusers folder, not a pickle.")
     from animegen.training.nvimport import import_run
 
-    info = import_run(pkl, out, data, preset=preset, sets=parse_sets(list(sets)), seed=seed, echo=click.echo)
-    click.echo(f"{info['run']}: {info['model']} at {info['resolution']} px imported from {pkl}"
+    info = import_run(source, out, **common)
+    click.echo(f"{info['run']}: {info['model']} at {info['resolution']} px imported from {source}"
                + ("" if info["discriminator"] else " (no D in the pickle: a fresh one)")
                + (f"; ADA p {info['ada_p']:.4f}" if info["ada_p"] is not None else "") + f"; grid {info['grid']}")
+
+
+@main.command("export")
+@click.argument("run", type=_NonEmptyPath())
+@click.option("--format", "fmt", type=click.Choice(["diffusers"]), default="diffusers", show_default=True,
+              help="What to write: a diffusers folder (UNet2DModel, scheduler, model card).")
+@click.option("--out", required=True, type=_NonEmptyPath(), help="New folder (must not exist).")
+@click.option("--checkpoint", default="last", show_default=True, metavar="last|best|STEP|PATH",
+              help="Which checkpoint: the newest, the best snapshot FID, a step, or a checkpoint folder.")
+@click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True,
+              help="The EMA weights, or the raw ones training steps.")
+@click.option("--license", "license_", default="other", show_default=True,
+              help="The model card's license (a Hugging Face Hub license id).")
+def export_command(run, fmt, out, checkpoint, weights, license_):
+    """Export a diffusion run (ddpm, edm) as a diffusers folder with a model card.
+
+    \b
+    Example:
+      animegen export runs/ddpm --format diffusers --out ddpm-anime-32
+      python -c "from diffusers import DDIMPipeline; DDIMPipeline.from_pretrained('ddpm-anime-32')"
+    See docs/interop.md (loading, the EDM loop, pushing to the Hub).
+    """
+    from animegen.interop.export import export_run
+
+    info = export_run(run, out, fmt, checkpoint=checkpoint, weights=weights, license=license_)
+    fid = f"FID {info['fid']['value']:.2f} in the card" if info["fid"] else "no FID measured (see the card)"
+    click.echo(f"{out}: {info['family']} step {info['step']} ({info['weights']} weights) as a {fmt} folder; {fid}")
 
 
 class _SamplingCommand(click.Command):

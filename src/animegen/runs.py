@@ -4,6 +4,7 @@ writes a run (train, sample, eval, runs info, and the tools built on them) goes 
     RUN/config.json                       family, dataset (path, content hash, resolution), seed,
                                           every setting
     RUN/init_from.json                    where --init-from took its weights (new runs only)
+    RUN/imported.json                     what `animegen import` made the run from (imported runs only)
     RUN/checkpoints/step-00001000/        tensors.safetensors + state.json (one checkpoint)
     RUN/checkpoints/last -> step-...      the newest (a symlink, swapped atomically)
     RUN/checkpoints/best -> step-...      the lowest snapshot FID, when there is one
@@ -52,7 +53,7 @@ except ImportError:  # Windows: no advisory locks; one trainer per run is then t
 
 FORMAT = "animegen-checkpoint/1"
 POSTHOC_FORMAT = "animegen-posthoc/1"  # not a checkpoint: the profiles of one step, no generator to load
-CONFIG, INIT_FROM, METRICS = "config.json", "init_from.json", "metrics.jsonl"
+CONFIG, INIT_FROM, IMPORTED, METRICS = "config.json", "init_from.json", "imported.json", "metrics.jsonl"
 CHECKPOINTS, SAMPLES, TENSORBOARD, POSTHOC, EMA = "checkpoints", "samples", "tb", "posthoc", "ema"
 TENSORS, STATE = "tensors.safetensors", "state.json"
 EMA_PREFIX = "ema:"  # --checkpoint ema:LENGTH names RUN/ema/LENGTH
@@ -103,12 +104,22 @@ class Run:
 
     def read_init_from(self) -> dict:
         """The --init-from record, or {} for a run that started fresh."""
+        return self._read_record(INIT_FROM)
+
+    def write_imported(self, record: dict) -> None:
+        atomic_write_json(self.path / IMPORTED, record)
+
+    def read_imported(self) -> dict:
+        """What `animegen import` made the run from, or {} for a run trained here."""
+        return self._read_record(IMPORTED)
+
+    def _read_record(self, name: str) -> dict:
         try:
-            return read_json(self.path / INIT_FROM)
+            return read_json(self.path / name)
         except FileNotFoundError:
             return {}
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"{self.path / INIT_FROM} is not valid JSON ({e}).") from None
+            raise UserError(f"{self.path / name} is not valid JSON ({e}).") from None
 
     # ------------------------------------------------------------ checkpoints
     def steps(self) -> list[int]:
@@ -221,7 +232,7 @@ class Run:
     def foreign_entries(self) -> list[str]:
         """Names in the folder that are no part of a run's layout (nor temporaries): a folder
         holding any is not a run, and training refuses to write into it."""
-        own = {CONFIG, INIT_FROM, METRICS, CHECKPOINTS, SAMPLES, TENSORBOARD, POSTHOC, EMA}
+        own = {CONFIG, INIT_FROM, IMPORTED, METRICS, CHECKPOINTS, SAMPLES, TENSORBOARD, POSTHOC, EMA}
         if not self.path.is_dir():
             return []
         return sorted(p.name for p in self.path.iterdir() if p.name not in own and not TEMPORARY.fullmatch(p.name))
@@ -322,6 +333,7 @@ def describe_run(path: str | os.PathLike) -> dict:
                         + ("" if states[s] is not None else "  (unreadable state.json)") for s in states],
         "best_fid": f"{scored[best]:.2f} at step {best}" if best is not None else "none (no FID snapshot)",
         "init_from": run.read_init_from().get("checkpoint", "none"),
+        **({"imported_from": f"{imported['source']} ({imported['kind']})"} if (imported := run.read_imported()) else {}),
         "posthoc_ema": _describe_posthoc(run, config),
     }
 

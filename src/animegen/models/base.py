@@ -59,6 +59,9 @@ The hooks a capability brings (each raises NotImplementedError unless declared):
                         D_guide + w (D - D_guide), w the "guidance" option
     discriminator       feature_discriminator(resolution, objective_config) -> a
                         discriminator module with features(images) -> [tensors]
+    diffusers           diffusers_form() -> an interop.diffusers_folder.DiffusersForm: the
+                        U-Net, scheduler config and pipeline diffusers samples the model with
+                        (`animegen export --format diffusers`)
 and, for diffusion samplers: deterministic(options), nfe(options), nfe_sweep(counts).
 """
 
@@ -211,6 +214,7 @@ class Capabilities:
     sefa: bool = False  # latent_linear_map: SeFa directions from the weights
     discriminator: bool = False  # feature_discriminator: the run's D as a projection loss
     guidance: bool = False  # set_guide: a guide model steers sampling (autoguidance)
+    diffusers: bool = False  # diffusers_form: what diffusers samples it with (export)
 
     def __post_init__(self):
         if self.inversion not in INVERSIONS:
@@ -380,6 +384,10 @@ class Model(nn.Module):
     @classmethod
     def feature_discriminator(cls, resolution: int, objective_config: dict) -> nn.Module:
         raise NotImplementedError(f"{cls.__name__} has no discriminator to measure with")
+
+    def diffusers_form(self):
+        """The interop.diffusers_folder.DiffusersForm of this model (capabilities.diffusers)."""
+        raise NotImplementedError(f"{type(self).__name__} has no diffusers form")
 
 
 class ResolutionBlocks(nn.Module):

@@ -16,6 +16,7 @@ from animegen.diffusion import samplers
 from animegen.diffusion.samplers import DETERMINISTIC_SAMPLERS, SAMPLERS
 from animegen.diffusion.schedule import PREDICTIONS, SCHEDULES, NoiseSchedule, check_prediction
 from animegen.errors import UserError
+from animegen.interop.diffusers_folder import DiffusersForm, ddpm_scheduler
 from animegen.models.base import Capabilities, Latents, Model, Noise, Option
 from animegen.models.unet import UNet, UNetConfig
 from animegen.settings import FRACTION, Limit, at_least, between, one_of
@@ -48,7 +49,7 @@ class DDPM(Model):
         Option("eta", "float", "DDIM noise scale (0 deterministic, 1 ancestral)", default=0.0, limit=FRACTION,
                label="DDIM η", applies_when=("sampler", ("ddim",)), studio_range=(0, 1, 0.05)),
     )
-    capabilities = Capabilities(inversion="ode")
+    capabilities = Capabilities(inversion="ode", diffusers=True)
     deterministic_hint = "--sampler ddim --eta 0, or dpm-solver++"
     inversion_sampler = "DDIM"
 
@@ -99,6 +100,10 @@ class DDPM(Model):
 
     def inversion_steps(self) -> tuple[int, int]:
         return self.config.sample_steps, self.config.timesteps
+
+    def diffusers_form(self) -> DiffusersForm:
+        c = self.config
+        return DiffusersForm(self.unet, ddpm_scheduler(c.schedule, c.timesteps, c.prediction), "DDPMPipeline")
 
     @property
     def z_shape(self) -> tuple[int, ...]:

@@ -27,6 +27,7 @@ from torch import nn
 
 from animegen.diffusion import karras
 from animegen.errors import UserError
+from animegen.interop.diffusers_folder import DiffusersForm, edm_scheduler
 from animegen.models.base import Capabilities, Latents, Model, Noise, Option
 from animegen.models.unet import UNet, UNetConfig
 from animegen.settings import FRACTION, Limit, at_least, between, one_of, positive
@@ -88,7 +89,7 @@ class EDM(Model):
         Option("rho", "float", "the schedule's rho: larger spends more steps at low noise [default: the run's]",
                limit=between(1, 100), label="ρ", studio_range=(1, 15, 0.5)),
     )
-    capabilities = Capabilities(inversion="ode", guidance=True)
+    capabilities = Capabilities(inversion="ode", guidance=True, diffusers=True)
     deterministic_hint = "--churn 0"
     inversion_sampler = "Heun"
 
@@ -182,3 +183,14 @@ class EDM(Model):
 
     def inversion_steps(self) -> tuple[int, int]:
         return self.config.sample_steps, 1000
+
+    def diffusers_form(self) -> DiffusersForm:
+        """diffusers' EDM schedulers precondition as EDM does; they have no pipeline, and the U-Net's
+        time input is c_noise_scale times their timesteps (ln(sigma) / 4). The augmentation labels'
+        map is training's alone (sampling gives none) and stays behind."""
+        c = self.config
+        if c.precondition != "edm":
+            raise UserError(f"precondition {c.precondition!r} has no diffusers scheduler (theirs precondition as EDM "
+                            "does); only precondition 'edm' runs export.")
+        return DiffusersForm(self.unet, edm_scheduler(c.sampler, c.sigma_data, c.sigma_min, c.sigma_max, c.rho),
+                             timestep_scale=c.c_noise_scale)

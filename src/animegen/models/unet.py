@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from animegen.errors import UserError
-from animegen.settings import RESOLUTION, WIDTH, Limit, between
+from animegen.settings import RESOLUTION, WIDTH, Limit, between, one_of
+
+TIME_CONDITIONINGS = ("scale_shift", "add")
 
 
 @dataclass
@@ -33,12 +35,15 @@ class UNetConfig:
     num_groups: int = 32
     time_embed_dim: int = 512
     head_channels: int = 64  # channels per attention head
+    # How t enters each residual block: "scale_shift" scales and shifts the second GroupNorm's output
+    # (improved DDPM); "add" adds t's projection before that norm (Ho et al.; diffusers' "default").
+    time_conditioning: str = "scale_shift"
 
     limits: ClassVar[dict[str, Limit]] = {
         "resolution": RESOLUTION, "in_channels": between(1, 64), "base_channels": WIDTH,
         "channel_mults": between(1, 64), "num_res_blocks": between(1, 64), "attention_resolutions": RESOLUTION,
         "dropout": Limit(0, 1, high_open=True), "num_groups": between(1, 1024), "time_embed_dim": WIDTH,
-        "head_channels": WIDTH}
+        "head_channels": WIDTH, "time_conditioning": one_of(*TIME_CONDITIONINGS)}
 
     def __post_init__(self):
         # Tuples again after a JSON round trip (dataclasses.asdict -> json -> UNetConfig(**d)).
@@ -96,20 +101,26 @@ def zero_init(module: nn.Module) -> nn.Module:
 
 
 class ResBlock(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, time_dim: int, dropout: float, groups: int):
+    def __init__(self, in_ch: int, out_ch: int, config: UNetConfig):
         super().__init__()
+        groups = config.num_groups
+        self.scale_shift = config.time_conditioning == "scale_shift"
         self.norm1 = nn.GroupNorm(groups, in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.time_proj = nn.Linear(time_dim, 2 * out_ch)
+        self.time_proj = nn.Linear(config.time_embed_dim, (2 if self.scale_shift else 1) * out_ch)
         self.norm2 = nn.GroupNorm(groups, out_ch)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(config.dropout)
         self.conv2 = zero_init(nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.time_proj(F.silu(temb))[:, :, None, None].chunk(2, dim=1)
-        h = self.norm2(h) * (1 + scale) + shift
+        t = self.time_proj(F.silu(temb))[:, :, None, None]
+        if self.scale_shift:
+            scale, shift = t.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + t)
         h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
@@ -137,7 +148,7 @@ class Block(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, attention: bool, config: UNetConfig):
         super().__init__()
-        self.res = ResBlock(in_ch, out_ch, config.time_embed_dim, config.dropout, config.num_groups)
+        self.res = ResBlock(in_ch, out_ch, config)
         self.attn = SelfAttention(out_ch, config.head_channels, config.num_groups) if attention else nn.Identity()
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
@@ -190,7 +201,7 @@ class UNet(nn.Module):
                 skip_channels.append(ch)
 
         self.mid = Block(ch, ch, True, c)
-        self.mid_res = ResBlock(ch, ch, c.time_embed_dim, c.dropout, c.num_groups)
+        self.mid_res = ResBlock(ch, ch, c)
 
         # Up path: one block more per level than on the way down, to take the downsample's skip.
         self.up = nn.ModuleList()
