@@ -109,8 +109,12 @@ def test_an_exported_ddpm_run_samples_in_diffusers_pipelines_as_in_ours(made):
     assert ours.std() > 0.1  # a model that makes something
     torch.testing.assert_close(torch.from_numpy(theirs).permute(0, 3, 1, 2), (ours / 2 + 0.5).clamp(0, 1),
                                atol=1e-4, rtol=0)
-    ancestral = diffusers.DDPMPipeline.from_pretrained(folder)
-    assert type(ancestral.scheduler).__name__ == "DDPMScheduler"
+    # Ancestral, every step's noise from each image's generator; over 1000 steps diffusers' float32
+    # coefficients (ours are float64) add up to 1.4e-4 (measured); a wrong variance or noise order is ~0.1.
+    ours, _ = _ours(made["ddpm"], sampler="ddpm")
+    theirs = diffusers.DDPMPipeline.from_pretrained(folder)(batch_size=3, generator=_generators(), output_type="np")
+    torch.testing.assert_close(torch.from_numpy(theirs.images).permute(0, 3, 1, 2), (ours / 2 + 0.5).clamp(0, 1),
+                               atol=1e-3, rtol=0)
 
 
 @pytest.mark.parametrize("sampler, scheduler", [("euler", "EDMEulerScheduler"),
@@ -247,6 +251,19 @@ def test_the_unbroken_copy_imports(made, tmp_path):
 def test_bad_exports_are_one_line_and_write_nothing(made, tmp_path, args, says):
     code, out = _cli("export", made["ddpm"], "--out", tmp_path / "x", *args)
     assert code == 2 and says in out.lower() and len(out.splitlines()) == 1, out
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("family, sets, says", [
+    ("toy", {}, "toy runs have no diffusers form; ddpm, edm runs do."),
+    ("edm", {"precondition": "eps"}, "precondition 'eps' has no diffusers scheduler"),
+])
+def test_runs_without_a_diffusers_form_are_refused(tmp_path, faces16, family, sets, says):
+    run = tmp_path / family
+    train(str(run), model=family, data=str(faces16), sets={"batch": 4, "grid_seeds": 2, **sets}, target=Target(steps=1),
+          device="cpu", seed=0, echo=lambda line: None)
+    code, out = _cli("export", run, "--out", tmp_path / "x")
+    assert code == 2 and says in out and len(out.splitlines()) == 1, out
     assert not (tmp_path / "x").exists()
 
 

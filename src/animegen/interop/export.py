@@ -28,7 +28,7 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, fmt: str = "diffu
     check_new_folder("--out", out)
     model, state = load_generator(run, "cpu", weights=weights, checkpoint=checkpoint)
     if not model.capabilities.diffusers:
-        able = ", ".join(registry.families_that(lambda cls: cls.capabilities.diffusers))
+        able = ", ".join(registry.families_that(lambda can: can.diffusers))
         raise UserError(f"{state['model']} runs have no diffusers form; {able} runs do.")
     form = model.diffusers_form()
     provenance = {

@@ -1,4 +1,6 @@
-"""The DDPM U-Net (Ho et al. 2020, with improved DDPM's scale-shift time conditioning).
+"""The DDPM U-Net (Ho et al. 2020, with improved DDPM's scale-shift time conditioning, or Ho et
+al.'s additive one: `time_conditioning`). It is diffusers' UNet2DModel weight for weight
+(animegen.interop.unet2d).
 
 Residual blocks (GroupNorm, SiLU, dropout) conditioned on a sinusoidal time embedding, self-attention
 at the low resolutions listed in the config, strided-conv downsampling, nearest+conv upsampling, and
