@@ -274,8 +274,12 @@ def test_the_model_card_carries_the_runs_fid_and_dataset(made, tmp_path, cheap_i
     assert code == 0 and "FID" in out, out
     card = (tmp_path / "x" / "README.md").read_text()
     provenance = json.loads((tmp_path / "x" / "animegen.json").read_text())
-    header = card.split("---")[1]
-    assert "library_name: diffusers" in header and "- animegen" in header and "type: fid" in header
-    assert provenance["dataset"]["content_hash"] in card
+    header = pytest.importorskip("yaml", reason="PyYAML comes with diffusers").safe_load(card.split("---")[1])
+    assert header["library_name"] == "diffusers" and "animegen" in header["tags"] and header["license"] == "other"
+    assert header["animegen"]["dataset_content_hash"] == provenance["dataset"]["content_hash"]
+    result = header["model-index"][0]["results"][0]
+    assert result["dataset"]["revision"] == provenance["dataset"]["content_hash"]
+    assert result["metrics"][0]["type"] == "fid"
+    assert result["metrics"][0]["value"] == pytest.approx(provenance["fid"]["value"], rel=1e-3)
     assert provenance["fid"]["images"] == 8 and provenance["fid"]["sample_options"]["steps"] == 4
-    assert f"value: {provenance['fid']['value']:.4g}" in header
+    assert f"{provenance['fid']['value']:.2f}" in card.split("## Evaluation")[1]

@@ -414,8 +414,9 @@ def import_command(source, out, data, preset, sets, seed, scheduler):
 @click.option("--format", "fmt", type=click.Choice(["diffusers"]), default="diffusers", show_default=True,
               help="What to write: a diffusers folder (UNet2DModel, scheduler, model card).")
 @click.option("--out", required=True, type=_NonEmptyPath(), help="New folder (must not exist).")
-@click.option("--checkpoint", default="last", show_default=True, metavar="last|best|STEP|PATH",
-              help="Which checkpoint: the newest, the best snapshot FID, a step, or a checkpoint folder.")
+@click.option("--checkpoint", default="last", show_default=True, metavar="last|best|STEP|ema:LENGTH|PATH",
+              help="Which checkpoint: the newest, the best snapshot FID, a step, an EMA length made by "
+                   "`animegen ema`, or a checkpoint folder.")
 @click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True,
               help="The EMA weights, or the raw ones training steps.")
 @click.option("--license", "license_", default="other", show_default=True,

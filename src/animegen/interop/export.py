@@ -70,11 +70,14 @@ def model_card(form: DiffusersForm, p: dict, license: str) -> str:
     header = [
         "---", f"license: {json.dumps(license)}", "library_name: diffusers", "pipeline_tag: unconditional-image-generation",
         "tags:", *(f"- {t}" for t in ("diffusers", "unconditional-image-generation", "anime", "animegen", p["family"])),
+        "animegen:", f"  family: {p['family']}", f"  step: {p['step']}", f"  weights: {p['weights']}",
+        f"  dataset_content_hash: {json.dumps(data['content_hash'])}",
     ]
     if fid is not None:
         header += ["model-index:", f"- name: {json.dumps(name)}", "  results:",
                    "  - task:", "      type: unconditional-image-generation", "    dataset:",
                    f"      name: {json.dumps(_dataset_name(data))}", "      type: animegen-prepared",
+                   f"      revision: {json.dumps(data['content_hash'])}",
                    "    metrics:", "    - type: fid", f"      value: {fid['value']:.4g}",
                    f"      name: {json.dumps(_fid_name(fid))}"]
     body = [
