@@ -207,7 +207,11 @@ def _tf_inception(script: torch.jit.ScriptModule, path: str | os.PathLike) -> TF
 
 def read_network(path: str | os.PathLike, device: torch.device) -> TFInception:
     """The file's network as an eager module (weights frozen: gradients flow to the images only)."""
-    return _tf_inception(_script(path), path).to(device).eval().requires_grad_(False)
+    return _eager(_script(path), path, device)
+
+
+def _eager(script: torch.jit.ScriptModule, path: str | os.PathLike, device: torch.device) -> TFInception:
+    return _tf_inception(script, path).to(device).eval().requires_grad_(False)
 
 
 @functools.lru_cache(maxsize=2)
@@ -218,7 +222,7 @@ def _load(path: str, sha256: str, device: torch.device) -> torch.nn.Module:
     script = _script(path)
     if not hasattr(script, "net"):
         return script.to(device).eval()
-    return _tf_inception(script, path).to(device).eval().requires_grad_(False)
+    return _eager(script, path, device)
 
 
 @functools.lru_cache(maxsize=4)
