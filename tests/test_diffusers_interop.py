@@ -244,6 +244,20 @@ def test_the_unbroken_copy_imports(made, tmp_path):
     assert code == 0, out
 
 
+def test_fp16_weights_alone_are_read_as_float32(made, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = _copy(made["ddpm-diffusers"], tmp_path)
+    weights = load_file(folder / "unet" / WEIGHTS)
+    save_file({k: v.half() for k, v in weights.items()}, folder / "unet" / "diffusion_pytorch_model.fp16.safetensors")
+    (folder / "unet" / WEIGHTS).unlink()
+    assert _cli("import", folder, "--out", tmp_path / "run")[0] == 0
+    model, _ = load_generator(tmp_path / "run")
+    imported = unet2d.to_diffusers(model.diffusers_form().unet.state_dict())
+    assert all(imported[k].dtype == torch.float32 and torch.equal(imported[k], v.half().float())
+               for k, v in weights.items())
+
+
 @pytest.mark.parametrize("args, says", [
     (["--checkpoint", "999"], "no checkpoint"),
     (["--format", "onnx"], "'onnx' is not"),

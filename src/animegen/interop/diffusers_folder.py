@@ -30,6 +30,7 @@ from animegen.models.unet import UNet
 
 DIFFUSERS_VERSION = "0.42.1"  # the release whose format this writes, and that the tests load it with
 WEIGHTS = "diffusion_pytorch_model.safetensors"
+HALF_WEIGHTS = "diffusion_pytorch_model.fp16.safetensors"  # the Hub's fp16 variant, read when alone
 PICKLES = ("diffusion_pytorch_model.bin", "diffusion_pytorch_model.ckpt", "diffusion_pytorch_model.pt", "model.ckpt")
 PREDICTIONS = {"eps": "epsilon", "v": "v_prediction"}  # ours -> diffusers' prediction_type
 # Schedulers of the discrete variance-preserving process (betas over num_train_timesteps), whose
@@ -154,7 +155,7 @@ def read_folder(path: str | os.PathLike, scheduler_file: str | os.PathLike | Non
     if not root.is_dir():
         raise UserError(f"{root} is not a folder; give a diffusers folder (model_index.json, unet/, scheduler/).")
     unet_dir = root / "unet" if (root / "unet").is_dir() else root
-    weights = unet_dir / WEIGHTS
+    weights = next((p for p in (unet_dir / WEIGHTS, unet_dir / HALF_WEIGHTS) if p.is_file()), unet_dir / WEIGHTS)
     if not (unet_dir / "config.json").is_file():
         raise UserError(f"{root} has no unet/config.json (nor config.json): not a diffusers UNet2DModel folder.")
     if not weights.is_file():
