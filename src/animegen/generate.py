@@ -78,7 +78,7 @@ def load_generator(path: str | os.PathLike, device: torch.device | str = "cpu", 
     family = registry.model_class(state["model"])
     model = family(build(family.config_class, state["config"]["model_config"]))
     model.load_state_dict(runs.module_state(tensors, weights), strict=True)
-    model = model.to(resolve_device(device)).eval().requires_grad_(False)
+    model = sampling_layout(model.to(resolve_device(device)).eval().requires_grad_(False))
     if guide is not None:
         guide_model, guide_state = load_generator(guide, device)
         if guide_state["model"] != state["model"]:
@@ -91,6 +91,12 @@ def load_generator(path: str | os.PathLike, device: torch.device | str = "cpu", 
         state = {**state, "guide": {"checkpoint": guide_state["checkpoint"], "step": guide_state["step"],
                                     "kimg": guide_state["nimg"] / 1000}}
     return model, state
+
+
+def sampling_layout(model: Model) -> Model:
+    """`model` with NHWC weights where its family samples faster that way (Model.channels_last);
+    training's EMA copy too, so that its grids are the images `sample` makes."""
+    return model.to(memory_format=torch.channels_last) if model.channels_last else model
 
 
 def check_seeds(seed: int, count: int, name: str = "--count") -> range:

@@ -250,6 +250,9 @@ class Model(nn.Module):
     num_ws: int | None = None  # style inputs of W+ ("w" in capabilities.spaces)
     w_dim: int | None = None
     guide: Model | None = None  # capabilities.guidance: the attached guide (set_guide)
+    # Loaded for sampling with NHWC weights (load_generator): faster for convolutional networks on
+    # the CPU (tiny, 32 px, one thread: 1.10-1.22x; docs/results/interop.md).
+    channels_last: ClassVar[bool] = True
 
     def __init__(self, config):
         super().__init__()

@@ -27,7 +27,7 @@ import torch
 
 from animegen import runs
 from animegen.errors import UserError
-from animegen.generate import sample_grid
+from animegen.generate import sample_grid, sampling_layout
 from animegen.io import duration, image_grid, save_grid
 from animegen.models import registry
 from animegen.training import checkpoint, distributed, transfer
@@ -146,11 +146,11 @@ class Trainer:
         if ctx.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.model = self.spec.model(config.model_config).to(ctx.device)
-        self.ema = make_ema(self.model)
+        self.ema = sampling_layout(make_ema(self.model))
         self.posthoc = PowerEMAs(self.model, self.tc.posthoc_ema)
         self.objective = self.spec.objective(self.model, config.objective_config, ctx)
         self.objective.draws.manual_seed(derived_seed(config.seed, DRAWS))
-        self.objective.prepare(self.tc.compile)  # after the EMA copy, which samples eagerly in NCHW
+        self.objective.prepare(self.tc.compile)  # after the EMA copy, which samples eagerly
         self.step, self.nimg, self.seconds = 0, 0, 0.0
         self.saved_step = self.snapshot_step = self.grid_step = self.posthoc_step = None
         self.start_step = 0
