@@ -268,6 +268,19 @@ def test_bad_exports_are_one_line_and_write_nothing(made, tmp_path, args, says):
     assert not (tmp_path / "x").exists()
 
 
+def test_an_ema_length_exports_its_weights_and_has_no_raw_ones(tmp_path, faces16):
+    run = tmp_path / "run"
+    train(str(run), model="ddpm", data=str(faces16), sets={"batch": 4, "grid_seeds": 2, **SMALL,
+                                                           "posthoc_ema": [0.05, 0.1], "posthoc_every": "2"},
+          target=Target(steps=6), device="cpu", seed=0, echo=lambda line: None)
+    assert _cli("ema", run, "--length", "0.08")[0] == 0
+    code, out = _cli("export", run, "--checkpoint", "ema:0.08", "--weights", "model", "--out", tmp_path / "x")
+    assert code == 2 and "holds no model weights; it has ema." in out and len(out.splitlines()) == 1, out
+    assert not (tmp_path / "x").exists()
+    code, out = _cli("export", run, "--checkpoint", "ema:0.08", "--out", tmp_path / "x")
+    assert code == 0 and json.loads((tmp_path / "x" / "animegen.json").read_text())["checkpoint"].endswith("0.08"), out
+
+
 @pytest.mark.parametrize("family, sets, says", [
     ("toy", {}, "toy runs have no diffusers form; ddpm, edm runs do."),
     ("edm", {"precondition": "eps"}, "precondition 'eps' has no diffusers scheduler"),

@@ -77,7 +77,11 @@ def load_generator(path: str | os.PathLike, device: torch.device | str = "cpu", 
                       else posthoc.synthesized(path, ema_length))
     family = registry.model_class(state["model"])
     model = family(build(family.config_class, state["config"]["model_config"]))
-    model.load_state_dict(runs.module_state(tensors, weights), strict=True)
+    state_dict = runs.module_state(tensors, weights)
+    if not state_dict:  # an EMA length synthesized by `animegen ema` holds the EMA alone
+        raise UserError(f"{state.get('checkpoint', path)} holds no {weights} weights; it has "
+                        f"{', '.join(sorted({k.split('.')[0] for k in tensors}))}.")
+    model.load_state_dict(state_dict, strict=True)
     model = sampling_layout(model.to(resolve_device(device)).eval().requires_grad_(False))
     if guide is not None:
         guide_model, guide_state = load_generator(guide, device)
