@@ -343,7 +343,9 @@ def test_the_page_shows_images_large_while_saying_it_renders_and_the_planes_seed
     page.dispatch_event("#seed", "change")
     page.wait_for_selector("#busy:not([hidden])")
     assert page.locator("#view").get_attribute("aria-busy") == "true"
-    assert float(page.locator("#grid").evaluate("g => getComputedStyle(g).opacity")) < 1
+    # Dimmed: the opacity eases down over 0.15 s (a CSS transition), so it is waited for, not read at once.
+    page.wait_for_function("() => parseFloat(getComputedStyle(document.querySelector('#grid')).opacity) < 1",
+                           timeout=5000)
     gate["open"] = True
     for route in gate["held"]:
         route.continue_()
