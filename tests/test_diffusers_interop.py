@@ -244,6 +244,25 @@ def test_the_unbroken_copy_imports(made, tmp_path):
     assert code == 0, out
 
 
+def test_attention_weights_under_their_pre_0_15_names_are_read(made, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = _copy(made["ddpm-diffusers"], tmp_path)
+    weights = load_file(folder / "unet" / WEIGHTS)
+    old = {".to_q.": ".query.", ".to_k.": ".key.", ".to_v.": ".value.", ".to_out.0.": ".proj_attn."}
+    renamed = {}
+    for key, value in weights.items():
+        for new, before in old.items():
+            key = key.replace(new, before)
+        renamed[key] = value
+    assert any(".proj_attn." in k for k in renamed)
+    save_file(renamed, folder / "unet" / WEIGHTS)
+    assert _cli("import", folder, "--out", tmp_path / "run")[0] == 0
+    model, _ = load_generator(tmp_path / "run")
+    imported = unet2d.to_diffusers(model.diffusers_form().unet.state_dict())
+    assert imported.keys() == weights.keys() and all(torch.equal(imported[k], v) for k, v in weights.items())
+
+
 def test_fp16_weights_alone_are_read_as_float32(made, tmp_path):
     from safetensors.torch import load_file, save_file
 
