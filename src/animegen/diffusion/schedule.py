@@ -18,11 +18,15 @@ SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("eps", "v")
 
 
-def linear_betas(num_steps: int) -> torch.Tensor:
-    """DDPM's betas 1e-4 .. 0.02, tuned for T = 1000; other T are rescaled so the total noise stays
-    about the same (as in improved DDPM)."""
+def linear_beta_range(num_steps: int) -> tuple[float, float]:
+    """DDPM's first and last beta, 1e-4 .. 0.02, tuned for T = 1000; other T are rescaled so the
+    total noise stays about the same (as in improved DDPM)."""
     scale = 1000 / num_steps
-    return torch.linspace(scale * 1e-4, scale * 0.02, num_steps, dtype=torch.float64)
+    return scale * 1e-4, scale * 0.02
+
+
+def linear_betas(num_steps: int) -> torch.Tensor:
+    return torch.linspace(*linear_beta_range(num_steps), num_steps, dtype=torch.float64)
 
 
 def cosine_betas(num_steps: int, offset: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:

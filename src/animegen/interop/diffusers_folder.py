@@ -23,6 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from animegen.diffusion.schedule import linear_beta_range
 from animegen.errors import UserError
 from animegen.interop import unet2d
 from animegen.io import atomic_dir, atomic_write_json
@@ -32,7 +33,8 @@ DIFFUSERS_VERSION = "0.42.1"  # the release whose format this writes, and that t
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 HALF_WEIGHTS = "diffusion_pytorch_model.fp16.safetensors"  # the Hub's fp16 variant, read when alone
 PICKLES = ("diffusion_pytorch_model.bin", "diffusion_pytorch_model.ckpt", "diffusion_pytorch_model.pt", "model.ckpt")
-PREDICTIONS = {"eps": "epsilon", "v": "v_prediction"}  # ours -> diffusers' prediction_type
+PREDICTION_TYPES = {"eps": "epsilon", "v": "v_prediction"}  # ours -> diffusers' prediction_type
+DIFFUSERS_BETAS = (1e-4, 0.02)  # diffusers' beta_start and beta_end when a config leaves them out
 # Schedulers of the discrete variance-preserving process (betas over num_train_timesteps), whose
 # config says all a ddpm run needs: the schedule and what the network predicts.
 VP_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "PNDMScheduler",
@@ -56,11 +58,11 @@ def ddpm_scheduler(schedule: str, timesteps: int, prediction: str) -> dict:
     """DDPMScheduler's config for our NoiseSchedule(schedule, timesteps): the same betas (linear:
     DDPM's range scaled to T; cosine: squaredcos_cap_v2), x0 clipped to [-1, 1] as our samplers
     clip it, and trailing timesteps, our samplers' spacing (equal when the steps divide T)."""
-    scale = 1000 / timesteps
-    betas = ({"beta_schedule": "linear", "beta_start": scale * 1e-4, "beta_end": scale * 0.02}
+    start, end = linear_beta_range(timesteps)
+    betas = ({"beta_schedule": "linear", "beta_start": start, "beta_end": end}
              if schedule == "linear" else {"beta_schedule": "squaredcos_cap_v2"})
     return {"_class_name": "DDPMScheduler", "num_train_timesteps": timesteps, **betas, "trained_betas": None,
-            "prediction_type": PREDICTIONS[prediction], "clip_sample": True, "clip_sample_range": 1.0,
+            "prediction_type": PREDICTION_TYPES[prediction], "clip_sample": True, "clip_sample_range": 1.0,
             "thresholding": False, "variance_type": "fixed_small", "timestep_spacing": "trailing", "steps_offset": 0,
             "rescale_betas_zero_snr": False}
 
@@ -95,18 +97,17 @@ def ddpm_settings(scheduler: dict) -> tuple[dict, list[str]]:
             raise UserError(f"{key}: {scheduler[key]!r}; animegen's noise schedules are DDPM's linear and cosine.")
     kind = scheduler.get("beta_schedule", "linear")
     if kind == "linear":
-        expected = ddpm_scheduler("linear", timesteps, "eps")
-        for key in ("beta_start", "beta_end"):
-            given = scheduler.get(key, {"beta_start": 1e-4, "beta_end": 0.02}[key])
-            if not math.isclose(given, expected[key], rel_tol=1e-6):
+        for key, ours, default in zip(("beta_start", "beta_end"), linear_beta_range(timesteps), DIFFUSERS_BETAS):
+            given = scheduler.get(key, default)
+            if not math.isclose(given, ours, rel_tol=1e-6):
                 raise UserError(f"{key}: {given!r}; animegen's linear schedule over {timesteps} steps has "
-                                f"{expected[key]:g} (DDPM's 1e-4 .. 0.02 scaled to 1000 steps).")
+                                f"{ours:g} (DDPM's 1e-4 .. 0.02 scaled to 1000 steps).")
     elif kind != "squaredcos_cap_v2":
         raise UserError(f"beta_schedule: {kind!r}; animegen's noise schedules are 'linear' and 'squaredcos_cap_v2'.")
-    prediction = {v: k for k, v in PREDICTIONS.items()}.get(scheduler.get("prediction_type", "epsilon"))
+    prediction = {v: k for k, v in PREDICTION_TYPES.items()}.get(scheduler.get("prediction_type", "epsilon"))
     if prediction is None:
         raise UserError(f"prediction_type: {scheduler['prediction_type']!r}; animegen's DDPM predicts "
-                        f"{' or '.join(PREDICTIONS.values())}.")
+                        f"{' or '.join(PREDICTION_TYPES.values())}.")
     notes = [f"{key} is {scheduler[key]!r} in the folder; animegen's samplers {what}" for key, normal, what in (
         ("clip_sample", True, "clip x0 to [-1, 1]"), ("thresholding", False, "clip x0 to [-1, 1], not threshold"),
         ("variance_type", "fixed_small", "use the posterior variance (fixed_small) for ancestral ddpm"))

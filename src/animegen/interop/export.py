@@ -48,7 +48,7 @@ def _fid(run, state: dict, weights: str) -> dict | None:
     """The newest FID measured of exactly these weights: an `animegen eval` of this checkpoint
     (unguided, not a post-hoc length), else its training snapshot; None if neither."""
     folder = runs.Run(run)
-    evals = [e for e in (folder.read_metrics() if folder.metrics.is_file() else []) if e.get("event") == "eval"
+    evals = [e for e in folder.read_metrics() if e.get("event") == "eval"
              and "fid" in e and e.get("protocol", {}).get("checkpoint") == state["checkpoint"]
              and e["protocol"].get("weights") == weights and "guide" not in e["protocol"]
              and e["protocol"].get("ema_length") is None]

@@ -23,7 +23,6 @@ from animegen.errors import UserError
 from animegen.generate import sample_grid
 from animegen.io import remove_tree, save_grid
 from animegen.models import registry
-from animegen.settings import check_new_folder
 from animegen.training.config import RunConfig, make_config
 from animegen.training.loop import Trainer
 from animegen.training.objective import TrainContext
@@ -48,9 +47,8 @@ def imported_config(family: str, resolution: int, fixed: dict, data: str | os.Pa
 def write_imported_run(out: str | os.PathLike, config: RunConfig, load: Callable[[Trainer], None],
                        source: str | os.PathLike, kind: str, echo=print) -> Path:
     """The run folder `out` of `config`, its networks set by `load(trainer)`, recording where
-    they came from (imported.json: `source`, a `kind` of file); returns its grid. A failure
-    midway leaves no folder."""
-    check_new_folder("--out", out)
+    they came from (imported.json: `source`, a `kind` of file); returns its grid. The callers
+    check `out` (check_new_folder) before they read their source; a failure midway leaves no folder."""
     folder = runs.Run(out)
     trainer = Trainer(folder, config, TrainContext(torch.device("cpu")), echo)
     load(trainer)
